@@ -1,0 +1,352 @@
+"""Payload decoding and validation: MQTT payload → readings (ts, sensor, metric, value) and rejections.
+
+Two payload forms, told apart by their first byte:
+- a JSON object `{"ts": <RFC 3339 or epoch seconds>, "<metric>": <number>, ...}`;
+- a SenML pack (RFC 8428, JSON array): base name/time/value/unit, relative times, many
+  timestamps per pack.
+
+The fast path decodes SenML straight into typed msgspec Structs (validation while parsing). When
+that fails on types, or a field name ends in "_" (which RFC 8428 says must be rejected), the pack
+is re-read record by record so that one bad record never costs the good ones.
+
+The decoder knows nothing of the registry or the database: it checks the payload against the
+topic's sensor id and kind and the metric registry, and appends to caller-owned lists.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from pantau.domain import Reason
+from pantau.metrics import METRICS, Metric, SensorKind
+
+# RFC 8428 section 4.5.3: a resolved time below 2**28 is relative to now.
+SENML_RELATIVE_LIMIT = 2**28
+SENML_VERSION = 10
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9\-:./_]*$")
+_NON_FINITE_RE = re.compile(rb"(?<![A-Za-z\"])-?(NaN|Infinity)(?![A-Za-z\"])")
+_IDENTITY_KEYS = ("sensor_id", "id", "bn")
+
+# A rejection: (reason, detail). A row: (ts epoch seconds, sensor id, metric, value).
+Rejection = tuple[Reason, str]
+Row = tuple[float, str, str, float]
+
+
+class SenMLRecord(msgspec.Struct, omit_defaults=True):
+    """One SenML record in its JSON form; unknown fields are ignored as RFC 8428 says."""
+
+    bn: str | None = None
+    bt: float | None = None
+    bu: str | None = None
+    bv: float | None = None
+    bs: float | None = None
+    bver: int | None = None
+    n: str | None = None
+    u: str | None = None
+    v: float | None = None
+    vs: str | None = None
+    vb: bool | None = None
+    vd: str | None = None
+    s: float | None = None
+    t: float | None = None
+    ut: float | None = None
+
+
+_SENML_DECODER = msgspec.json.Decoder(list[SenMLRecord])
+_ANY_DECODER = msgspec.json.Decoder()
+_RECORD_FIELDS = frozenset(SenMLRecord.__struct_fields__)
+
+
+def _parse_time(raw: Any) -> float | str:
+    """Epoch seconds from a number or an RFC 3339 string; a str result is the error detail."""
+    if isinstance(raw, bool):
+        return f"ts must be a number or an RFC 3339 string, got {raw!r}"
+    if isinstance(raw, (int, float)):
+        if not math.isfinite(raw):
+            return "ts is not finite"
+        return float(raw)
+    if isinstance(raw, str):
+        try:
+            parsed = datetime.fromisoformat(raw)
+        except ValueError:
+            return f"ts {raw!r} is not an RFC 3339 timestamp"
+        if parsed.tzinfo is None:
+            return f"ts {raw!r} has no UTC offset (RFC 3339 requires one)"
+        return parsed.timestamp()
+    return f"ts must be a number or an RFC 3339 string, got {type(raw).__name__}"
+
+
+class Decoder:
+    """Decodes and validates payloads; one instance per ingest worker."""
+
+    def __init__(self, *, max_payload_bytes: int, max_future_s: float, retention_s: float) -> None:
+        self.max_payload_bytes = max_payload_bytes
+        self.max_future_s = max_future_s
+        self.retention_s = retention_s
+
+    # -- checks shared by both forms ------------------------------------------------------------
+
+    def _check_time(self, ts: float, received_at: float) -> Rejection | None:
+        if ts > received_at + self.max_future_s:
+            hint = " (milliseconds? ts is in seconds)" if ts > received_at * 100 else ""
+            ahead = ts - received_at
+            return Reason.FUTURE_TIMESTAMP, f"ts is {ahead:.0f} s ahead of the receive time{hint}"
+        if ts < received_at - self.retention_s:
+            return Reason.TOO_OLD, f"ts is older than the retention of {self.retention_s / 86400:.0f} days"
+        return None
+
+    @staticmethod
+    def _check_metric(name: str, kind: SensorKind) -> Metric | Rejection:
+        metric = METRICS.get(name)
+        if metric is None:
+            return Reason.UNKNOWN_METRIC, f"unknown metric {name!r}"
+        if kind not in metric.kinds:
+            return Reason.METRIC_NOT_FOR_KIND, f"{name} is not a metric of {kind.value} sensors"
+        return metric
+
+    @staticmethod
+    def _check_value(metric: Metric, value: float, where: str) -> Rejection | None:
+        if not math.isfinite(value):
+            return Reason.NON_FINITE, f"{where}{metric.name} is not finite"
+        if not metric.low <= value <= metric.high:
+            return (
+                Reason.OUT_OF_RANGE,
+                f"{where}{metric.name}={value:g} {metric.unit} outside {metric.low:g}..{metric.high:g}",
+            )
+        return None
+
+    # -- entry point ----------------------------------------------------------------------------
+
+    def decode(
+        self,
+        payload: bytes,
+        sensor_id: str,
+        kind: SensorKind,
+        received_at: float,
+        rows: list[Row],
+        rejections: list[Rejection],
+    ) -> None:
+        """Append the payload's valid readings to `rows` and each problem to `rejections`."""
+        if len(payload) > self.max_payload_bytes:
+            rejections.append(
+                (Reason.OVERSIZE, f"payload of {len(payload)} bytes exceeds the limit of {self.max_payload_bytes}")
+            )
+            return
+        start = payload.lstrip()[:1]
+        if start == b"[":
+            self._decode_senml(payload, sensor_id, kind, received_at, rows, rejections)
+        elif start == b"{":
+            self._decode_object(payload, sensor_id, kind, received_at, rows, rejections)
+        elif not start:
+            rejections.append((Reason.EMPTY, "empty payload"))
+        else:
+            self._malformed(payload, rejections, "payload is neither a JSON object nor a SenML array")
+
+    @staticmethod
+    def _malformed(payload: bytes, rejections: list[Rejection], detail: str) -> None:
+        if _NON_FINITE_RE.search(payload):
+            rejections.append((Reason.NON_FINITE, "NaN and Infinity are not numbers in JSON"))
+        else:
+            rejections.append((Reason.MALFORMED_JSON, detail))
+
+    # -- JSON object form -----------------------------------------------------------------------
+
+    def _decode_object(
+        self,
+        payload: bytes,
+        sensor_id: str,
+        kind: SensorKind,
+        received_at: float,
+        rows: list[Row],
+        rejections: list[Rejection],
+    ) -> None:
+        try:
+            obj = _ANY_DECODER.decode(payload)
+        except msgspec.ValidationError as exc:  # a number too large for a double
+            rejections.append((Reason.NON_FINITE, str(exc)))
+            return
+        except msgspec.DecodeError as exc:
+            self._malformed(payload, rejections, str(exc))
+            return
+        if not isinstance(obj, dict):  # pragma: no cover - guarded by the first byte
+            rejections.append((Reason.WRONG_TYPE, "expected a JSON object"))
+            return
+        for key in _IDENTITY_KEYS:
+            claimed = obj.pop(key, None)
+            if claimed is not None and claimed != sensor_id:
+                rejections.append(
+                    (Reason.TOPIC_MISMATCH, f"payload names sensor {claimed!r} but the topic is {sensor_id!r}")
+                )
+                return
+        raw_ts = obj.pop("ts", None)
+        if raw_ts is None:
+            ts = received_at
+        else:
+            parsed = _parse_time(raw_ts)
+            if isinstance(parsed, str):
+                rejections.append((Reason.BAD_TIMESTAMP, parsed))
+                return
+            ts = parsed
+        problem = self._check_time(ts, received_at)
+        if problem is not None:
+            rejections.append(problem)
+            return
+        if not obj:
+            rejections.append((Reason.EMPTY, "no readings in the payload"))
+            return
+        for name, value in obj.items():
+            metric = self._check_metric(name, kind)
+            if isinstance(metric, tuple):
+                rejections.append(metric)
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                rejections.append((Reason.WRONG_TYPE, f"{name} must be a number, got {type(value).__name__}"))
+                continue
+            value = float(value)
+            bad = self._check_value(metric, value, "")
+            if bad is not None:
+                rejections.append(bad)
+                continue
+            rows.append((ts, sensor_id, name, value))
+
+    # -- SenML form -----------------------------------------------------------------------------
+
+    def _decode_senml(
+        self,
+        payload: bytes,
+        sensor_id: str,
+        kind: SensorKind,
+        received_at: float,
+        rows: list[Row],
+        rejections: list[Rejection],
+    ) -> None:
+        records: list[SenMLRecord] | None = None
+        # A key ending in "_" shows as `_"` in the raw bytes; only then pay for the key check.
+        if b'_"' not in payload:
+            try:
+                records = _SENML_DECODER.decode(payload)
+            except msgspec.ValidationError:
+                records = None  # a type problem in some record: go record by record
+            except msgspec.DecodeError as exc:
+                self._malformed(payload, rejections, str(exc))
+                return
+        if records is None:
+            records = self._records_one_by_one(payload, rejections)
+            if records is None:
+                return
+        if not records:
+            rejections.append((Reason.EMPTY, "empty SenML pack"))
+            return
+        self._resolve(records, sensor_id, kind, received_at, rows, rejections)
+
+    @staticmethod
+    def _records_one_by_one(payload: bytes, rejections: list[Rejection]) -> list[Any] | None:
+        """Decode each record on its own; a bad record becomes None plus a rejection."""
+        try:
+            raw = _ANY_DECODER.decode(payload)
+        except msgspec.ValidationError as exc:
+            rejections.append((Reason.NON_FINITE, str(exc)))
+            return None
+        except msgspec.DecodeError as exc:
+            Decoder._malformed(payload, rejections, str(exc))
+            return None
+        if not isinstance(raw, list):  # pragma: no cover - guarded by the first byte
+            rejections.append((Reason.WRONG_TYPE, "expected a SenML array"))
+            return None
+        out: list[Any] = []
+        for i, item in enumerate(raw):
+            if not isinstance(item, dict):
+                rejections.append((Reason.INVALID_SENML, f"record {i}: not a JSON object"))
+                out.append(None)
+                continue
+            bad_key = next((k for k in item if k.endswith("_")), None)
+            if bad_key is not None:
+                rejections.append(
+                    (Reason.INVALID_SENML, f"record {i}: field {bad_key!r} ends in '_' (must-understand)")
+                )
+                out.append(None)
+                continue
+            try:
+                out.append(msgspec.convert({k: v for k, v in item.items() if k in _RECORD_FIELDS}, SenMLRecord))
+            except msgspec.ValidationError as exc:
+                rejections.append((Reason.WRONG_TYPE, f"record {i}: {exc}"))
+                out.append(None)
+        return out
+
+    def _resolve(
+        self,
+        records: list[SenMLRecord | None],
+        sensor_id: str,
+        kind: SensorKind,
+        received_at: float,
+        rows: list[Row],
+        rejections: list[Rejection],
+    ) -> None:
+        bn, bt, bu, bv = "", 0.0, None, 0.0
+        for i, rec in enumerate(records):
+            if rec is None:
+                continue
+            # Base fields carry over to the following records until changed (RFC 8428 4.1).
+            if rec.bver is not None and rec.bver > SENML_VERSION:
+                rejections.append((Reason.INVALID_SENML, f"record {i}: SenML version {rec.bver} is not supported"))
+                return
+            if rec.bn is not None:
+                bn = rec.bn
+            if rec.bt is not None:
+                bt = rec.bt
+            if rec.bu is not None:
+                bu = rec.bu
+            if rec.bv is not None:
+                bv = rec.bv
+            where = f"record {i}: "
+            name = bn + (rec.n or "")
+            if not name or not _NAME_RE.match(name):
+                rejections.append((Reason.INVALID_SENML, f"{where}invalid name {name!r}"))
+                continue
+            n_values = (rec.v is not None) + (rec.vs is not None) + (rec.vb is not None) + (rec.vd is not None)
+            if n_values != 1 and not (n_values == 0 and rec.s is not None):
+                rejections.append((Reason.INVALID_SENML, f"{where}needs exactly one value field, has {n_values}"))
+                continue
+            if rec.v is None:
+                rejections.append((Reason.WRONG_TYPE, f"{where}only numeric values (v) are stored"))
+                continue
+            # The device part of the name must be the topic's sensor: the topic is the identity.
+            cut = max(name.rfind(":"), name.rfind("/"))
+            metric_name = name[cut + 1 :]
+            if cut >= 0:
+                device = name[:cut]
+                if device != sensor_id and not device.endswith((":" + sensor_id, "/" + sensor_id)):
+                    rejections.append((Reason.TOPIC_MISMATCH, f"{where}name {name!r} is not for sensor {sensor_id!r}"))
+                    continue
+            metric = self._check_metric(metric_name, kind)
+            if isinstance(metric, tuple):
+                rejections.append((metric[0], where + metric[1]))
+                continue
+            value = bv + rec.v
+            unit = rec.u if rec.u is not None else bu
+            if unit is not None and unit != metric.unit:
+                conversion = metric.senml_units.get(unit)
+                if conversion is None:
+                    rejections.append((Reason.BAD_UNIT, f"{where}unit {unit!r} is not accepted for {metric.name}"))
+                    continue
+                value = value * conversion[0] + conversion[1]
+            bad = self._check_value(metric, value, where)
+            if bad is not None:
+                rejections.append(bad)
+                continue
+            ts = bt + (rec.t or 0.0)
+            if not math.isfinite(ts):
+                rejections.append((Reason.BAD_TIMESTAMP, f"{where}time is not finite"))
+                continue
+            if ts < SENML_RELATIVE_LIMIT:
+                ts += received_at
+            late = self._check_time(ts, received_at)
+            if late is not None:
+                rejections.append((late[0], where + late[1]))
+                continue
+            rows.append((ts, sensor_id, metric.name, value))

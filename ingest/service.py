@@ -1,0 +1,345 @@
+"""The ingest service: MQTT (QoS 1, persistent session) → decode → batch → COPY → ack.
+
+Per message, inside paho's read callback: split the topic, look the sensor up in the in-memory
+registry, decode the payload into the open batch. No task, no queue hop. One flush task seals
+the batch when it holds `batch_max_rows` readings or is `batch_max_delay_s` old, commits it, and
+only then acknowledges its messages to the broker. While the database is down the flush task
+retries the same batch with backoff and the broker stops sending once `max_inflight` messages
+are unacknowledged (MQTT 5 Receive Maximum), so memory stays bounded and nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import paho.mqtt.client as paho
+
+from ingest.decode import Decoder, Rejection, Row
+from ingest.writer import ReadingWriter, RejectRow, WriteResult
+from pantau.domain import Reason
+from pantau.errors import StoreError, StoreUnavailable
+from pantau.metrics import SensorKind
+from pantau.mqtt import AsyncMqttClient, BrokerAddress
+from pantau.settings import Settings
+from pantau.store.migrations import Backend
+from pantau.telemetry import IngestMetrics
+
+log = logging.getLogger(__name__)
+
+_KINDS = {k.value: k for k in SensorKind}
+# Database retry backoff: quick first retry (a restart takes ~1 s), capped so a long outage
+# costs one attempt every 5 s.
+_DB_BACKOFF_START_S = 0.1
+_DB_BACKOFF_MAX_S = 5.0
+# A graceful stop waits this long for the last batch to commit before disconnecting anyway
+# (whatever is not committed is redelivered by the broker on the next start).
+_DRAIN_TIMEOUT_S = 10.0
+
+CommitHook = Callable[[list[Row], float], None]
+
+
+@dataclass(slots=True)
+class Batch:
+    """Messages received on one MQTT connection since the last flush."""
+
+    generation: int
+    started: float = 0.0
+    mids: list[int] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)
+    rejections: list[RejectRow] = field(default_factory=list)
+    seen: dict[str, float] = field(default_factory=dict)
+    # Messages from sensors not in the registry cache: resolved against the database at flush.
+    parked: list[tuple[str, str, str, str, bytes, float]] = field(default_factory=list)
+    messages: int = 0
+    oldest_received: float = 0.0
+
+
+class IngestService:
+    """One ingest worker. `await run()` until cancelled or `stop()`ped."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        backend: Backend,
+        metrics: IngestMetrics | None = None,
+        on_commit: CommitHook | None = None,
+    ) -> None:
+        if settings.database_url is None or settings.mqtt_url is None:
+            raise ValueError("ingest needs database_url and mqtt_url")
+        self.settings = settings
+        self.cfg = settings.ingest
+        self.backend = backend
+        self.metrics = metrics or IngestMetrics.create()
+        self.on_commit = on_commit
+        self.decoder = Decoder(
+            max_payload_bytes=self.cfg.max_payload_bytes,
+            max_future_s=self.cfg.max_future_s,
+            retention_s=settings.store.retention_days * 86400.0,
+        )
+        self.writer = ReadingWriter(settings.database_url, backend)
+        self.mqtt = AsyncMqttClient(
+            BrokerAddress.parse(settings.mqtt_url),
+            client_id=self.cfg.client_id,
+            on_message=self._on_message,
+            subscriptions=((self.cfg.topic, 1),),
+            persistent=True,
+            session_expiry_s=self.cfg.session_expiry_s,
+            receive_maximum=self.cfg.max_inflight,
+            manual_ack=True,
+            keepalive_s=self.cfg.keepalive_s,
+        )
+        self.mqtt.on_connected = self._on_connected
+        self._registry: dict[str, tuple[str, str]] = {}
+        self._batch = Batch(generation=0)
+        self._sealed: deque[Batch] = deque()
+        self._has_data = asyncio.Event()
+        self._full = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._inflight = 0
+        self._paused = False
+        self._seen: dict[str, float] = {}
+        self.ready = asyncio.Event()
+
+    # -- receive path (runs inside paho's read callback) ------------------------------------------
+
+    def _on_message(self, msg: paho.MQTTMessage) -> None:
+        received = time.time()
+        batch = self._batch
+        if not batch.messages:
+            batch.started = time.monotonic()
+            batch.oldest_received = received
+            self._has_data.set()
+        batch.messages += 1
+        if msg.qos:
+            batch.mids.append(msg.mid)
+            self._inflight += 1
+            if self._inflight >= self.cfg.max_inflight and not self._paused:
+                # The broker should have stopped at our Receive Maximum; stop reading anyway.
+                self._paused = True
+                self.mqtt.pause_reading()
+        topic = msg.topic
+        payload = msg.payload
+        parts = topic.split("/")
+        if len(parts) != 5 or parts[0] != "pantau" or parts[1] != "v1" or parts[3] not in _KINDS:
+            problem = (Reason.BAD_TOPIC, "expected pantau/v1/{city}/{kind}/{sensor_id}")
+            self._reject(batch, received, topic, payload, [problem])
+            return
+        city, kind, sensor_id = parts[2], parts[3], parts[4]
+        entry = self._registry.get(sensor_id)
+        if entry is None:
+            batch.parked.append((sensor_id, kind, city, topic, payload, received))
+            return
+        self._accept(batch, entry, sensor_id, kind, city, topic, payload, received)
+        if len(batch.rows) >= self.cfg.batch_max_rows:
+            self._full.set()
+
+    def _accept(
+        self,
+        batch: Batch,
+        entry: tuple[str, str],
+        sensor_id: str,
+        kind: str,
+        city: str,
+        topic: str,
+        payload: bytes,
+        received: float,
+    ) -> None:
+        if entry[0] != kind:
+            self._reject(
+                batch,
+                received,
+                topic,
+                payload,
+                [(Reason.KIND_MISMATCH, f"sensor {sensor_id} is registered as {entry[0]}, topic says {kind}")],
+            )
+            return
+        if entry[1] != city:
+            self._reject(
+                batch,
+                received,
+                topic,
+                payload,
+                [(Reason.CITY_MISMATCH, f"sensor {sensor_id} is registered in {entry[1]}, topic says {city}")],
+            )
+            return
+        problems: list[Rejection] = []
+        self.decoder.decode(payload, sensor_id, _KINDS[kind], received, batch.rows, problems)
+        batch.seen[sensor_id] = received
+        if problems:
+            self._reject(batch, received, topic, payload, problems)
+
+    def _reject(self, batch: Batch, received: float, topic: str, payload: bytes, problems: list[Rejection]) -> None:
+        # The payload is stored once, with the message's first rejection.
+        for i, (reason, detail) in enumerate(problems):
+            stored = payload[: self.cfg.max_payload_bytes] if i == 0 else None
+            batch.rejections.append((received, topic, stored, reason.value, detail))
+
+    def _on_connected(self, _session_present: bool) -> None:
+        # Packet ids of the old connection mean nothing on the new one: seal that batch so its
+        # messages are written but not acknowledged (the broker redelivers them).
+        if self._batch.messages:
+            self._sealed.append(self._batch)
+        self._inflight -= sum(len(b.mids) for b in self._sealed if b.generation != self.mqtt.generation)
+        for b in self._sealed:
+            if b.generation != self.mqtt.generation:
+                b.mids.clear()
+        self._inflight = max(self._inflight, 0)
+        self._batch = Batch(generation=self.mqtt.generation)
+        if self._paused and self._inflight < self.cfg.max_inflight:
+            self._paused = False
+            self.mqtt.resume_reading()
+        self.metrics.connected.labels("broker").set(1)
+
+    # -- flush path ---------------------------------------------------------------------------
+
+    def _take(self) -> Batch:
+        if self._sealed:
+            return self._sealed.popleft()
+        batch = self._batch
+        self._batch = Batch(generation=self.mqtt.generation)
+        self._has_data.clear()
+        self._full.clear()
+        return batch
+
+    async def _flush_loop(self) -> None:
+        last_seen_at = registry_at = time.monotonic()
+        while True:
+            if not self._sealed:
+                waiter = asyncio.ensure_future(self._has_data.wait())
+                stopper = asyncio.ensure_future(self._stopping.wait())
+                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                stopper.cancel()
+                if self._stopping.is_set() and not self._batch.messages:
+                    return
+                remaining = self._batch.started + self.cfg.batch_max_delay_s - time.monotonic()
+                if remaining > 0 and len(self._batch.rows) < self.cfg.batch_max_rows and not self._stopping.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._full.wait(), remaining)
+            batch = self._take()
+            if batch.messages:
+                await self._commit(batch)
+            now = time.monotonic()
+            if now - last_seen_at >= self.cfg.last_seen_interval_s and self._seen:
+                seen, self._seen = self._seen, {}
+                await self._retrying(lambda seen=seen: self.writer.touch_last_seen(seen))  # type: ignore[misc]
+                last_seen_at = now
+            if now - registry_at >= self.cfg.registry_refresh_s:
+                self._registry = await self._retrying(self.writer.registry)
+                registry_at = now
+
+    async def _retrying(self, action):  # type: ignore[no-untyped-def]
+        """Run a database action until it succeeds, backing off while the database is away."""
+        delay = _DB_BACKOFF_START_S
+        while True:
+            try:
+                result = await action()
+                self.metrics.connected.labels("database").set(1)
+                return result
+            except StoreUnavailable as exc:
+                self.metrics.connected.labels("database").set(0)
+                self.metrics.write_failures.labels("unavailable").inc()
+                log.warning("database unavailable (%s); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _DB_BACKOFF_MAX_S)
+
+    async def _resolve_parked(self, batch: Batch) -> None:
+        ids = sorted({p[0] for p in batch.parked} - self._registry.keys())
+        if ids:
+            found = await self._retrying(lambda: self.writer.registry(ids))
+            self._registry.update(found)
+        for sensor_id, kind, city, topic, payload, received in batch.parked:
+            entry = self._registry.get(sensor_id)
+            if entry is None:
+                self._reject(
+                    batch, received, topic, payload, [(Reason.UNKNOWN_SENSOR, f"sensor {sensor_id} is not registered")]
+                )
+            else:
+                self._accept(batch, entry, sensor_id, kind, city, topic, payload, received)
+        batch.parked.clear()
+
+    async def _commit(self, batch: Batch) -> None:
+        if batch.parked:
+            await self._resolve_parked(batch)
+        started = time.monotonic()
+        try:
+            result = await self._retrying(lambda: self.writer.write(batch.rows, batch.rejections))
+        except StoreError as exc:
+            log.error("batch of %d messages failed (%s); writing message by message", batch.messages, exc)
+            self.metrics.write_failures.labels("error").inc()
+            result = await self._write_one_by_one(batch)
+        committed = time.time()
+        self.metrics.commit_seconds.observe(time.monotonic() - started)
+        self.metrics.lag_seconds.observe(committed - batch.oldest_received)
+        self.metrics.batch_rows.observe(len(batch.rows))
+        self.metrics.messages.inc(batch.messages)
+        self.metrics.accepted.inc(result.inserted)
+        self.metrics.duplicates.inc(result.duplicates)
+        for rejection in batch.rejections:
+            self.metrics.rejected.labels(rejection[3]).inc()
+        for mid in batch.mids:
+            self.mqtt.ack(mid, batch.generation)
+        self._inflight = max(0, self._inflight - len(batch.mids))
+        self.metrics.inflight.set(self._inflight)
+        if self._paused and self._inflight < self.cfg.max_inflight // 2:
+            self._paused = False
+            self.mqtt.resume_reading()
+        self._seen.update(batch.seen)
+        if self.on_commit is not None and batch.rows:
+            self.on_commit(batch.rows, committed)
+
+    async def _write_one_by_one(self, batch: Batch) -> WriteResult:
+        """Isolate a batch the database refuses: good rows land, the rest is dead-lettered."""
+        inserted = duplicates = 0
+        rejections = list(batch.rejections)
+        for row in batch.rows:
+            try:
+                result = await self._retrying(lambda row=row: self.writer.write([row], []))  # type: ignore[misc]
+                inserted += result.inserted
+                duplicates += result.duplicates
+            except StoreError as exc:
+                rejections.append(
+                    (
+                        time.time(),
+                        f"sensor/{row[1]}",
+                        None,
+                        Reason.STORE_ERROR.value,
+                        f"{row[2]}={row[3]!r} at {row[0]}: {exc}",
+                    )
+                )
+        await self._retrying(lambda: self.writer.write([], rejections[len(batch.rejections) :]))
+        batch.rejections = rejections
+        return WriteResult(inserted, duplicates, len(rejections))
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Finish the batch in hand, acknowledge it and disconnect (the session stays)."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Serve until cancelled or stopped."""
+        async with self.writer:
+            self._registry = await self._retrying(self.writer.registry)
+            log.info("registry: %d sensors", len(self._registry))
+            async with self.mqtt:
+                self.ready.set()
+                flush = asyncio.create_task(self._flush_loop())
+                stop = asyncio.create_task(self._stopping.wait())
+                try:
+                    await asyncio.wait({flush, stop}, return_when=asyncio.FIRST_COMPLETED)
+                    if flush.done():
+                        flush.result()  # a crash of the flush loop surfaces here
+                    self.mqtt.pause_reading()
+                    await asyncio.wait_for(flush, _DRAIN_TIMEOUT_S)
+                finally:
+                    flush.cancel()
+                    stop.cancel()
+                    await asyncio.gather(flush, stop, return_exceptions=True)

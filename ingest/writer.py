@@ -1,0 +1,210 @@
+"""Batch writer: readings by binary COPY, duplicates dropped by the unique key, all in one commit.
+
+Fast path: COPY straight into `readings` inside a savepoint. Redeliveries after a restart make
+that COPY fail on the unique key; the batch then goes through a temp staging table and
+`INSERT ... ON CONFLICT DO NOTHING`, which also counts the duplicates. After a conflict the
+staging path stays on for a while, since redeliveries come in runs.
+
+The rows, their rollup invalidations (plain PostgreSQL) and the batch's rejections commit in
+one transaction: the caller acknowledges the MQTT messages only after `write` returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg import AsyncConnection, errors
+
+from pantau.errors import StoreError, StoreUnavailable
+from pantau.store import connect
+from pantau.store.maintenance import ensure_partitions
+from pantau.store.migrations import Backend
+
+log = logging.getLogger(__name__)
+
+_PG_EPOCH_S = 946684800.0  # 2000-01-01T00:00:00Z, PostgreSQL's binary timestamp origin
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+_COPY_TRAILER = struct.pack(">h", -1)
+# Row head: 4 fields; ts as int64 microseconds; value as float8. Sensor id and metric follow.
+_ROW_HEAD = struct.Struct(">hiqid")
+_COPY_COLUMNS = "(ts, value, sensor_id, metric)"
+# After a batch hit duplicates, this many batches take the staging path before trying COPY again.
+_STAGING_STREAK = 20
+
+# A row as the writer takes it: (ts epoch seconds, sensor id, metric, value).
+WriterRow = tuple[float, str, str, float]
+# A rejection row: (received_at epoch s, topic, payload or None, reason, detail).
+RejectRow = tuple[float, str, bytes | None, str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    inserted: int
+    duplicates: int
+    rejected: int
+
+
+def _text_field(text: str) -> bytes:
+    raw = text.encode()
+    return struct.pack(">i", len(raw)) + raw
+
+
+class ReadingWriter:
+    """Owns one database connection; `write` commits a batch or raises.
+
+    Raises StoreUnavailable when the connection is lost (the caller retries the same batch after
+    a backoff) and StoreError for anything else.
+    """
+
+    def __init__(self, url: str, backend: Backend) -> None:
+        self.url = url
+        self.backend = backend
+        self._conn: AsyncConnection | None = None
+        self._known_days: set[int] = set()
+        self._field_cache: dict[str, bytes] = {}
+        self._staging_left = 0
+
+    async def __aenter__(self) -> ReadingWriter:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+    async def _connection(self) -> AsyncConnection:
+        if self._conn is None or self._conn.closed:
+            self._conn = await connect(self.url, autocommit=True)
+            await self._conn.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS readings_stage"
+                " (ts timestamptz, value double precision, sensor_id text, metric text)"
+                " ON COMMIT DELETE ROWS"
+            )
+        return self._conn
+
+    def _encode(self, rows: list[WriterRow]) -> bytes:
+        cache = self._field_cache
+        head = _ROW_HEAD.pack
+        parts: list[bytes] = [_COPY_HEADER]
+        append = parts.append
+        for ts, sensor_id, metric, value in rows:
+            append(head(4, 8, round((ts - _PG_EPOCH_S) * 1e6), 8, value))
+            sid = cache.get(sensor_id)
+            if sid is None:
+                sid = cache[sensor_id] = _text_field(sensor_id)
+            append(sid)
+            met = cache.get(metric)
+            if met is None:
+                met = cache[metric] = _text_field(metric)
+            append(met)
+        append(_COPY_TRAILER)
+        return b"".join(parts)
+
+    async def write(self, rows: list[WriterRow], rejections: list[RejectRow]) -> WriteResult:
+        """Commit the readings and rejections of one batch."""
+        try:
+            return await self._write(rows, rejections)
+        except psycopg.OperationalError as exc:
+            await self.close()
+            raise StoreUnavailable(f"database connection lost: {exc}") from exc
+        except psycopg.Error as exc:
+            await self._rollback_quietly()
+            raise StoreError(f"batch write failed: {exc}") from exc
+
+    async def _rollback_quietly(self) -> None:
+        if self._conn is not None and not self._conn.closed:
+            try:
+                await self._conn.rollback()
+            except psycopg.Error:
+                await self.close()
+
+    async def _write(self, rows: list[WriterRow], rejections: list[RejectRow]) -> WriteResult:
+        conn = await self._connection()
+        ts = np.fromiter((r[0] for r in rows), dtype=np.float64, count=len(rows)) if rows else None
+        if ts is not None and self.backend is Backend.POSTGRES:
+            days = {int(d) for d in np.unique(ts // 86400.0)} - self._known_days
+            if days:
+                await ensure_partitions(conn, {date.fromordinal(d + 719163) for d in days})
+                self._known_days |= days
+        inserted = 0
+        async with conn.transaction():
+            if rows:
+                data = self._encode(rows)
+                inserted = await self._insert(conn, data, len(rows))
+                if self.backend is Backend.POSTGRES and inserted:
+                    assert ts is not None
+                    minutes = np.unique(ts // 60.0) * 60.0
+                    await conn.execute(
+                        "INSERT INTO rollup_invalidations (bucket) SELECT to_timestamp(b) FROM unnest(%s::float8[]) b",
+                        (minutes.tolist(),),
+                    )
+            if rejections:
+                async with conn.cursor().copy(
+                    "COPY rejected_messages (received_at, topic, payload, reason, detail) FROM STDIN"
+                ) as copy:
+                    for received_at, topic, payload, reason, detail in rejections:
+                        await copy.write_row((datetime.fromtimestamp(received_at, UTC), topic, payload, reason, detail))
+        return WriteResult(inserted, len(rows) - inserted, len(rejections))
+
+    async def _insert(self, conn: AsyncConnection, data: bytes, count: int) -> int:
+        if self._staging_left == 0:
+            try:
+                async with (
+                    conn.transaction(),
+                    conn.cursor().copy(f"COPY readings {_COPY_COLUMNS} FROM STDIN (FORMAT BINARY)") as copy,
+                ):
+                    await copy.write(data)
+                return count
+            except errors.UniqueViolation:
+                self._staging_left = _STAGING_STREAK
+        self._staging_left -= 1
+        async with conn.cursor().copy(f"COPY readings_stage {_COPY_COLUMNS} FROM STDIN (FORMAT BINARY)") as copy:
+            await copy.write(data)
+        cur = await conn.execute(
+            "INSERT INTO readings (ts, value, sensor_id, metric)"
+            " SELECT ts, value, sensor_id, metric FROM readings_stage ON CONFLICT DO NOTHING"
+        )
+        return cur.rowcount
+
+    async def touch_last_seen(self, seen: dict[str, float]) -> None:
+        """Raise `sensors.last_seen` to the given receive times (one statement for all)."""
+        if not seen:
+            return
+        conn = await self._connection()
+        ids = list(seen)
+        times = [seen[i] for i in ids]
+        try:
+            await conn.execute(
+                "UPDATE sensors s SET last_seen = to_timestamp(v.t) FROM unnest(%s::text[], %s::float8[]) v(id, t)"
+                " WHERE s.id = v.id AND (s.last_seen IS NULL OR s.last_seen < to_timestamp(v.t))",
+                (ids, times),
+            )
+        except psycopg.OperationalError as exc:
+            await self.close()
+            raise StoreUnavailable(str(exc)) from exc
+
+    async def registry(self, ids: list[str] | None = None) -> dict[str, tuple[str, str]]:
+        """sensor id -> (kind, city), for all sensors or the given ids."""
+        conn = await self._connection()
+        try:
+            if ids is None:
+                cur = await conn.execute("SELECT id, kind, city FROM sensors")
+            else:
+                cur = await conn.execute("SELECT id, kind, city FROM sensors WHERE id = ANY(%s)", (ids,))
+            rows: list[Any] = await cur.fetchall()
+        except psycopg.OperationalError as exc:
+            await self.close()
+            raise StoreUnavailable(str(exc)) from exc
+        return {r[0]: (r[1], r[2]) for r in rows}

@@ -1,0 +1,406 @@
+"""The `pantau` command: one entry point, one subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import csv
+import fcntl
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from pantau import __version__
+from pantau.errors import AlreadyRunning, ConfigError, PantauError
+from pantau.settings import Settings, load_settings
+from pantau.telemetry import setup_logging
+
+log = logging.getLogger("pantau")
+
+Handler = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
+
+
+def _need(settings: Settings, key: str) -> str:
+    value = getattr(settings, key)
+    if not value:
+        raise ConfigError(f"PANTAU_{key.upper()}", "not set (or run `pantau up`, which starts private services)")
+    return str(value)
+
+
+def _install_stop(callback: Callable[[], None]) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, callback)
+
+
+# -- db ---------------------------------------------------------------------------------------
+
+
+async def cmd_db_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from pantau.store import Store
+
+    async with Store.open(_need(settings, "database_url"), settings.store) as store:
+        backend, applied = await store.migrate()
+    for name in applied:
+        print(f"applied {name}")
+    print(f"schema up to date on {backend.value}" + ("" if applied else " (nothing to do)"))
+    return 0
+
+
+async def cmd_db_info(args: argparse.Namespace, settings: Settings) -> int:
+    from pantau.store import Store
+
+    async with Store.open(_need(settings, "database_url"), settings.store) as store:
+        info = await store.info()
+    if args.json:
+        print(json.dumps({**info.__dict__, "backend": info.backend and info.backend.value}, indent=2))
+        return 0
+    backend = "not migrated yet" if info.backend is None else info.backend.value
+    if info.timescaledb_version:
+        backend += f" (TimescaleDB {info.timescaledb_version})"
+    print(f"backend:        {backend}")
+    print(f"server:         PostgreSQL {info.server_version}")
+    print(f"schema version: {info.schema_version} (this pantau: {info.expected_schema_version})")
+    for table, count in info.row_counts.items():
+        print(f"{table + ':':<16}{count:>12,}")
+    return 0
+
+
+async def cmd_maintain(args: argparse.Namespace, settings: Settings) -> int:
+    from pantau.store import Store
+    from pantau.store.maintenance import maintain_once, run_maintenance
+
+    url = _need(settings, "database_url")
+    async with Store.open(url, settings.store) as store:
+        backend = await store.backend()
+        if args.once:
+            async with store.connection() as conn:
+                report = await maintain_once(conn, backend, settings.store)
+            print(report)
+            return 0
+    task = asyncio.ensure_future(run_maintenance(url, backend, settings.store))
+    _install_stop(task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return 0
+
+
+# -- sensors ----------------------------------------------------------------------------------
+
+
+async def cmd_sensors_add(args: argparse.Namespace, settings: Settings) -> int:
+    from pantau.sensors import sensor_from_mapping
+    from pantau.store import Store
+
+    metadata: dict[str, Any] = {}
+    for item in args.meta or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError("--meta", f"expected KEY=VALUE, got {item!r}")
+        try:
+            metadata[key] = json.loads(value)
+        except json.JSONDecodeError:
+            metadata[key] = value
+    sensor = sensor_from_mapping(
+        {
+            "id": args.id,
+            "kind": args.kind,
+            "city": args.city,
+            "district": args.district,
+            "name": args.name,
+            "lat": args.lat,
+            "lon": args.lon,
+            "metadata": metadata,
+        },
+        "sensors add",
+    )
+    async with Store.open(_need(settings, "database_url"), settings.store) as store:
+        inserted, _updated = await store.upsert_sensors([sensor])
+    verb = "added" if inserted else "updated"
+    print(f"{verb} {sensor.id} ({sensor.kind.value}, {sensor.city}); topic {sensor.topic}")
+    return 0
+
+
+async def cmd_sensors_import(args: argparse.Namespace, settings: Settings) -> int:
+    from pantau.sensors import load_manifest
+    from pantau.store import Store
+
+    sensors = load_manifest(Path(args.file))
+    async with Store.open(_need(settings, "database_url"), settings.store) as store:
+        inserted, updated = await store.upsert_sensors(sensors)
+    print(f"imported {len(sensors)} sensors from {args.file}: {inserted} new, {updated} updated")
+    return 0
+
+
+async def cmd_sensors_list(args: argparse.Namespace, settings: Settings) -> int:
+    from pantau.store import Store
+
+    async with Store.open(_need(settings, "database_url"), settings.store) as store:
+        sensors = await store.sensors(city=args.city, kind=args.kind)
+    if args.format == "json":
+        print(
+            json.dumps(
+                [
+                    {
+                        "id": s.id,
+                        "kind": s.kind.value,
+                        "city": s.city,
+                        "district": s.district,
+                        "name": s.name,
+                        "lat": s.lat,
+                        "lon": s.lon,
+                        "metadata": s.metadata,
+                        "last_seen": s.last_seen.isoformat() if s.last_seen else None,
+                    }
+                    for s in sensors
+                ],
+                indent=2,
+            )
+        )
+    elif args.format == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["id", "kind", "city", "district", "name", "lat", "lon", "last_seen"])
+        for s in sensors:
+            writer.writerow(
+                [
+                    s.id,
+                    s.kind.value,
+                    s.city,
+                    s.district,
+                    s.name,
+                    s.lat,
+                    s.lon,
+                    s.last_seen.isoformat() if s.last_seen else "",
+                ]
+            )
+    else:
+        print(f"{'ID':<24}{'KIND':<9}{'CITY':<14}{'DISTRICT':<18}{'LAST SEEN':<26}NAME")
+        for s in sensors:
+            seen = s.last_seen.strftime("%Y-%m-%d %H:%M:%S%z") if s.last_seen else "never"
+            print(f"{s.id:<24}{s.kind.value:<9}{s.city:<14}{s.district[:17]:<18}{seen:<26}{s.name}")
+        print(f"{len(sensors)} sensors")
+    return 0
+
+
+# -- ingest -----------------------------------------------------------------------------------
+
+
+async def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    from ingest.service import IngestService
+    from pantau.store import Store
+    from pantau.telemetry import serve_metrics
+
+    _need(settings, "database_url")
+    _need(settings, "mqtt_url")
+    assert settings.database_url is not None
+    async with Store.open(settings.database_url, settings.store) as store:
+        backend = await store.backend()
+    service = IngestService(settings, backend=backend)
+    if settings.ingest.metrics_port >= 0:
+        port = serve_metrics(service.metrics.registry, settings.ingest.metrics_port)
+        log.info("ingest metrics on http://127.0.0.1:%d/metrics", port)
+    _install_stop(service.stop)
+    await service.run()
+    log.info("ingest stopped")
+    return 0
+
+
+# -- up ---------------------------------------------------------------------------------------
+
+
+def _lock_home(home: Path) -> Any:
+    home.mkdir(parents=True, exist_ok=True)
+    lock = open(home / "up.lock", "a+")  # noqa: SIM115 - held for the life of `up`
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        raise AlreadyRunning(
+            f"pantau up is already running on {home} (pid {holder}); stop it first or use another PANTAU_HOME"
+        ) from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(str(os.getpid()))
+    lock.flush()
+    return lock
+
+
+def _previous_endpoints(home: Path) -> dict[str, Any]:
+    try:
+        return dict(json.loads((home / "endpoints.json").read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    from urllib.parse import urlsplit
+
+    from pantau.embedded import EmbeddedMosquitto, EmbeddedPostgres
+    from pantau.mqtt import free_port
+    from pantau.store import Store, redact_url
+    from pantau.supervisor import Component, Supervisor
+
+    home = settings.home.resolve()
+    lock = _lock_home(home)
+    previous = _previous_endpoints(home)
+    pg: EmbeddedPostgres | None = None
+    mq: EmbeddedMosquitto | None = None
+    try:
+        db_url = settings.database_url
+        if db_url is None:
+            old_port = urlsplit(previous.get("database_url", "")).port or 0
+            pg = EmbeddedPostgres(home / "postgres", port=old_port)
+            print("starting private PostgreSQL" + (" with TimescaleDB" if pg.timescaledb else "") + " ...", flush=True)
+            await asyncio.to_thread(pg.start)
+            db_url = pg.url
+        mqtt_url = settings.mqtt_url
+        if mqtt_url is None:
+            old_port = urlsplit(previous.get("mqtt_url", "")).port or 0
+            mq = EmbeddedMosquitto(home / "mosquitto", port=old_port)
+            print("starting private mosquitto ...", flush=True)
+            await asyncio.to_thread(mq.start)
+            mqtt_url = mq.url
+        settings = settings.with_endpoints(database_url=db_url, mqtt_url=mqtt_url)
+        async with Store.open(db_url, settings.store) as store:
+            backend, applied = await store.migrate()
+        for name in applied:
+            print(f"applied migration {name}")
+        metrics_port = settings.ingest.metrics_port
+        if metrics_port == 0:
+            metrics_port = free_port()
+        endpoints = {
+            "database_url": db_url,
+            "mqtt_url": mqtt_url,
+            "api_url": f"http://{settings.api_host}:{settings.api_port}",
+            "ingest_metrics_url": f"http://127.0.0.1:{metrics_port}/metrics" if metrics_port > 0 else None,
+            "backend": backend.value,
+            "pid": os.getpid(),
+        }
+        path = home / "endpoints.json"
+        path.write_text(json.dumps(endpoints, indent=2) + "\n")
+        path.chmod(0o600)
+        print(f"database  {redact_url(db_url)} ({backend.value})")
+        print(f"mqtt      {mqtt_url}  (sensors publish to pantau/v1/{{city}}/{{kind}}/{{sensor_id}})")
+        print(f"api       {endpoints['api_url']} (not served yet: the API comes in a later release)")
+        if endpoints["ingest_metrics_url"]:
+            print(f"metrics   {endpoints['ingest_metrics_url']}")
+        print(f"endpoints written to {path}; Ctrl-C stops everything", flush=True)
+        env = {
+            "PANTAU_DATABASE_URL": db_url,
+            "PANTAU_MQTT_URL": mqtt_url,
+            "PANTAU_INGEST_METRICS_PORT": str(metrics_port),
+            "PANTAU_HOME": str(home),
+        }
+        supervisor = Supervisor(
+            [
+                Component("ingest", ["ingest"], env),
+                Component("maintain", ["maintain"], env),
+            ]
+        )
+        _install_stop(supervisor.stop)
+        await supervisor.run()
+        print("stopped", flush=True)
+        return 0
+    finally:
+        if mq is not None:
+            await asyncio.to_thread(mq.stop)
+        if pg is not None:
+            await asyncio.to_thread(pg.stop)
+        lock.close()
+
+
+# -- parser -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pantau", description="Telemetry backend for smart-city command centres.")
+    parser.add_argument("--version", action="version", version=f"pantau {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("up", help="run the whole stack (private PostgreSQL and mosquitto unless URLs are set)")
+    p.set_defaults(handler=cmd_up)
+
+    p = sub.add_parser("ingest", help="run the MQTT → database ingest service")
+    p.set_defaults(handler=cmd_ingest)
+
+    p = sub.add_parser("maintain", help="run store upkeep: partitions, rollups, retention")
+    p.add_argument("--once", action="store_true", help="one round, then exit")
+    p.set_defaults(handler=cmd_maintain)
+
+    db = sub.add_parser("db", help="database schema: migrate, info")
+    dbsub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+    p = dbsub.add_parser("migrate", help="apply pending migrations (idempotent)")
+    p.set_defaults(handler=cmd_db_migrate)
+    p = dbsub.add_parser("info", help="backend, schema version and row counts")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=cmd_db_info)
+
+    sensors = sub.add_parser("sensors", help="sensor registry: add, list, import")
+    ssub = sensors.add_subparsers(dest="sensors_command", metavar="ACTION", required=True)
+    p = ssub.add_parser("add", help="register (or update) one sensor")
+    p.add_argument("--id", required=True)
+    p.add_argument("--kind", required=True, choices=["air", "traffic", "flood", "rain"])
+    p.add_argument("--city", required=True, help="city slug, e.g. kotamobagu")
+    p.add_argument("--district", default="")
+    p.add_argument("--name", default="")
+    p.add_argument("--lat", type=float)
+    p.add_argument("--lon", type=float)
+    p.add_argument(
+        "--meta",
+        action="append",
+        metavar="KEY=VALUE",
+        help="metadata entry (JSON values allowed), e.g. siaga1_cm=200; repeatable",
+    )
+    p.set_defaults(handler=cmd_sensors_add)
+    p = ssub.add_parser("list", help="list registered sensors")
+    p.add_argument("--city")
+    p.add_argument("--kind", choices=["air", "traffic", "flood", "rain"])
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    p.set_defaults(handler=cmd_sensors_list)
+    p = ssub.add_parser("import", help="import a CSV or YAML fleet manifest (upsert by id)")
+    p.add_argument("file")
+    p.set_defaults(handler=cmd_sensors_import)
+
+    bench = sub.add_parser("bench", help="benchmarks that print figures")
+    bsub = bench.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
+    from ingest.bench import add_arguments as add_bench_arguments
+
+    add_bench_arguments(bsub.add_parser("ingest", help="ingest throughput, latency and memory vs a naive baseline"))
+
+    try:
+        from simulators.cli import register as register_simulate
+    except ImportError:  # simulators are optional at this stage
+        pass
+    else:
+        register_simulate(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"pantau: configuration error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level)
+    handler: Handler = args.handler
+    try:
+        return asyncio.run(handler(args, settings))
+    except KeyboardInterrupt:
+        return 130
+    except ConfigError as exc:
+        print(f"pantau: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except PantauError as exc:
+        print(f"pantau: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,55 @@
+"""The one error hierarchy of pantau; adapters convert library failures into it at the edges.
+
+PantauError
+ ├── ConfigError            a bad or missing setting; names the key
+ ├── ManifestError          a bad sensor manifest (CSV/YAML); names the file, row and field
+ ├── StoreError             PostgreSQL trouble
+ │    ├── StoreUnavailable  the server cannot be reached (retry with backoff)
+ │    └── MigrationError    the schema cannot be brought to the expected version
+ ├── BrokerError            MQTT trouble (connect refused, protocol error)
+ ├── EmbeddedServiceError   a private PostgreSQL or mosquitto failed to start or stop
+ └── AlreadyRunning         a second `pantau up` on the same state directory
+"""
+
+from __future__ import annotations
+
+
+class PantauError(Exception):
+    """Base of every error pantau raises on purpose."""
+
+
+class ConfigError(PantauError):
+    """A setting is missing or bad; the message names the key."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+class ManifestError(PantauError):
+    """A sensor manifest cannot be loaded; the message names file, row and field."""
+
+
+class StoreError(PantauError):
+    """PostgreSQL failed in a way the caller should know about."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached right now; retry later."""
+
+
+class MigrationError(StoreError):
+    """The schema cannot be migrated."""
+
+
+class BrokerError(PantauError):
+    """The MQTT broker refused us or broke the protocol."""
+
+
+class EmbeddedServiceError(PantauError):
+    """A private PostgreSQL or mosquitto could not be run."""
+
+
+class AlreadyRunning(PantauError):
+    """Another `pantau up` holds the state directory."""

@@ -1,0 +1,309 @@
+"""paho-mqtt 2.x driven by asyncio's own loop: no thread, no queue hop, callbacks on the loop.
+
+paho's socket is registered with the event loop (add_reader / add_writer) as in paho's
+loop_asyncio example; `on_message` runs synchronously inside the read callback, so the caller's
+per-message work is the only per-message work. The connection is MQTT 5 with a persistent
+session (clean_start=False plus a Session Expiry Interval) and an optional Receive Maximum,
+which is how a subscriber bounds the unacknowledged QoS 1 messages the broker sends it.
+
+Reconnects with backoff. Every (re)connect bumps `generation`: a packet id is only meaningful
+on the connection that delivered it, so acknowledgements for an older generation are dropped
+(the broker redelivers those messages, and the store de-duplicates them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from pantau.errors import BrokerError, ConfigError
+
+log = logging.getLogger(__name__)
+
+MessageHandler = Callable[[paho.MQTTMessage], None]
+
+# Reconnect backoff: start fast (a broker restart takes about a second), cap so that a long
+# outage costs one attempt every 5 s.
+_BACKOFF_START_S = 0.2
+_BACKOFF_MAX_S = 5.0
+# paho's loop_misc handles keepalive pings and retries; once a second is what paho's own loop does.
+_MISC_INTERVAL_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    """Where the broker is, parsed from mqtt://[user:pass@]host:port or mqtts://."""
+
+    host: str
+    port: int
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str, key: str = "PANTAU_MQTT_URL") -> BrokerAddress:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ConfigError(key, f"expected mqtt://host:port or mqtts://host:port, got {url!r}")
+        tls = parts.scheme == "mqtts"
+        try:
+            port = parts.port or (8883 if tls else 1883)
+        except ValueError:
+            raise ConfigError(key, f"bad port in {url!r}") from None
+        return cls(
+            parts.hostname,
+            port,
+            tls,
+            unquote(parts.username) if parts.username else None,
+            unquote(parts.password) if parts.password else None,
+        )
+
+    def url(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+class AsyncMqttClient:
+    """An MQTT 5 client on the running asyncio loop. Use as `async with`.
+
+    `subscriptions` are (re)made on every connect; with a persistent session the broker keeps
+    them and the queue while we are away. A graceful close disconnects without unsubscribing.
+    """
+
+    def __init__(
+        self,
+        address: BrokerAddress,
+        *,
+        client_id: str,
+        on_message: MessageHandler | None = None,
+        subscriptions: tuple[tuple[str, int], ...] = (),
+        persistent: bool = True,
+        session_expiry_s: int = 0xFFFFFFFF,
+        receive_maximum: int | None = None,
+        manual_ack: bool = False,
+        keepalive_s: int = 30,
+    ) -> None:
+        self.address = address
+        self.client_id = client_id
+        self.subscriptions = subscriptions
+        self.persistent = persistent
+        self.session_expiry_s = session_expiry_s
+        self.receive_maximum = receive_maximum
+        self.keepalive_s = keepalive_s
+        self.generation = 0
+        self.on_connected: Callable[[bool], None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._connected = asyncio.Event()
+        self._closing = False
+        self._misc_task: asyncio.Task[None] | None = None
+        self._reconnect_task: asyncio.Task[None] | None = None
+        self._reading = True
+        self._sock: Any = None
+        self._client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=paho.MQTTv5,
+            manual_ack=manual_ack,
+        )
+        self._client.max_queued_messages_set(0)  # our own publishes are never dropped by paho
+        if address.username is not None:
+            self._client.username_pw_set(address.username, address.password)
+        if address.tls:
+            self._client.tls_set_context(ssl.create_default_context())
+        if on_message is not None:
+            self._client.on_message = lambda _c, _u, msg: on_message(msg)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_socket_open = self._on_socket_open
+        self._client.on_socket_close = self._on_socket_close
+        self._client.on_socket_register_write = self._on_register_write
+        self._client.on_socket_unregister_write = self._on_unregister_write
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def wait_connected(self, timeout_s: float | None = None) -> None:
+        """Wait until the broker has accepted us (CONNACK received)."""
+        await asyncio.wait_for(self._connected.wait(), timeout_s)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> AsyncMqttClient:
+        self._loop = asyncio.get_running_loop()
+        self._closing = False
+        try:
+            self._connect()
+        except (OSError, BrokerError) as exc:
+            log.warning("MQTT connect to %s failed (%s); retrying", self.address.url(), exc)
+            self._schedule_reconnect()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Disconnect cleanly; the persistent session (and subscription) stays on the broker."""
+        self._closing = True
+        if self._reconnect_task is not None:
+            self._reconnect_task.cancel()
+        if self._connected.is_set():
+            self._client.disconnect()
+            # Let the DISCONNECT packet go out before the socket closes.
+            for _ in range(20):
+                if self._sock is None:
+                    break
+                await asyncio.sleep(0.01)
+        if self._sock is not None:
+            self._drop_socket(self._sock)
+        if self._misc_task is not None:
+            self._misc_task.cancel()
+
+    def _connect(self) -> None:
+        props = Properties(PacketTypes.CONNECT)
+        if self.persistent:
+            props.SessionExpiryInterval = self.session_expiry_s
+        if self.receive_maximum is not None:
+            props.ReceiveMaximum = self.receive_maximum
+        rc = self._client.connect(
+            self.address.host,
+            self.address.port,
+            keepalive=self.keepalive_s,
+            clean_start=not self.persistent,
+            properties=props,
+        )
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise BrokerError(f"connect to {self.address.url()} failed: {paho.error_string(rc)}")
+
+    def _schedule_reconnect(self) -> None:
+        if self._closing or (self._reconnect_task is not None and not self._reconnect_task.done()):
+            return
+        assert self._loop is not None
+        self._reconnect_task = self._loop.create_task(self._reconnect_loop())
+
+    async def _reconnect_loop(self) -> None:
+        delay = _BACKOFF_START_S
+        while not self._closing and not self._connected.is_set():
+            await asyncio.sleep(delay)
+            if self._sock is not None:  # a connect is under way; wait for its CONNACK
+                await asyncio.sleep(delay)
+                if self._connected.is_set():
+                    return
+                self._drop_socket(self._sock)
+            try:
+                self._connect()
+                return
+            except (OSError, BrokerError) as exc:
+                log.info("MQTT reconnect to %s failed (%s); next try in %.1f s", self.address.url(), exc, delay)
+                delay = min(delay * 2, _BACKOFF_MAX_S)
+
+    # -- paho callbacks ------------------------------------------------------------------------
+
+    def _on_connect(self, client: paho.Client, _u: Any, flags: paho.ConnectFlags, reason: ReasonCode, _p: Any) -> None:
+        if reason.is_failure:
+            log.error("broker %s refused the connection: %s", self.address.url(), reason)
+            return
+        self.generation += 1
+        for topic, qos in self.subscriptions:
+            client.subscribe(topic, qos=qos)
+        log.info(
+            "connected to %s (session %s, generation %d)",
+            self.address.url(),
+            "resumed" if flags.session_present else "new",
+            self.generation,
+        )
+        self._connected.set()
+        if self.on_connected is not None:
+            self.on_connected(flags.session_present)
+
+    def _on_disconnect(
+        self, _c: paho.Client, _u: Any, _flags: paho.DisconnectFlags, reason: ReasonCode, _p: Any
+    ) -> None:
+        self._connected.clear()
+        if not self._closing:
+            log.warning("disconnected from %s (%s); reconnecting", self.address.url(), reason)
+            self._schedule_reconnect()
+
+    def _on_socket_open(self, client: paho.Client, _u: Any, sock: Any) -> None:
+        assert self._loop is not None
+        self._sock = sock
+        self._reading = True
+        self._loop.add_reader(sock, client.loop_read)
+        if self._misc_task is None or self._misc_task.done():
+            self._misc_task = self._loop.create_task(self._misc_loop())
+
+    def _on_socket_close(self, _c: paho.Client, _u: Any, sock: Any) -> None:
+        self._drop_socket(sock)
+
+    def _drop_socket(self, sock: Any) -> None:
+        assert self._loop is not None
+        try:
+            self._loop.remove_reader(sock)
+            self._loop.remove_writer(sock)
+        except (ValueError, OSError):  # already closed
+            pass
+        if sock is self._sock:
+            self._sock = None
+        if self._connected.is_set() and not self._closing:
+            self._connected.clear()
+            self._schedule_reconnect()
+
+    def _on_register_write(self, client: paho.Client, _u: Any, sock: Any) -> None:
+        assert self._loop is not None
+        self._loop.add_writer(sock, client.loop_write)
+
+    def _on_unregister_write(self, _c: paho.Client, _u: Any, sock: Any) -> None:
+        assert self._loop is not None
+        self._loop.remove_writer(sock)
+
+    async def _misc_loop(self) -> None:
+        while not self._closing:
+            lost = self._client.loop_misc() == MQTTErrorCode.MQTT_ERR_NO_CONN
+            if lost and not self._closing and self._sock is None and not self._connected.is_set():
+                self._schedule_reconnect()
+            await asyncio.sleep(_MISC_INTERVAL_S)
+
+    # -- use ---------------------------------------------------------------------------------
+
+    def pause_reading(self) -> None:
+        """Stop reading from the broker (backpressure); keepalive continues on writes."""
+        if self._reading and self._sock is not None and self._loop is not None:
+            self._loop.remove_reader(self._sock)
+        self._reading = False
+
+    def resume_reading(self) -> None:
+        if not self._reading and self._sock is not None and self._loop is not None:
+            self._loop.add_reader(self._sock, self._client.loop_read)
+        self._reading = True
+
+    def ack(self, mid: int, generation: int) -> bool:
+        """Acknowledge a QoS 1 message received on connection `generation`; False if stale."""
+        if generation != self.generation or not self._connected.is_set():
+            return False
+        self._client.ack(mid, 1)
+        return True
+
+    def publish(self, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False) -> None:
+        """Queue a publish; paho sends it (and retries QoS 1 across reconnects)."""
+        self._client.publish(topic, payload, qos=qos, retain=retain)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -1,0 +1,224 @@
+"""One frozen settings object, built once at start-up from `pantau.toml` and the environment.
+
+Environment variables win over the file. Core keys are `PANTAU_<KEY>`; sectioned keys are
+`PANTAU_<SECTION>_<KEY>` in the environment and `[section] key = ...` in the file, e.g.
+`PANTAU_INGEST_BATCH_MAX_ROWS` / `[ingest] batch_max_rows`. A bad value raises `ConfigError`
+naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pantau.errors import ConfigError
+
+ENV_PREFIX = "PANTAU_"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IngestSettings:
+    """Tuning of the MQTT → PostgreSQL path."""
+
+    client_id: str = "pantau-ingest"
+    # MQTT subscription filter; the topic scheme is pantau/v1/{city}/{kind}/{sensor_id}.
+    topic: str = "pantau/v1/+/+/+"
+    # A batch is written when it holds this many readings or is this old, whichever comes first:
+    # 5,000 rows keep one COPY well under 50 ms, 200 ms keeps publish→commit latency low.
+    batch_max_rows: int = 5000
+    batch_max_delay_s: float = 0.2
+    # Unacknowledged messages we allow the broker to have in flight to us (MQTT 5 Receive
+    # Maximum). This is the backpressure bound: while the database is down at most this many
+    # messages sit in memory, the rest waits in the broker's persistent queue.
+    max_inflight: int = 20000
+    # Payloads above this are rejected as `oversize` (a 50-reading SenML pack is about 3 KiB).
+    max_payload_bytes: int = 65536
+    # Readings stamped further than this ahead of the receive time are rejected (clock skew).
+    max_future_s: float = 300.0
+    # MQTT 5 session expiry: the broker keeps our subscription and queue this long while we are
+    # away (0xFFFFFFFF = never expires), so a stopped ingest loses nothing.
+    session_expiry_s: int = 0xFFFFFFFF
+    keepalive_s: int = 30
+    # Port for Prometheus metrics (0 = pick a free port, -1 = off) until the API serves them.
+    metrics_port: int = 9108
+    # `last_seen` is written for all sensors heard from at most this often.
+    last_seen_interval_s: float = 5.0
+    # The registry cache is reloaded this often so edits reach a running ingest.
+    registry_refresh_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoreSettings:
+    """Schema choices made at migrate time, and store maintenance."""
+
+    # "auto" uses TimescaleDB when the extension can be created, "off" forces plain PostgreSQL.
+    timescaledb: str = "auto"
+    retention_days: int = 365
+    rollup_retention_days: int = 3650
+    compress_after_days: int = 7
+    # Plain PostgreSQL: one partition per day, made this many days ahead.
+    partition_ahead_days: int = 3
+    # Plain PostgreSQL: how often the maintenance job refreshes rollups and partitions.
+    maintenance_interval_s: float = 10.0
+    pool_max_size: int = 8
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Everything a pantau process needs to know at start-up."""
+
+    database_url: str | None = None
+    mqtt_url: str | None = None
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    home: Path = Path(".pantau")
+    log_level: str = "INFO"
+    ingest: IngestSettings = field(default_factory=IngestSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+
+    def with_endpoints(self, *, database_url: str, mqtt_url: str) -> Settings:
+        """The same settings pointing at the given database and broker."""
+        return dataclasses.replace(self, database_url=database_url, mqtt_url=mqtt_url)
+
+
+_SECTIONS: dict[str, type[Any]] = {"ingest": IngestSettings, "store": StoreSettings}
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _convert(key: str, raw: Any, kind: Any) -> Any:
+    origin = typing.get_origin(kind)
+    if origin in (types.UnionType, typing.Union):  # Optional[...]
+        inner = next(a for a in typing.get_args(kind) if a is not type(None))
+        if raw is None or raw == "":
+            return None
+        return _convert(key, raw, inner)
+    try:
+        if kind is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if kind is int:
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError
+            return int(str(raw).strip(), 0) if isinstance(raw, str) else int(raw)
+        if kind is float:
+            if isinstance(raw, bool):
+                raise ValueError
+            value = float(raw)
+            if value != value or value in (float("inf"), float("-inf")):
+                raise ValueError
+            return value
+        if kind is Path:
+            return Path(str(raw)).expanduser()
+        if kind is str:
+            if not isinstance(raw, str):
+                raise ValueError
+            return raw
+    except ValueError:
+        raise ConfigError(key, f"expected {kind.__name__}, got {raw!r}") from None
+    raise ConfigError(key, f"unsupported setting type {kind!r}")
+
+
+def _validate_url(key: str, url: str | None, schemes: tuple[str, ...]) -> None:
+    if url is None:
+        return
+    parts = urlsplit(url)
+    if parts.scheme not in schemes:
+        raise ConfigError(key, f"expected a {' or '.join(s + '://' for s in schemes)} URL, got {url!r}")
+    if not parts.hostname:
+        raise ConfigError(key, f"URL has no host: {url!r}")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ConfigError(key, f"URL has a bad port: {url!r}") from None
+
+
+def _check(settings: Settings) -> None:
+    _validate_url("PANTAU_DATABASE_URL", settings.database_url, ("postgresql", "postgres"))
+    _validate_url("PANTAU_MQTT_URL", settings.mqtt_url, ("mqtt", "mqtts"))
+    if not 1 <= settings.api_port <= 65535:
+        raise ConfigError("PANTAU_API_PORT", f"expected a port 1-65535, got {settings.api_port}")
+    if settings.log_level.upper() not in _LOG_LEVELS:
+        raise ConfigError("PANTAU_LOG_LEVEL", f"expected one of {', '.join(_LOG_LEVELS)}")
+    ing = settings.ingest
+    positive = {
+        "PANTAU_INGEST_BATCH_MAX_ROWS": ing.batch_max_rows,
+        "PANTAU_INGEST_BATCH_MAX_DELAY_S": ing.batch_max_delay_s,
+        "PANTAU_INGEST_MAX_INFLIGHT": ing.max_inflight,
+        "PANTAU_INGEST_MAX_PAYLOAD_BYTES": ing.max_payload_bytes,
+        "PANTAU_INGEST_KEEPALIVE_S": ing.keepalive_s,
+        "PANTAU_STORE_RETENTION_DAYS": settings.store.retention_days,
+        "PANTAU_STORE_ROLLUP_RETENTION_DAYS": settings.store.rollup_retention_days,
+        "PANTAU_STORE_COMPRESS_AFTER_DAYS": settings.store.compress_after_days,
+        "PANTAU_STORE_MAINTENANCE_INTERVAL_S": settings.store.maintenance_interval_s,
+        "PANTAU_STORE_POOL_MAX_SIZE": settings.store.pool_max_size,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(key, f"must be positive, got {value}")
+    if ing.max_inflight > 65535:
+        raise ConfigError("PANTAU_INGEST_MAX_INFLIGHT", "MQTT allows at most 65535 messages in flight")
+    if ing.max_future_s < 0:
+        raise ConfigError("PANTAU_INGEST_MAX_FUTURE_S", "must not be negative")
+    if not -1 <= ing.metrics_port <= 65535:
+        raise ConfigError("PANTAU_INGEST_METRICS_PORT", "expected -1 (off), 0 (any free port) or a port")
+    if settings.store.timescaledb not in ("auto", "off"):
+        raise ConfigError("PANTAU_STORE_TIMESCALEDB", "expected 'auto' or 'off'")
+    if settings.store.partition_ahead_days < 1:
+        raise ConfigError("PANTAU_STORE_PARTITION_AHEAD_DAYS", "must be at least 1")
+
+
+def _build(cls: type[Any], values: Mapping[str, Any], env: Mapping[str, str], prefix: str) -> Any:
+    kwargs: dict[str, Any] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in _SECTIONS and cls is Settings:
+            section = values.get(f.name, {})
+            if not isinstance(section, dict):
+                raise ConfigError(f.name, "expected a table")
+            kwargs[f.name] = _build(_SECTIONS[f.name], section, env, f"{prefix}{f.name.upper()}_")
+            continue
+        env_key = f"{prefix}{f.name.upper()}"
+        if env_key in env:
+            kwargs[f.name] = _convert(env_key, env[env_key], hints[f.name])
+        elif f.name in values:
+            kwargs[f.name] = _convert(env_key, values[f.name], hints[f.name])
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in known:
+            raise ConfigError(f"{prefix}{key.upper()}", "unknown setting in pantau.toml")
+    return cls(**kwargs)
+
+
+def load_settings(env: Mapping[str, str] | None = None, config_file: Path | None = None) -> Settings:
+    """Settings from `pantau.toml` (or `PANTAU_CONFIG`) and the environment, env winning."""
+    env = os.environ if env is None else env
+    if config_file is None:
+        config_file = Path(env.get("PANTAU_CONFIG", "pantau.toml"))
+        required = "PANTAU_CONFIG" in env
+    else:
+        required = True
+    values: dict[str, Any] = {}
+    if config_file.exists():
+        try:
+            values = tomllib.loads(config_file.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(str(config_file), f"not valid TOML: {exc}") from None
+    elif required:
+        raise ConfigError("PANTAU_CONFIG", f"file not found: {config_file}")
+    settings: Settings = _build(Settings, values, env, ENV_PREFIX)
+    _check(settings)
+    return settings

@@ -1,0 +1,145 @@
+"""Store upkeep that TimescaleDB does by itself and plain PostgreSQL needs us for.
+
+Plain PostgreSQL: make daily partitions ahead, drop those past retention, and refresh the
+`readings_1m` / `readings_1h` rollups for the minute buckets ingest logged in
+`rollup_invalidations`. Both backends: trim `rejected_messages` past retention. One maintainer
+runs at a time across machines (an advisory lock), so every node may run the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+import psycopg
+from psycopg import AsyncConnection
+
+from pantau.errors import StoreUnavailable
+from pantau.settings import StoreSettings
+from pantau.store.migrations import Backend
+
+log = logging.getLogger(__name__)
+
+_LOCK = "hashtext('pantau.maintenance')"
+
+
+@dataclass(frozen=True, slots=True)
+class MaintenanceReport:
+    partitions_created: int = 0
+    partitions_dropped: int = 0
+    minute_buckets_refreshed: int = 0
+    hour_buckets_refreshed: int = 0
+    rejected_deleted: int = 0
+    skipped: bool = False
+
+
+async def ensure_partitions(conn: AsyncConnection, days: set[date]) -> int:
+    """Create the daily partitions for `days` that do not exist yet; returns how many were made."""
+    made = 0
+    for day in sorted(days):
+        cur = await conn.execute("SELECT pantau_ensure_partition(%s)", (day,))
+        row = await cur.fetchone()
+        made += int(bool(row and row[0]))
+    return made
+
+
+async def refresh_rollups(conn: AsyncConnection) -> tuple[int, int]:
+    """Recompute the rollup buckets logged since the last refresh; returns (minutes, hours).
+
+    Recomputing a bucket from its source rows is idempotent, so redelivered or late readings,
+    and a refresh interrupted half-way, leave the rollups exact.
+    """
+    async with conn.transaction():
+        cur = await conn.execute(
+            "WITH gone AS (DELETE FROM rollup_invalidations RETURNING bucket)"
+            " SELECT DISTINCT bucket FROM gone ORDER BY bucket"
+        )
+        minutes = [r[0] for r in await cur.fetchall()]
+        if not minutes:
+            return 0, 0
+        await conn.execute(
+            """
+            INSERT INTO readings_1m AS r (bucket, sensor_id, metric, n, avg_value, min_value, max_value)
+            SELECT date_trunc('minute', ts), sensor_id, metric, count(*), avg(value), min(value), max(value)
+            FROM readings JOIN unnest(%s::timestamptz[]) AS b(bucket)
+              ON readings.ts >= b.bucket AND readings.ts < b.bucket + interval '1 minute'
+            GROUP BY 1, sensor_id, metric
+            ON CONFLICT (sensor_id, metric, bucket) DO UPDATE SET
+                n = excluded.n, avg_value = excluded.avg_value,
+                min_value = excluded.min_value, max_value = excluded.max_value
+            """,
+            (minutes,),
+        )
+        hours = sorted({m.replace(minute=0, second=0, microsecond=0) for m in minutes})
+        await conn.execute(
+            """
+            INSERT INTO readings_1h AS r (bucket, sensor_id, metric, n, avg_value, min_value, max_value)
+            SELECT date_trunc('hour', m.bucket), sensor_id, metric, sum(n),
+                   sum(avg_value * n) / sum(n), min(min_value), max(max_value)
+            FROM readings_1m m JOIN unnest(%s::timestamptz[]) AS h(bucket)
+              ON m.bucket >= h.bucket AND m.bucket < h.bucket + interval '1 hour'
+            GROUP BY 1, sensor_id, metric
+            ON CONFLICT (sensor_id, metric, bucket) DO UPDATE SET
+                n = excluded.n, avg_value = excluded.avg_value,
+                min_value = excluded.min_value, max_value = excluded.max_value
+            """,
+            (hours,),
+        )
+    return len(minutes), len(hours)
+
+
+async def maintain_once(
+    conn: AsyncConnection, backend: Backend, settings: StoreSettings, *, now: datetime | None = None
+) -> MaintenanceReport:
+    """One round of upkeep; skipped when another maintainer holds the lock."""
+    now = now or datetime.now(UTC)
+    cur = await conn.execute(f"SELECT pg_try_advisory_lock({_LOCK})")
+    row = await cur.fetchone()
+    if not row or not row[0]:
+        return MaintenanceReport(skipped=True)
+    try:
+        created = dropped = minutes = hours = 0
+        if backend is Backend.POSTGRES:
+            today = now.date()
+            days = {today + timedelta(days=d) for d in range(-1, settings.partition_ahead_days + 1)}
+            created = await ensure_partitions(conn, days)
+            cutoff = now - timedelta(days=settings.retention_days)
+            cur = await conn.execute("SELECT pantau_drop_partitions(%s)", (cutoff,))
+            dropped = int((await cur.fetchone() or (0,))[0])
+            minutes, hours = await refresh_rollups(conn)
+            rollup_cutoff = now - timedelta(days=settings.rollup_retention_days)
+            for table in ("readings_1m", "readings_1h"):
+                await conn.execute(f"DELETE FROM {table} WHERE bucket < %s", (rollup_cutoff,))  # noqa: S608
+        cur = await conn.execute(
+            "DELETE FROM rejected_messages WHERE received_at < %s",
+            (now - timedelta(days=settings.retention_days),),
+        )
+        return MaintenanceReport(created, dropped, minutes, hours, cur.rowcount)
+    finally:
+        await conn.execute(f"SELECT pg_advisory_unlock({_LOCK})")
+
+
+async def run_maintenance(url: str, backend: Backend, settings: StoreSettings) -> None:
+    """Run `maintain_once` every `maintenance_interval_s` until cancelled, riding out outages."""
+    from pantau.store import connect
+
+    conn: AsyncConnection | None = None
+    try:
+        while True:
+            try:
+                if conn is None or conn.closed:
+                    conn = await connect(url)
+                report = await maintain_once(conn, backend, settings)
+                if report.partitions_created or report.partitions_dropped:
+                    log.info("partitions: %d created, %d dropped", report.partitions_created, report.partitions_dropped)
+            except (StoreUnavailable, psycopg.OperationalError) as exc:
+                log.warning("maintenance: database unavailable (%s); retrying", exc)
+                if conn is not None:
+                    await conn.close()
+                conn = None
+            await asyncio.sleep(settings.maintenance_interval_s)
+    finally:
+        if conn is not None:
+            await conn.close()

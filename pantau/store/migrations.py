@@ -1,0 +1,293 @@
+"""Versioned schema migrations, with the TimescaleDB / plain PostgreSQL choice made at migrate time.
+
+Each migration runs once, in its own transaction, and is recorded in `pantau_schema`. The backend
+chosen by the first migrate is recorded in `pantau_meta` and kept: installing TimescaleDB later
+does not silently switch an existing database (`pantau db info` reports what is in use).
+Policies (retention, compression) are re-applied on every migrate so that changed settings take
+effect.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+import psycopg
+from psycopg import AsyncConnection, sql
+
+from pantau.errors import MigrationError
+from pantau.settings import StoreSettings
+
+log = logging.getLogger(__name__)
+
+
+class Backend(StrEnum):
+    TIMESCALEDB = "timescaledb"
+    POSTGRES = "postgresql"
+
+
+CORE = """
+CREATE TABLE pantau_meta (key text PRIMARY KEY, value text NOT NULL);
+
+CREATE TABLE sensors (
+    id          text PRIMARY KEY,
+    kind        text NOT NULL CHECK (kind IN ('air', 'traffic', 'flood', 'rain')),
+    city        text NOT NULL,
+    district    text NOT NULL DEFAULT '',
+    name        text NOT NULL DEFAULT '',
+    lat         double precision CHECK (lat BETWEEN -90 AND 90),
+    lon         double precision CHECK (lon BETWEEN -180 AND 180),
+    metadata    jsonb NOT NULL DEFAULT '{}'::jsonb,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    last_seen   timestamptz
+);
+CREATE INDEX sensors_city_kind ON sensors (city, kind);
+
+CREATE TABLE rejected_messages (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    received_at timestamptz NOT NULL DEFAULT now(),
+    topic       text NOT NULL,
+    payload     bytea,
+    reason      text NOT NULL,
+    detail      text NOT NULL DEFAULT ''
+);
+CREATE INDEX rejected_messages_received_at ON rejected_messages (received_at);
+CREATE INDEX rejected_messages_reason ON rejected_messages (reason, received_at);
+"""
+
+# Rollups keep n, avg, min and max per bucket: enough for charts and for re-aggregating upwards
+# (the hourly average is the n-weighted mean of the minute averages).
+_ROLLUP_COLUMNS = """
+    bucket      timestamptz NOT NULL,
+    sensor_id   text NOT NULL,
+    metric      text NOT NULL,
+    n           bigint NOT NULL,
+    avg_value   double precision NOT NULL,
+    min_value   double precision NOT NULL,
+    max_value   double precision NOT NULL,
+    PRIMARY KEY (sensor_id, metric, bucket)
+"""
+
+READINGS_PLAIN = """
+CREATE TABLE readings (
+    ts          timestamptz NOT NULL,
+    sensor_id   text NOT NULL,
+    metric      text NOT NULL,
+    value       double precision NOT NULL,
+    CONSTRAINT readings_key UNIQUE (sensor_id, metric, ts)
+) PARTITION BY RANGE (ts);
+-- Live data arrives nearly in time order, so a BRIN index serves the rollup refresh's time-range
+-- scans for a fraction of a B-tree's insert cost.
+CREATE INDEX readings_ts ON readings USING brin (ts);
+
+CREATE TABLE readings_1m ({rollup_columns});
+CREATE INDEX readings_1m_bucket ON readings_1m (bucket);
+CREATE TABLE readings_1h ({rollup_columns});
+CREATE INDEX readings_1h_bucket ON readings_1h (bucket);
+
+-- Minute buckets touched by ingest since the last refresh (an append-only log, like
+-- TimescaleDB's continuous-aggregate invalidation log: no row contention between writers).
+CREATE TABLE rollup_invalidations (bucket timestamptz NOT NULL);
+
+CREATE FUNCTION pantau_ensure_partition(day date) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    part text := format('readings_p%s', to_char(day, 'YYYYMMDD'));
+BEGIN
+    IF to_regclass(part) IS NOT NULL THEN
+        RETURN false;
+    END IF;
+    PERFORM pg_advisory_xact_lock(hashtext('pantau.partitions'));
+    IF to_regclass(part) IS NOT NULL THEN
+        RETURN false;
+    END IF;
+    EXECUTE format(
+        'CREATE TABLE %I PARTITION OF readings FOR VALUES FROM (%L) TO (%L)',
+        part, (day::timestamp AT TIME ZONE 'UTC'), ((day + 1)::timestamp AT TIME ZONE 'UTC'));
+    RETURN true;
+END
+$$;
+
+-- Drops every daily partition that ends at or before the cutoff; returns how many.
+CREATE FUNCTION pantau_drop_partitions(cutoff timestamptz) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    part record;
+    dropped integer := 0;
+BEGIN
+    FOR part IN
+        SELECT c.relname
+        FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+        WHERE i.inhparent = 'readings'::regclass AND c.relname ~ '^readings_p[0-9]{8}$'
+    LOOP
+        IF ((to_date(substr(part.relname, 11), 'YYYYMMDD') + 1)::timestamp AT TIME ZONE 'UTC') <= cutoff THEN
+            EXECUTE format('DROP TABLE %I', part.relname);
+            dropped := dropped + 1;
+        END IF;
+    END LOOP;
+    RETURN dropped;
+END
+$$;
+""".replace("{rollup_columns}", _ROLLUP_COLUMNS)
+
+READINGS_TIMESCALE = """
+CREATE TABLE readings (
+    ts          timestamptz NOT NULL,
+    sensor_id   text NOT NULL,
+    metric      text NOT NULL,
+    value       double precision NOT NULL,
+    CONSTRAINT readings_key UNIQUE (sensor_id, metric, ts)
+);
+SELECT create_hypertable('readings', 'ts', chunk_time_interval => interval '1 day');
+ALTER TABLE readings SET (
+    timescaledb.compress,
+    timescaledb.compress_segmentby = 'sensor_id, metric',
+    timescaledb.compress_orderby = 'ts'
+);
+
+CREATE MATERIALIZED VIEW readings_1m WITH (timescaledb.continuous) AS
+SELECT time_bucket('1 minute', ts) AS bucket, sensor_id, metric,
+       count(*) AS n, avg(value) AS avg_value, min(value) AS min_value, max(value) AS max_value
+FROM readings GROUP BY 1, sensor_id, metric
+WITH NO DATA;
+
+CREATE MATERIALIZED VIEW readings_1h WITH (timescaledb.continuous) AS
+SELECT time_bucket('1 hour', bucket) AS bucket, sensor_id, metric,
+       sum(n)::bigint AS n, sum(avg_value * n) / sum(n) AS avg_value,
+       min(min_value) AS min_value, max(max_value) AS max_value
+FROM readings_1m GROUP BY 1, sensor_id, metric
+WITH NO DATA;
+
+-- A NULL start offset lets the refresh reach late and backfilled data of any age; only
+-- invalidated ranges are recomputed, so a wide window costs nothing when nothing changed.
+SELECT add_continuous_aggregate_policy('readings_1m',
+    start_offset => NULL, end_offset => NULL, schedule_interval => interval '30 seconds');
+SELECT add_continuous_aggregate_policy('readings_1h',
+    start_offset => NULL, end_offset => NULL, schedule_interval => interval '5 minutes');
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    statements: Callable[[Backend], str]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "core tables: sensors, rejected_messages", lambda _b: CORE),
+    Migration(
+        2,
+        "readings with rollups at 1 minute and 1 hour",
+        lambda b: READINGS_TIMESCALE if b is Backend.TIMESCALEDB else READINGS_PLAIN,
+    ),
+)
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+
+async def _can_use_timescaledb(conn: AsyncConnection) -> bool:
+    cur = await conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'")
+    if await cur.fetchone() is None:
+        return False
+    try:
+        async with conn.transaction():
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+    except psycopg.Error as exc:
+        # Installed but not in shared_preload_libraries, or no privilege: plain PostgreSQL.
+        log.warning("timescaledb is installed but cannot be used (%s); using plain PostgreSQL", exc)
+        return False
+    return True
+
+
+async def current_backend(conn: AsyncConnection) -> Backend | None:
+    """The backend recorded by an earlier migrate, or None for a fresh database."""
+    cur = await conn.execute("SELECT to_regclass('pantau_meta') IS NOT NULL")
+    row = await cur.fetchone()
+    if not row or not row[0]:
+        return None
+    cur = await conn.execute("SELECT value FROM pantau_meta WHERE key = 'backend'")
+    found = await cur.fetchone()
+    return Backend(found[0]) if found else None
+
+
+async def schema_version(conn: AsyncConnection) -> int:
+    """The highest migration applied, 0 for a fresh database."""
+    cur = await conn.execute("SELECT to_regclass('pantau_schema') IS NOT NULL")
+    row = await cur.fetchone()
+    if not row or not row[0]:
+        return 0
+    cur = await conn.execute("SELECT coalesce(max(version), 0) FROM pantau_schema")
+    found = await cur.fetchone()
+    return int(found[0]) if found else 0
+
+
+async def _apply_timescale_policies(conn: AsyncConnection, settings: StoreSettings) -> None:
+    days = sql.Literal(f"{settings.retention_days} days")
+    rollup_days = sql.Literal(f"{settings.rollup_retention_days} days")
+    compress = sql.Literal(f"{settings.compress_after_days} days")
+    statements = [
+        sql.SQL("SELECT remove_compression_policy('readings', if_exists => true)"),
+        sql.SQL("SELECT add_compression_policy('readings', compress_after => {}::interval)").format(compress),
+        sql.SQL("SELECT remove_retention_policy('readings', if_exists => true)"),
+        sql.SQL("SELECT add_retention_policy('readings', drop_after => {}::interval)").format(days),
+    ]
+    for view in ("readings_1m", "readings_1h"):
+        statements += [
+            sql.SQL("SELECT remove_retention_policy({}, if_exists => true)").format(sql.Literal(view)),
+            sql.SQL("SELECT add_retention_policy({}, drop_after => {}::interval)").format(
+                sql.Literal(view), rollup_days
+            ),
+        ]
+    for stmt in statements:
+        await conn.execute(stmt)
+
+
+async def migrate(conn: AsyncConnection, settings: StoreSettings) -> tuple[Backend, list[Migration]]:
+    """Bring the schema to SCHEMA_VERSION; returns the backend and the migrations applied now.
+
+    `conn` must be in autocommit mode; each migration gets its own transaction. Concurrent
+    migrators are serialised by an advisory lock.
+    """
+    applied: list[Migration] = []
+    await conn.execute("SELECT pg_advisory_lock(hashtext('pantau.migrate'))")
+    try:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS pantau_schema ("
+            " version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        backend = await current_backend(conn)
+        if backend is None:
+            use_ts = settings.timescaledb == "auto" and await _can_use_timescaledb(conn)
+            backend = Backend.TIMESCALEDB if use_ts else Backend.POSTGRES
+        done = await schema_version(conn)
+        if done > SCHEMA_VERSION:
+            raise MigrationError(f"database schema is at version {done}, newer than this pantau ({SCHEMA_VERSION})")
+        for migration in MIGRATIONS:
+            if migration.version <= done:
+                continue
+            try:
+                async with conn.transaction():
+                    await conn.execute(migration.statements(backend))  # type: ignore[arg-type]
+                    await conn.execute(
+                        "INSERT INTO pantau_schema (version, name) VALUES (%s, %s)",
+                        (migration.version, migration.name),
+                    )
+                    if migration.version == 1:
+                        await conn.execute(
+                            "INSERT INTO pantau_meta (key, value) VALUES ('backend', %s)", (backend.value,)
+                        )
+            except psycopg.Error as exc:
+                raise MigrationError(f"migration {migration.version} ({migration.name}) failed: {exc}") from exc
+            log.info("applied migration %d: %s", migration.version, migration.name)
+            applied.append(migration)
+        if backend is Backend.TIMESCALEDB:
+            try:
+                await _apply_timescale_policies(conn, settings)
+            except psycopg.Error as exc:
+                raise MigrationError(f"applying TimescaleDB policies failed: {exc}") from exc
+        return backend, applied
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock(hashtext('pantau.migrate'))")

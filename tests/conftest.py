@@ -1,0 +1,141 @@
+"""Fixtures: a private PostgreSQL (or PANTAU_TEST_DATABASE_URL) and private mosquitto brokers.
+
+The cluster is started once per session and a migrated template database is made once; each
+test gets a fresh database cloned from it (about 50 ms). Brokers are per test: they are cheap
+and failure tests restart them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+
+from pantau.embedded import EmbeddedMosquitto, EmbeddedPostgres
+from pantau.settings import IngestSettings, Settings, StoreSettings
+from pantau.store import Backend, Store
+
+EXTERNAL_URL = os.environ.get("PANTAU_TEST_DATABASE_URL")
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@dataclasses.dataclass
+class PgServer:
+    admin_url: str
+    template: str
+    backend: Backend
+    embedded: EmbeddedPostgres | None
+
+    def url_for(self, name: str) -> str:
+        return _with_database(self.admin_url, name)
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
+    embedded = None
+    if EXTERNAL_URL:
+        admin_url = EXTERNAL_URL
+    else:
+        # CI exercises the plain-PostgreSQL path: no TimescaleDB preload in the private cluster.
+        embedded = EmbeddedPostgres(tmp_path_factory.mktemp("pg"), timescaledb=False)
+        embedded.start()
+        admin_url = embedded.admin_url
+    template = f"pantau_tpl_{secrets.token_hex(4)}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{template}"')
+
+    async def _migrate() -> Backend:
+        async with Store.open(_with_database(admin_url, template), StoreSettings(pool_max_size=2)) as store:
+            backend, _ = await store.migrate()
+            return backend
+
+    backend = asyncio.run(_migrate())
+    server = PgServer(admin_url, template, backend, embedded)
+    try:
+        yield server
+    finally:
+        with contextlib.suppress(psycopg.Error), psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{template}" WITH (FORCE)')
+        if embedded is not None:
+            embedded.stop("immediate")
+
+
+def _clone(server: PgServer) -> str:
+    name = f"pantau_t_{secrets.token_hex(6)}"
+    with psycopg.connect(server.admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{server.template}"')
+    return name
+
+
+def _drop(server: PgServer, name: str) -> None:
+    with contextlib.suppress(psycopg.Error), psycopg.connect(server.admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def database_url(pg_server: PgServer) -> Iterator[str]:
+    """A fresh, migrated database for this test."""
+    name = _clone(pg_server)
+    try:
+        yield pg_server.url_for(name)
+    finally:
+        _drop(pg_server, name)
+
+
+@pytest.fixture
+def empty_database_url(pg_server: PgServer) -> Iterator[str]:
+    """A fresh database with no schema at all."""
+    name = f"pantau_e_{secrets.token_hex(6)}"
+    with psycopg.connect(pg_server.admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield pg_server.url_for(name)
+    finally:
+        _drop(pg_server, name)
+
+
+@pytest.fixture
+def backend(pg_server: PgServer) -> Backend:
+    return pg_server.backend
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[EmbeddedMosquitto]:
+    """A private mosquitto with pantau's deploy/ config, persistence on."""
+    mq = EmbeddedMosquitto(tmp_path / "mosquitto")
+    mq.start()
+    try:
+        yield mq
+    finally:
+        mq.stop()
+
+
+@pytest.fixture
+def settings(database_url: str, broker: EmbeddedMosquitto, tmp_path: Path) -> Settings:
+    return Settings(
+        database_url=database_url,
+        mqtt_url=broker.url,
+        home=tmp_path / "home",
+        ingest=IngestSettings(
+            client_id=f"pantau-ingest-{secrets.token_hex(3)}", metrics_port=-1, last_seen_interval_s=0.2
+        ),
+        store=StoreSettings(pool_max_size=2),
+    )
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    async with Store.open(database_url, StoreSettings(pool_max_size=2)) as s:
+        yield s

@@ -1,0 +1,174 @@
+"""Test helpers: a cuttable TCP proxy, a QoS 1 publisher, polling, and running ingest."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float = 20.0, interval_s: float = 0.05, what: str = "") -> Any:
+    """Poll `predicate` until it returns something truthy; fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what or predicate} (last: {last!r})")
+
+
+async def await_until(
+    predicate: Callable[[], Any], timeout_s: float = 20.0, interval_s: float = 0.05, what: str = ""
+) -> Any:
+    """Async `wait_until`; `predicate` may be a coroutine function."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if asyncio.iscoroutine(last):
+            last = await last
+        if last:
+            return last
+        await asyncio.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what or predicate} (last: {last!r})")
+
+
+class TcpProxy:
+    """A loopback TCP proxy whose link can be cut and restored (like psycopg's test proxy)."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self._server = socket.socket()
+        self._server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._server.bind(("127.0.0.1", 0))
+        self._server.listen(64)
+        self.port = self._server.getsockname()[1]
+        self._open = threading.Event()
+        self._open.set()
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._stop = False
+        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
+        self._thread.start()
+
+    def _accept_loop(self) -> None:
+        while not self._stop:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            if not self._open.is_set():
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        """Drop every open connection and refuse new ones until `restore`."""
+        self._open.clear()
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for s in conns:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            except OSError:
+                pass
+
+    def restore(self) -> None:
+        self._open.set()
+
+    def close(self) -> None:
+        self._stop = True
+        self.cut()
+        self._server.close()
+
+
+class Publisher:
+    """A paho QoS 1 publisher in its own thread; `publish_all` waits for every PUBACK."""
+
+    def __init__(self, port: int, client_id: str = "", host: str = "127.0.0.1") -> None:
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311, clean_session=client_id == ""
+        )
+        self.client.max_inflight_messages_set(1000)
+        self.client.max_queued_messages_set(0)
+        self.client.connect(host, port)
+        self.client.loop_start()
+
+    def publish_all(self, messages: Iterable[tuple[str, bytes | str]], qos: int = 1, timeout_s: float = 60) -> int:
+        infos = [self.client.publish(topic, payload, qos=qos) for topic, payload in messages]
+        deadline = time.monotonic() + timeout_s
+        for info in infos:
+            info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+            assert info.is_published(), "broker did not acknowledge a publish"
+        return len(infos)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def ingest_env(database_url: str, mqtt_url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PANTAU_")}
+    env.update(
+        PANTAU_DATABASE_URL=database_url,
+        PANTAU_MQTT_URL=mqtt_url,
+        PANTAU_INGEST_METRICS_PORT="0",
+        PANTAU_INGEST_LAST_SEEN_INTERVAL_S="0.5",
+        PANTAU_CONFIG=str(REPO / "tests" / "empty.toml"),
+    )
+    env.update(extra)
+    return env
+
+
+def start_ingest_process(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """`pantau ingest` as a child process (for kill -9 and memory tests)."""
+    log = open(log_path, "ab")  # noqa: SIM115 - closed with the process by the caller
+    return subprocess.Popen([sys.executable, "-m", "pantau", "ingest"], env=env, stdout=log, stderr=log, cwd=REPO)
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of a process in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")
