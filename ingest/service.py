@@ -22,7 +22,7 @@ import paho.mqtt.client as paho
 
 from ingest.decode import Decoder, Rejection, Row
 from ingest.writer import ReadingWriter, RejectRow, WriteResult
-from pantau.domain import Reason
+from pantau.domain import OUTPUT_LEVELS, Reason
 from pantau.errors import StoreError, StoreUnavailable
 from pantau.metrics import SensorKind
 from pantau.mqtt import AsyncMqttClient, BrokerAddress
@@ -106,6 +106,7 @@ class IngestService:
         self._paused = False
         self._seen: dict[str, float] = {}
         self.ready = asyncio.Event()
+        self.metrics.inflight.set_function(lambda: self._inflight)
 
     # -- receive path (runs inside paho's read callback) ------------------------------------------
 
@@ -127,6 +128,8 @@ class IngestService:
         topic = msg.topic
         payload = msg.payload
         parts = topic.split("/")
+        if len(parts) >= 4 and parts[3] in OUTPUT_LEVELS:
+            return  # pantau's own output (alerts), not a sensor's message
         if len(parts) != 5 or parts[0] != "pantau" or parts[1] != "v1" or parts[3] not in _KINDS:
             problem = (Reason.BAD_TOPIC, "expected pantau/v1/{city}/{kind}/{sensor_id}")
             self._reject(batch, received, topic, payload, [problem])
@@ -287,7 +290,6 @@ class IngestService:
         for mid in batch.mids:
             self.mqtt.ack(mid, batch.generation)
         self._inflight = max(0, self._inflight - len(batch.mids))
-        self.metrics.inflight.set(self._inflight)
         if self._paused and self._inflight < self.cfg.max_inflight // 2:
             self._paused = False
             self.mqtt.resume_reading()

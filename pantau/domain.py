@@ -26,6 +26,10 @@ def valid_city(text: str) -> bool:
     return bool(_CITY_RE.match(text))
 
 
+# pantau's own output under the topic root (alerts from the rule engine): not sensor input.
+OUTPUT_LEVELS = frozenset({"alerts"})
+
+
 def sensor_topic(city: str, kind: SensorKind | str, sensor_id: str) -> str:
     """The MQTT topic a sensor publishes on."""
     return f"{TOPIC_ROOT}/{city}/{SensorKind(kind).value}/{sensor_id}"

@@ -106,6 +106,8 @@ class AsyncMqttClient:
         self.on_connected: Callable[[bool], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connected = asyncio.Event()
+        self._subscribed = asyncio.Event()
+        self._pending_subs: set[int] = set()
         self._closing = False
         self._misc_task: asyncio.Task[None] | None = None
         self._reconnect_task: asyncio.Task[None] | None = None
@@ -125,6 +127,7 @@ class AsyncMqttClient:
         if on_message is not None:
             self._client.on_message = lambda _c, _u, msg: on_message(msg)
         self._client.on_connect = self._on_connect
+        self._client.on_subscribe = self._on_subscribe
         self._client.on_disconnect = self._on_disconnect
         self._client.on_socket_open = self._on_socket_open
         self._client.on_socket_close = self._on_socket_close
@@ -136,8 +139,8 @@ class AsyncMqttClient:
         return self._connected.is_set()
 
     async def wait_connected(self, timeout_s: float | None = None) -> None:
-        """Wait until the broker has accepted us (CONNACK received)."""
-        await asyncio.wait_for(self._connected.wait(), timeout_s)
+        """Wait until the broker has accepted us and confirmed our subscriptions (SUBACK)."""
+        await asyncio.wait_for(self._subscribed.wait(), timeout_s)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -218,8 +221,13 @@ class AsyncMqttClient:
             log.error("broker %s refused the connection: %s", self.address.url(), reason)
             return
         self.generation += 1
+        self._pending_subs.clear()
         for topic, qos in self.subscriptions:
-            client.subscribe(topic, qos=qos)
+            _rc, mid = client.subscribe(topic, qos=qos)
+            if mid is not None:
+                self._pending_subs.add(mid)
+        if not self._pending_subs:
+            self._subscribed.set()
         log.info(
             "connected to %s (session %s, generation %d)",
             self.address.url(),
@@ -230,10 +238,20 @@ class AsyncMqttClient:
         if self.on_connected is not None:
             self.on_connected(flags.session_present)
 
+    def _on_subscribe(self, _c: paho.Client, _u: Any, mid: int, reasons: list[ReasonCode], _p: Any) -> None:
+        failed = [r for r in reasons if r.is_failure]
+        if failed:
+            log.error("broker %s refused a subscription: %s", self.address.url(), failed)
+            return
+        self._pending_subs.discard(mid)
+        if not self._pending_subs:
+            self._subscribed.set()
+
     def _on_disconnect(
         self, _c: paho.Client, _u: Any, _flags: paho.DisconnectFlags, reason: ReasonCode, _p: Any
     ) -> None:
         self._connected.clear()
+        self._subscribed.clear()
         if not self._closing:
             log.warning("disconnected from %s (%s); reconnecting", self.address.url(), reason)
             self._schedule_reconnect()
@@ -258,6 +276,7 @@ class AsyncMqttClient:
             pass
         if sock is self._sock:
             self._sock = None
+        self._subscribed.clear()
         if self._connected.is_set() and not self._closing:
             self._connected.clear()
             self._schedule_reconnect()

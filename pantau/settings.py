@@ -29,8 +29,9 @@ class IngestSettings:
     """Tuning of the MQTT → PostgreSQL path."""
 
     client_id: str = "pantau-ingest"
-    # MQTT subscription filter; the topic scheme is pantau/v1/{city}/{kind}/{sensor_id}.
-    topic: str = "pantau/v1/+/+/+"
+    # MQTT subscription filter. Sensors publish on pantau/v1/{city}/{kind}/{sensor_id}; the whole
+    # tree is subscribed so that a misaddressed message is rejected as bad_topic, not lost.
+    topic: str = "pantau/v1/#"
     # A batch is written when it holds this many readings or is this old, whichever comes first:
     # 5,000 rows keep one COPY well under 50 ms, 200 ms keeps publish→commit latency low.
     batch_max_rows: int = 5000

@@ -99,6 +99,7 @@ class TcpProxy:
             for s in (src, dst):
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
+            src.close()  # each socket is the source of exactly one pump
 
     def cut(self) -> None:
         """Drop every open connection and refuse new ones until `restore`."""
@@ -161,8 +162,8 @@ def ingest_env(database_url: str, mqtt_url: str, **extra: str) -> dict[str, str]
 
 def start_ingest_process(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     """`pantau ingest` as a child process (for kill -9 and memory tests)."""
-    log = open(log_path, "ab")  # noqa: SIM115 - closed with the process by the caller
-    return subprocess.Popen([sys.executable, "-m", "pantau", "ingest"], env=env, stdout=log, stderr=log, cwd=REPO)
+    with open(log_path, "ab") as log:  # the child keeps its own descriptor
+        return subprocess.Popen([sys.executable, "-m", "pantau", "ingest"], env=env, stdout=log, stderr=log, cwd=REPO)
 
 
 def rss_kib(pid: int) -> int:
