@@ -62,9 +62,7 @@ async def test_each_bad_message_is_rejected_with_its_reason(
         assert service.mqtt.connected  # bad input never took ingest down
     assert settings.database_url is not None
     with psycopg.connect(settings.database_url) as conn:
-        got = conn.execute(
-            "SELECT topic, payload, reason, detail FROM rejected_messages ORDER BY id"
-        ).fetchall()
+        got = conn.execute("SELECT topic, payload, reason, detail FROM rejected_messages ORDER BY id").fetchall()
     limit = settings.ingest.max_payload_bytes
     # Messages of sensors missing from the registry cache are resolved at flush, so order may differ.
     expected = sorted((topic, payload[:limit], reason.value) for topic, payload, reason in cases)
@@ -94,7 +92,9 @@ async def test_partly_valid_pack_keeps_good_records(
     assert settings.database_url is not None
     with psycopg.connect(settings.database_url) as conn:
         rows = conn.execute("SELECT metric, value FROM readings ORDER BY ts, metric").fetchall()
-        reasons = conn.execute("SELECT reason, detail, payload IS NOT NULL FROM rejected_messages ORDER BY id").fetchall()
+        reasons = conn.execute(
+            "SELECT reason, detail, payload IS NOT NULL FROM rejected_messages ORDER BY id"
+        ).fetchall()
     assert [r[0] for r in rows] == ["water_level_cm", "water_level_cm", "rain_mm"]
     assert [r[1] for r in rows] == pytest.approx([200.0, 220.0, 4.5])
     assert [r[0] for r in reasons] == ["out_of_range", "metric_not_for_kind", "wrong_type"]
