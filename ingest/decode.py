@@ -28,7 +28,8 @@ from pantau.metrics import METRICS, Metric, SensorKind
 # RFC 8428 section 4.5.3: a resolved time below 2**28 is relative to now.
 SENML_RELATIVE_LIMIT = 2**28
 SENML_VERSION = 10
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9\-:./_]*$")
+# \Z, not $: $ also matches before a trailing newline, which is not a name character.
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9\-:./_]*\Z")
 _NON_FINITE_RE = re.compile(rb"(?<![A-Za-z\"])-?(NaN|Infinity)(?![A-Za-z\"])")
 _IDENTITY_KEYS = ("sensor_id", "id", "bn")
 
@@ -67,9 +68,13 @@ def _parse_time(raw: Any) -> float | str:
     if isinstance(raw, bool):
         return f"ts must be a number or an RFC 3339 string, got {raw!r}"
     if isinstance(raw, (int, float)):
-        if not math.isfinite(raw):
+        try:
+            value = float(raw)
+        except OverflowError:  # an integer too large for a double
             return "ts is not finite"
-        return float(raw)
+        if not math.isfinite(value):
+            return "ts is not finite"
+        return value
     if isinstance(raw, str):
         try:
             parsed = datetime.fromisoformat(raw)
@@ -170,7 +175,7 @@ class Decoder:
         except msgspec.ValidationError as exc:  # a number too large for a double
             rejections.append((Reason.NON_FINITE, str(exc)))
             return
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec raises the latter for bad UTF-8
             self._malformed(payload, rejections, str(exc))
             return
         if not isinstance(obj, dict):  # pragma: no cover - guarded by the first byte
@@ -207,7 +212,11 @@ class Decoder:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 rejections.append((Reason.WRONG_TYPE, f"{name} must be a number, got {type(value).__name__}"))
                 continue
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:  # an integer literal too large for a double
+                rejections.append((Reason.NON_FINITE, f"{name} is too large for a double"))
+                continue
             bad = self._check_value(metric, value, "")
             if bad is not None:
                 rejections.append(bad)
@@ -226,13 +235,14 @@ class Decoder:
         rejections: list[Rejection],
     ) -> None:
         records: list[SenMLRecord] | None = None
-        # A key ending in "_" shows as `_"` in the raw bytes; only then pay for the key check.
-        if b'_"' not in payload:
+        # A key ending in "_" shows as `_"` (or an escaped `\u005f"`) in the raw bytes; only then
+        # pay for the key check.
+        if b'_"' not in payload and b"\\u005f" not in payload and b"\\u005F" not in payload:
             try:
                 records = _SENML_DECODER.decode(payload)
             except msgspec.ValidationError:
                 records = None  # a type problem in some record: go record by record
-            except msgspec.DecodeError as exc:
+            except (msgspec.DecodeError, UnicodeDecodeError) as exc:
                 self._malformed(payload, rejections, str(exc))
                 return
         if records is None:
@@ -252,7 +262,7 @@ class Decoder:
         except msgspec.ValidationError as exc:
             rejections.append((Reason.NON_FINITE, str(exc)))
             return None
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             Decoder._malformed(payload, rejections, str(exc))
             return None
         if not isinstance(raw, list):  # pragma: no cover - guarded by the first byte

@@ -11,6 +11,7 @@ top-level keys (districts, rivers, scenario hints) are for the simulators and ig
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,11 @@ def _number(text: str) -> Any:
     except ValueError:
         pass
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         return text
+    # "nan" and "inf" stay text: metadata is stored as jsonb, which has no NaN or Infinity.
+    return value if math.isfinite(value) else text
 
 
 def _coord(value: Any, where: str, name: str) -> float | None:
@@ -69,19 +72,26 @@ def sensor_from_mapping(data: dict[str, Any], where: str, default_city: str | No
             metadata=metadata,
         )
     except ValueError as exc:
-        field = str(exc).split(":", 1)[0] if ":" in str(exc) else "kind"
+        # Sensor's own checks say "field: problem"; the SensorKind check does not (and its
+        # message quotes the bad kind, which may itself hold a colon).
+        field = str(exc).split(":", 1)[0]
+        if field not in _SENSOR_FIELDS:
+            field = "kind"
         raise ManifestError(f"{where}: field {field!r}: {exc}") from None
 
 
 def load_csv(path: Path) -> list[Sensor]:
-    with path.open(newline="", encoding="utf-8") as f:
+    # utf-8-sig: spreadsheet programs put a byte order mark before the header.
+    with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
         missing = [c for c in ("id", "kind", "city") if c not in header]
         if missing:
             raise ManifestError(f"{path}: header lacks column(s) {', '.join(missing)}")
         sensors = []
-        for line, row in enumerate(reader, start=2):
+        for row in reader:
+            # The physical line the row ends on: DictReader skips blank lines, so counting rows would not do.
+            line = reader.line_num
             base = {k: (row.get(k) or "").strip() for k in CSV_COLUMNS if k in header}
             extra = {
                 k: _number(v.strip())
@@ -113,12 +123,12 @@ def load_manifest(path: Path) -> list[Sensor]:
     if not path.exists():
         raise ManifestError(f"{path}: file not found")
     suffix = path.suffix.lower()
-    if suffix == ".csv":
-        sensors = load_csv(path)
-    elif suffix in (".yaml", ".yml"):
-        sensors = load_yaml(path)
-    else:
+    if suffix not in (".csv", ".yaml", ".yml"):
         raise ManifestError(f"{path}: expected a .csv, .yaml or .yml file")
+    try:
+        sensors = load_csv(path) if suffix == ".csv" else load_yaml(path)
+    except UnicodeDecodeError as exc:  # e.g. a spreadsheet exported as Latin-1
+        raise ManifestError(f"{path}: not UTF-8 text: {exc}") from None
     seen: set[str] = set()
     for s in sensors:
         if s.id in seen:

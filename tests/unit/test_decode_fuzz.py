@@ -1,0 +1,220 @@
+"""Property tests of `ingest.decode.Decoder`: it never raises, never stores an implausible row and
+never drops a message without a trace, whatever the payload."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ingest.decode import Decoder, Rejection, Row
+from pantau.domain import Reason
+from pantau.metrics import METRICS, SensorKind
+
+NOW = 1_700_000_000.0
+MAX_FUTURE_S = 300.0
+RETENTION_S = 30 * 86400.0
+SENSOR_ID = "KTG-AQ-01"
+DECODER = Decoder(max_payload_bytes=8192, max_future_s=MAX_FUTURE_S, retention_s=RETENTION_S)
+
+# Each property runs this many examples; together they stay well under 20 s.
+FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+UNITS = sorted({u for m in METRICS.values() for u in m.senml_units} | {m.unit for m in METRICS.values()})
+NAMES = [*METRICS, "pm1", "", "ts", "id", "sensor_id", "bn", "x_", "pm 25"]
+PREFIXES = ["", f"{SENSOR_ID}:", f"{SENSOR_ID}/", f"urn:dev:pantau:{SENSOR_ID}:", "OTHER-01:", "bad name:"]
+SENML_KEYS = ["bn", "bt", "bu", "bv", "bs", "bver", "n", "u", "v", "vs", "vb", "vd", "s", "t", "ut"]
+
+# Numbers a sensor might plausibly send or get badly wrong: near the metric ranges, near now in
+# seconds and in milliseconds, relative offsets, and the edges of the double range.
+numbers = st.one_of(
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.floats(min_value=-2000, max_value=12000),
+    st.floats(min_value=NOW - RETENTION_S - 1000, max_value=NOW + MAX_FUTURE_S + 1000),
+    st.floats(min_value=-RETENTION_S - 1000, max_value=2**28 + 10),
+    st.sampled_from([0, -0.0, 1e308, -1e308, 5e-324, 2**28, 2**28 - 1, NOW * 1000, 10**400]),
+)
+timestamps = st.one_of(
+    numbers,
+    st.datetimes(timezones=st.one_of(st.none(), st.timezones())).map(lambda d: d.isoformat()),
+    st.text(max_size=30),
+)
+scalars = st.one_of(st.none(), st.booleans(), numbers, st.text(max_size=20))
+json_values = st.recursive(
+    scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=4), st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+objects = st.dictionaries(
+    st.one_of(st.sampled_from(NAMES), st.text(max_size=10)),
+    st.one_of(numbers, timestamps, json_values, st.sampled_from([SENSOR_ID, "OTHER-01"])),
+    max_size=8,
+)
+
+
+@st.composite
+def senml_records(draw: st.DrawFn) -> Any:
+    if draw(st.integers(0, 9)) == 0:
+        return draw(json_values)
+    record: dict[str, Any] = {}
+    for key in draw(st.lists(st.sampled_from(SENML_KEYS), unique=True, max_size=7)):
+        if key == "bn":
+            record[key] = draw(st.one_of(st.sampled_from(PREFIXES), st.text(max_size=12)))
+        elif key == "n":
+            record[key] = draw(st.one_of(st.sampled_from(NAMES), st.text(max_size=12)))
+        elif key in ("bu", "u"):
+            record[key] = draw(st.one_of(st.sampled_from(UNITS), st.text(max_size=6)))
+        elif key == "bver":
+            record[key] = draw(st.one_of(st.integers(-5, 15), scalars))
+        elif key == "vb":
+            record[key] = draw(st.one_of(st.booleans(), scalars))
+        elif key in ("vs", "vd"):
+            record[key] = draw(st.one_of(st.text(max_size=8), scalars))
+        else:
+            record[key] = draw(numbers)
+    extra = draw(st.dictionaries(st.text(max_size=6), json_values, max_size=2))
+    return {**extra, **record}
+
+
+@st.composite
+def plausible_records(draw: st.DrawFn) -> dict[str, Any]:
+    """A record close to what a real sensor sends, so that many of them are stored."""
+    metric = METRICS[draw(st.sampled_from(sorted(METRICS)))]
+    record: dict[str, Any] = {"n": metric.name, "v": draw(st.floats(min_value=metric.low - 10, max_value=metric.high))}
+    if draw(st.booleans()):
+        record["bn"] = draw(st.sampled_from(PREFIXES[:4]))
+    if draw(st.booleans()):
+        record["u"] = draw(st.sampled_from([metric.unit, *metric.senml_units]))
+    if draw(st.booleans()):
+        record["t"] = draw(st.floats(min_value=-RETENTION_S - 100, max_value=MAX_FUTURE_S + 100))
+    if draw(st.booleans()):
+        record["bt"] = draw(st.sampled_from([0.0, NOW, NOW - 3600, -60.0]))
+    return record
+
+
+senml_packs = st.lists(st.one_of(plausible_records(), senml_records()), max_size=12)
+plausible_objects = st.fixed_dictionaries(
+    {},
+    optional={
+        **{
+            name: st.one_of(
+                st.floats(min_value=m.low - 10, max_value=m.high + 10),
+                # Integer literals of any size are valid JSON, even beyond a double's range.
+                st.integers(min_value=-(10**400), max_value=10**400),
+            )
+            for name, m in METRICS.items()
+        },
+        "ts": st.one_of(
+            st.floats(min_value=NOW - RETENTION_S - 100, max_value=NOW + MAX_FUTURE_S + 100),
+            st.integers(min_value=-(10**400), max_value=10**400),
+            st.datetimes(timezones=st.timezones()).map(lambda d: d.isoformat()),
+        ),
+        "id": st.sampled_from([SENSOR_ID, "OTHER-01"]),
+    },
+)
+
+
+def encode(value: Any, ensure_ascii: bool) -> bytes:
+    # allow_nan writes NaN/Infinity literals, which senders do produce; 10**400 stays an integer.
+    return json.dumps(value, allow_nan=True, ensure_ascii=ensure_ascii).encode()
+
+
+def check(payload: bytes, kind: SensorKind) -> None:
+    rows: list[Row] = []
+    rejections: list[Rejection] = []
+    DECODER.decode(payload, SENSOR_ID, kind, NOW, rows, rejections)
+    assert rows or rejections, f"payload {payload!r} produced neither a row nor a rejection"
+    for ts, sensor_id, metric_name, value in rows:
+        assert sensor_id == SENSOR_ID
+        metric = METRICS[metric_name]
+        assert kind in metric.kinds
+        assert type(value) is float
+        assert math.isfinite(value)
+        assert metric.low <= value <= metric.high
+        assert type(ts) is float
+        assert math.isfinite(ts)
+        assert NOW - RETENTION_S <= ts <= NOW + MAX_FUTURE_S
+    for reason, detail in rejections:
+        assert isinstance(reason, Reason)
+        assert isinstance(detail, str)
+        assert detail
+
+
+kinds = st.sampled_from(list(SensorKind))
+
+
+@FUZZ
+@given(payload=st.binary(max_size=300), kind=kinds)
+def test_arbitrary_bytes(payload: bytes, kind: SensorKind) -> None:
+    check(payload, kind)
+
+
+@FUZZ
+@given(prefix=st.sampled_from([b"", b"[", b"{", b"[{", b' {"', b'[{"n": "pm25", "v": ']), tail=st.binary(max_size=200))
+def test_bytes_that_look_like_json(prefix: bytes, tail: bytes) -> None:
+    check(prefix + tail, SensorKind.AIR)
+
+
+@FUZZ
+@given(value=json_values, kind=kinds, ensure_ascii=st.booleans())
+def test_arbitrary_json(value: Any, kind: SensorKind, ensure_ascii: bool) -> None:
+    check(encode(value, ensure_ascii), kind)
+
+
+@FUZZ
+@given(obj=st.one_of(objects, plausible_objects), kind=kinds, ensure_ascii=st.booleans())
+def test_json_objects(obj: dict[str, Any], kind: SensorKind, ensure_ascii: bool) -> None:
+    check(encode(obj, ensure_ascii), kind)
+
+
+@FUZZ
+@given(pack=senml_packs, kind=kinds, ensure_ascii=st.booleans())
+def test_senml_packs(pack: list[Any], kind: SensorKind, ensure_ascii: bool) -> None:
+    check(encode(pack, ensure_ascii), kind)
+
+
+@FUZZ
+@given(
+    value=st.one_of(plausible_objects, senml_packs),
+    ensure_ascii=st.booleans(),
+    at=st.integers(min_value=0),
+    cut=st.integers(min_value=0, max_value=3),
+    junk=st.binary(max_size=4),
+)
+def test_corrupted_payloads(value: Any, ensure_ascii: bool, at: int, cut: int, junk: bytes) -> None:
+    """Valid payloads with bytes replaced at a random spot: truncation, stray bytes, broken UTF-8."""
+    payload = encode(value, ensure_ascii)
+    at %= len(payload) + 1
+    check(payload[:at] + junk + payload[at + cut :], SensorKind.AIR)
+
+
+@FUZZ
+@given(
+    metric=st.sampled_from(sorted(METRICS)),
+    value=numbers,
+    unit=st.one_of(st.none(), st.sampled_from(UNITS)),
+    t=st.one_of(st.none(), numbers),
+    kind=kinds,
+)
+def test_single_senml_record_is_stored_or_rejected_once(
+    metric: str, value: Any, unit: str | None, t: Any, kind: SensorKind
+) -> None:
+    record: dict[str, Any] = {"bn": f"{SENSOR_ID}:", "n": metric, "v": value}
+    if unit is not None:
+        record["u"] = unit
+    if t is not None:
+        record["t"] = t
+    payload = encode([record], ensure_ascii=True)
+    check(payload, kind)
+    rows: list[Row] = []
+    rejections: list[Rejection] = []
+    DECODER.decode(payload, SENSOR_ID, kind, NOW, rows, rejections)
+    # One record yields exactly one outcome: a row or a rejection, never both, never neither.
+    assert len(rows) + len(rejections) == 1
