@@ -57,6 +57,7 @@ class Batch:
     # Messages from sensors not in the registry cache: resolved against the database at flush.
     parked: list[tuple[str, str, str, str, bytes, float]] = field(default_factory=list)
     messages: int = 0
+    qos0: int = 0  # messages the broker will not redeliver
     oldest_received: float = 0.0
 
 
@@ -94,6 +95,7 @@ class IngestService:
             receive_maximum=self.cfg.max_inflight,
             manual_ack=True,
             keepalive_s=self.cfg.keepalive_s,
+            protocol=self.cfg.mqtt_protocol,
         )
         self.mqtt.on_connected = self._on_connected
         self._registry: dict[str, tuple[str, str]] = {}
@@ -122,9 +124,12 @@ class IngestService:
             batch.mids.append(msg.mid)
             self._inflight += 1
             if self._inflight >= self.cfg.max_inflight and not self._paused:
-                # The broker should have stopped at our Receive Maximum; stop reading anyway.
+                # An MQTT 5 broker stops at our Receive Maximum; under MQTT 3.1.1 the broker's
+                # own limit may be higher. Either way: stop reading (TCP backpressure).
                 self._paused = True
                 self.mqtt.pause_reading()
+        else:
+            batch.qos0 += 1
         topic = msg.topic
         payload = msg.payload
         parts = topic.split("/")
@@ -184,18 +189,26 @@ class IngestService:
             stored = payload[: self.cfg.max_payload_bytes] if i == 0 else None
             batch.rejections.append((received, topic, stored, reason.value, detail))
 
-    def _on_connected(self, _session_present: bool) -> None:
-        # Packet ids of the old connection mean nothing on the new one: seal that batch so its
-        # messages are written but not acknowledged (the broker redelivers them).
-        if self._batch.messages:
-            self._sealed.append(self._batch)
-        self._inflight -= sum(len(b.mids) for b in self._sealed if b.generation != self.mqtt.generation)
-        for b in self._sealed:
-            if b.generation != self.mqtt.generation:
-                b.mids.clear()
-        self._inflight = max(self._inflight, 0)
+    def _on_connected(self, session_present: bool) -> None:
+        # Packet ids of the old connection mean nothing on the new one. If the broker kept our
+        # session it redelivers every unacknowledged QoS 1 message, so batches of the old
+        # connection that hold only those are dropped (holding them too would let memory grow
+        # with each reconnect of a long database outage). Otherwise, or with QoS 0 messages in
+        # them, they are written, unacknowledged: they may be the only copy.
+        old = [*self._sealed, self._batch] if self._batch.messages else list(self._sealed)
+        self._sealed.clear()
+        for batch in old:
+            if session_present and not batch.qos0:
+                continue
+            batch.mids.clear()
+            self._sealed.append(batch)
+        self._inflight = 0  # counts messages of the current connection only
         self._batch = Batch(generation=self.mqtt.generation)
-        if self._paused and self._inflight < self.cfg.max_inflight:
+        self._has_data.clear()
+        self._full.clear()
+        if self._sealed:
+            self._has_data.set()
+        if self._paused:
             self._paused = False
             self.mqtt.resume_reading()
         self.metrics.connected.labels("broker").set(1)
@@ -287,9 +300,10 @@ class IngestService:
         self.metrics.duplicates.inc(result.duplicates)
         for rejection in batch.rejections:
             self.metrics.rejected.labels(rejection[3]).inc()
-        for mid in batch.mids:
-            self.mqtt.ack(mid, batch.generation)
-        self._inflight = max(0, self._inflight - len(batch.mids))
+        if batch.generation == self.mqtt.generation:
+            for mid in batch.mids:
+                self.mqtt.ack(mid, batch.generation)
+            self._inflight -= len(batch.mids)
         if self._paused and self._inflight < self.cfg.max_inflight // 2:
             self._paused = False
             self.mqtt.resume_reading()

@@ -23,7 +23,9 @@ from pantau.telemetry import setup_logging
 
 log = logging.getLogger("pantau")
 
-Handler = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
+# A subcommand handler: async (run on a fresh event loop) or, for tools that drive processes and
+# event loops of their own (the benchmark), plain.
+Handler = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int] | int]
 
 
 def _need(settings: Settings, key: str) -> str:
@@ -395,7 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(settings.log_level)
     handler: Handler = args.handler
     try:
-        return asyncio.run(handler(args, settings))
+        result = handler(args, settings)
+        return asyncio.run(result) if asyncio.iscoroutine(result) else int(result)  # type: ignore[arg-type]
     except KeyboardInterrupt:
         return 130
     except ConfigError as exc:
