@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import os
 import secrets
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -62,6 +63,8 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
             return backend
 
     backend = asyncio.run(_migrate())
+    if backend is Backend.TIMESCALEDB:
+        _close_to_connections(admin_url, template)
     server = PgServer(admin_url, template, backend, embedded)
     try:
         yield server
@@ -70,6 +73,23 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
             conn.execute(f'DROP DATABASE IF EXISTS "{template}" WITH (FORCE)')
         if embedded is not None:
             embedded.stop("immediate")
+
+
+def _close_to_connections(admin_url: str, name: str) -> None:
+    # TimescaleDB restarts a database's job scheduler on every CREATE DATABASE ... TEMPLATE it, and
+    # the new scheduler connects before the copy checks for other sessions, so some clones fail
+    # with "source database is being accessed by other users" (timescale/timescaledb#4048). A
+    # template that refuses connections gets no restart and no scheduler.
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        for _ in range(100):
+            cur = conn.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s", (name,)
+            )
+            if cur.fetchone() == (0,):
+                return
+            time.sleep(0.05)
+    raise RuntimeError(f"sessions on the template database {name} did not end")
 
 
 def _clone(server: PgServer) -> str:

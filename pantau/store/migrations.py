@@ -3,8 +3,8 @@
 Each migration runs once, in its own transaction, and is recorded in `pantau_schema`. The backend
 chosen by the first migrate is recorded in `pantau_meta` and kept: installing TimescaleDB later
 does not silently switch an existing database (`pantau db info` reports what is in use).
-Policies (retention, compression) are re-applied on every migrate so that changed settings take
-effect.
+Policies (compression, retention, continuous-aggregate refresh) are re-applied on every migrate so
+that changed settings take effect.
 """
 
 from __future__ import annotations
@@ -159,13 +159,6 @@ SELECT time_bucket('1 hour', bucket) AS bucket, sensor_id, metric,
        min(min_value) AS min_value, max(max_value) AS max_value
 FROM readings_1m GROUP BY 1, sensor_id, metric
 WITH NO DATA;
-
--- A NULL start offset lets the refresh reach late and backfilled data of any age; only
--- invalidated ranges are recomputed, so a wide window costs nothing when nothing changed.
-SELECT add_continuous_aggregate_policy('readings_1m',
-    start_offset => NULL, end_offset => NULL, schedule_interval => interval '30 seconds');
-SELECT add_continuous_aggregate_policy('readings_1h',
-    start_offset => NULL, end_offset => NULL, schedule_interval => interval '5 minutes');
 """
 
 
@@ -223,25 +216,52 @@ async def schema_version(conn: AsyncConnection) -> int:
     return int(found[0]) if found else 0
 
 
+# How often the continuous aggregates are refreshed: minute rollups at most half a minute behind
+# ingest; hourly ones less often, since each run re-reads the minute buckets of the open hour.
+_REFRESH_EVERY = {"readings_1m": "30 seconds", "readings_1h": "5 minutes"}
+
+
+def _refresh_start_offset(settings: StoreSettings) -> str:
+    """How far back the refresh policies look.
+
+    Dropping chunks (retention) invalidates their time range, and refreshing an invalidated range
+    whose source rows are gone deletes its buckets: a refresh reaching past the raw retention would
+    wipe rollups that are meant to outlive the raw rows (rollup_retention_days). So the window
+    stops an hour short of the nearer retention horizon; late data older than that is about to
+    be dropped anyway.
+    """
+    horizon_h = 24 * min(settings.retention_days, settings.rollup_retention_days)
+    # Never below two hourly buckets, the smallest window TimescaleDB accepts for readings_1h.
+    return f"{max(horizon_h - 1, 2)} hours"
+
+
 async def _apply_timescale_policies(conn: AsyncConnection, settings: StoreSettings) -> None:
+    """(Re)create compression, retention and refresh policies from `settings`."""
     days = sql.Literal(f"{settings.retention_days} days")
     rollup_days = sql.Literal(f"{settings.rollup_retention_days} days")
     compress = sql.Literal(f"{settings.compress_after_days} days")
-    statements = [
+    start_offset = sql.Literal(_refresh_start_offset(settings))
+    statements: list[sql.SQL | sql.Composed] = [
         sql.SQL("SELECT remove_compression_policy('readings', if_exists => true)"),
         sql.SQL("SELECT add_compression_policy('readings', compress_after => {}::interval)").format(compress),
         sql.SQL("SELECT remove_retention_policy('readings', if_exists => true)"),
         sql.SQL("SELECT add_retention_policy('readings', drop_after => {}::interval)").format(days),
     ]
-    for view in ("readings_1m", "readings_1h"):
+    for view, every in _REFRESH_EVERY.items():
+        name = sql.Literal(view)
         statements += [
-            sql.SQL("SELECT remove_retention_policy({}, if_exists => true)").format(sql.Literal(view)),
-            sql.SQL("SELECT add_retention_policy({}, drop_after => {}::interval)").format(
-                sql.Literal(view), rollup_days
-            ),
+            sql.SQL("SELECT remove_retention_policy({}, if_exists => true)").format(name),
+            sql.SQL("SELECT add_retention_policy({}, drop_after => {}::interval)").format(name, rollup_days),
+            sql.SQL("SELECT remove_continuous_aggregate_policy({}, if_exists => true)").format(name),
+            # A NULL end offset includes the current, still filling bucket.
+            sql.SQL(
+                "SELECT add_continuous_aggregate_policy({}, start_offset => {}::interval,"
+                " end_offset => NULL, schedule_interval => {}::interval)"
+            ).format(name, start_offset, sql.Literal(every)),
         ]
-    for stmt in statements:
-        await conn.execute(stmt)
+    async with conn.transaction():
+        for stmt in statements:
+            await conn.execute(stmt)
 
 
 async def migrate(conn: AsyncConnection, settings: StoreSettings) -> tuple[Backend, list[Migration]]:
@@ -270,7 +290,7 @@ async def migrate(conn: AsyncConnection, settings: StoreSettings) -> tuple[Backe
                 continue
             try:
                 async with conn.transaction():
-                    await conn.execute(migration.statements(backend))  # type: ignore[arg-type]
+                    await conn.execute(migration.statements(backend))
                     await conn.execute(
                         "INSERT INTO pantau_schema (version, name) VALUES (%s, %s)",
                         (migration.version, migration.name),

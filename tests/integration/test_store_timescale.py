@@ -1,0 +1,270 @@
+"""The TimescaleDB store: hypertable, policies from settings, continuous aggregates, duplicates.
+
+These need a server with TimescaleDB preloaded (PANTAU_TEST_DATABASE_URL); CI runs the
+plain-PostgreSQL path, whose counterpart is test_store_plain.py. Readings go in through
+`ReadingWriter.write`, the path ingest uses.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from ingest.writer import ReadingWriter, WriterRow
+from pantau.settings import StoreSettings
+from pantau.store import Backend, Store
+from tests.conftest import EXTERNAL_URL
+
+pytestmark = pytest.mark.timescaledb
+
+SKIP_REASON = (
+    "needs PANTAU_TEST_DATABASE_URL pointing at a server with TimescaleDB preloaded; CI runs the plain-PostgreSQL path"
+)
+SENSOR = "KTG-AQ-01"
+
+
+@pytest.fixture(autouse=True)
+def _needs_timescaledb(request: pytest.FixtureRequest) -> None:
+    # Checked before asking for `backend`, so that without the variable no cluster is started
+    # just to skip.
+    if not EXTERNAL_URL or request.getfixturevalue("backend") is not Backend.TIMESCALEDB:
+        pytest.skip(SKIP_REASON)
+
+
+@pytest.fixture
+async def writer(database_url: str) -> AsyncIterator[ReadingWriter]:
+    async with ReadingWriter(database_url, Backend.TIMESCALEDB) as w:
+        yield w
+
+
+async def _rows(store: Store, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    async with store.connection() as conn:
+        cur = await conn.execute(query, params)
+        return await cur.fetchall()
+
+
+async def _refresh(store: Store) -> None:
+    # The hourly aggregate reads the minute one, so the order matters.
+    async with store.connection() as conn:
+        await conn.execute("CALL refresh_continuous_aggregate('readings_1m', NULL, NULL)")
+        await conn.execute("CALL refresh_continuous_aggregate('readings_1h', NULL, NULL)")
+
+
+def _expected(rows: list[WriterRow], width_s: int) -> dict[datetime, tuple[int, float, float, float]]:
+    """Bucket start -> (n, avg, min, max) of one sensor's distinct readings."""
+    buckets: dict[float, list[float]] = defaultdict(list)
+    for ts, _sensor, _metric, value in {(r[0], r[1], r[2]): r for r in rows}.values():
+        buckets[ts // width_s * width_s].append(value)
+    return {
+        datetime.fromtimestamp(b, UTC): (len(v), sum(v) / len(v), min(v), max(v)) for b, v in sorted(buckets.items())
+    }
+
+
+def _assert_rollups(rollups: list[dict[str, Any]], expected: dict[datetime, tuple[int, float, float, float]]) -> None:
+    found = {r["bucket"]: (r["n"], r["avg_value"], r["min_value"], r["max_value"]) for r in rollups}
+    assert list(found) == list(expected)
+    for bucket, want in expected.items():
+        assert found[bucket] == pytest.approx(want), bucket
+
+
+def _series(start: float, minutes: int, per_minute: int) -> list[WriterRow]:
+    """`per_minute` readings in each of `minutes` minutes from `start`, with varied values."""
+    step = 60 / per_minute
+    return [
+        (start + m * 60 + k * step, SENSOR, "pm25", float((m * 7 + k * 13) % 50) + k / 4)
+        for m in range(minutes)
+        for k in range(per_minute)
+    ]
+
+
+def _hour_aligned(hours_ago: int) -> float:
+    return (int(time.time()) // 3600 - hours_ago) * 3600.0
+
+
+async def test_readings_is_a_compressed_hypertable(store: Store) -> None:
+    found = await _rows(
+        store,
+        "SELECT primary_dimension, compression_enabled FROM timescaledb_information.hypertables"
+        " WHERE hypertable_schema = 'public' AND hypertable_name = 'readings'",
+    )
+    assert found == [("ts", True)]
+    segmentby = await _rows(
+        store,
+        "SELECT attname FROM timescaledb_information.compression_settings"
+        " WHERE hypertable_name = 'readings' AND segmentby_column_index IS NOT NULL"
+        " ORDER BY segmentby_column_index",
+    )
+    assert [r[0] for r in segmentby] == ["sensor_id", "metric"]
+
+
+async def _policy(store: Store, proc: str, table: str, key: str) -> list[timedelta | None]:
+    found = await _rows(
+        store,
+        "SELECT (config->>%s)::interval FROM timescaledb_information.jobs"
+        " WHERE proc_name = %s AND hypertable_name = %s",
+        (key, proc, table),
+    )
+    return [r[0] for r in found]
+
+
+async def test_compression_and_retention_policies_follow_settings(store: Store, database_url: str) -> None:
+    defaults = StoreSettings()
+    assert await _policy(store, "policy_compression", "readings", "compress_after") == [
+        timedelta(days=defaults.compress_after_days)
+    ]
+    assert await _policy(store, "policy_retention", "readings", "drop_after") == [
+        timedelta(days=defaults.retention_days)
+    ]
+    for view in ("readings_1m", "readings_1h"):
+        assert await _policy(store, "policy_retention", view, "drop_after") == [
+            timedelta(days=defaults.rollup_retention_days)
+        ]
+
+    changed = StoreSettings(pool_max_size=1, compress_after_days=2, retention_days=30, rollup_retention_days=400)
+    async with Store.open(database_url, changed) as again:
+        backend, applied = await again.migrate()
+    assert (backend, applied) == (Backend.TIMESCALEDB, [])
+    # Replaced, not added to: exactly one policy of each kind.
+    assert await _policy(store, "policy_compression", "readings", "compress_after") == [timedelta(days=2)]
+    assert await _policy(store, "policy_retention", "readings", "drop_after") == [timedelta(days=30)]
+    for view in ("readings_1m", "readings_1h"):
+        assert await _policy(store, "policy_retention", view, "drop_after") == [timedelta(days=400)]
+        [start] = await _policy(store, "policy_refresh_continuous_aggregate", view, "start_offset")
+        assert start is not None and start < timedelta(days=30)
+
+
+async def test_rollups_are_hierarchical_continuous_aggregates_with_refresh_policies(store: Store) -> None:
+    found = await _rows(
+        store,
+        "SELECT view_name, hypertable_name FROM timescaledb_information.continuous_aggregates"
+        " WHERE view_schema = 'public' ORDER BY view_name",
+    )
+    assert [r[0] for r in found] == ["readings_1h", "readings_1m"]
+    sources = dict(found)
+    assert sources["readings_1m"] == "readings"
+    # readings_1h is built on readings_1m's materialization, not on the raw rows.
+    [(mat,)] = await _rows(
+        store,
+        "SELECT materialization_hypertable_name FROM timescaledb_information.continuous_aggregates"
+        " WHERE view_name = 'readings_1m'",
+    )
+    assert sources["readings_1h"] == mat
+    for view in ("readings_1m", "readings_1h"):
+        columns = await _rows(
+            store,
+            "SELECT column_name FROM information_schema.columns WHERE table_name = %s ORDER BY ordinal_position",
+            (view,),
+        )
+        assert [c[0] for c in columns] == ["bucket", "sensor_id", "metric", "n", "avg_value", "min_value", "max_value"]
+        [start] = await _policy(store, "policy_refresh_continuous_aggregate", view, "start_offset")
+        # The refresh window must stop short of the raw retention horizon (see the next tests).
+        assert start is not None and start < timedelta(days=StoreSettings().retention_days)
+        assert await _policy(store, "policy_refresh_continuous_aggregate", view, "end_offset") == [None]
+
+
+async def test_refreshed_rollups_are_exact_and_duplicates_count_once(store: Store, writer: ReadingWriter) -> None:
+    start = _hour_aligned(3)
+    rows = _series(start, minutes=90, per_minute=4)  # one full hour and half of the next
+    first = await writer.write(rows[:200], [])
+    assert (first.inserted, first.duplicates) == (200, 0)
+    # A redelivered run (rows 150..199 again) followed by the rest.
+    second = await writer.write(rows[150:], [])
+    assert (second.inserted, second.duplicates) == (len(rows) - 200, 50)
+    assert await store.count("readings") == len(rows)
+
+    await _refresh(store)
+    window = (datetime.fromtimestamp(start - 3600, UTC), datetime.fromtimestamp(start + 4 * 3600, UTC))
+    _assert_rollups(await store.readings(SENSOR, "pm25", *window, resolution="1m"), _expected(rows, 60))
+    hour = await store.readings(SENSOR, "pm25", *window, resolution="1h")
+    _assert_rollups(hour, _expected(rows, 3600))
+    assert [r["n"] for r in hour] == [240, 120]
+
+    # Late data for an already materialized minute is re-aggregated exactly by the next refresh.
+    late = [(start + 30.5, SENSOR, "pm25", 1000.0), (start + 31.5, SENSOR, "pm25", -5.0)]
+    assert (await writer.write([*late, rows[0]], [])).inserted == 2
+    await _refresh(store)
+    _assert_rollups(await store.readings(SENSOR, "pm25", *window, resolution="1m"), _expected(rows + late, 60))
+    _assert_rollups(await store.readings(SENSOR, "pm25", *window, resolution="1h"), _expected(rows + late, 3600))
+
+
+async def test_redelivered_batch_is_not_stored_twice(store: Store, writer: ReadingWriter) -> None:
+    rows = _series(_hour_aligned(2), minutes=10, per_minute=6)
+    assert (await writer.write(rows, [])).inserted == len(rows)
+    again = await writer.write(rows, [])
+    assert (again.inserted, again.duplicates) == (0, len(rows))
+    # Duplicates inside one batch, too.
+    extra = (rows[-1][0] + 1, SENSOR, "pm25", 3.0)
+    inside = await writer.write([extra, extra, rows[0]], [])
+    assert (inside.inserted, inside.duplicates) == (1, 2)
+    assert await store.count("readings") == len(rows) + 1
+
+
+async def test_info_reports_the_timescaledb_version(store: Store) -> None:
+    info = await store.info()
+    [(extversion,)] = await _rows(store, "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
+    assert info.backend is Backend.TIMESCALEDB
+    assert info.timescaledb_version == extversion
+    assert re.fullmatch(r"\d+\.\d+\.\d+.*", info.timescaledb_version)
+
+
+async def test_writes_into_a_compressed_chunk_with_duplicates(store: Store, database_url: str) -> None:
+    start = _hour_aligned(24 * 10)  # old enough that a real deployment would have compressed it
+    rows = _series(start, minutes=20, per_minute=3)
+    async with ReadingWriter(database_url, Backend.TIMESCALEDB) as w:
+        assert (await w.write(rows, [])).inserted == len(rows)
+    compressed = await _rows(store, "SELECT compress_chunk(c) FROM show_chunks('readings') c")
+    assert compressed
+    assert await _rows(
+        store, "SELECT DISTINCT is_compressed FROM timescaledb_information.chunks WHERE hypertable_name = 'readings'"
+    ) == [(True,)]
+
+    new = [(start + 20 * 60 + k, SENSOR, "pm25", float(k)) for k in range(5)]
+    # A fresh writer tries the COPY fast path first; the compressed chunk still enforces the key.
+    async with ReadingWriter(database_url, Backend.TIMESCALEDB) as w:
+        mixed = await w.write([*rows[:10], *new[:3]], [])
+        assert (mixed.inserted, mixed.duplicates) == (3, 10)
+    async with ReadingWriter(database_url, Backend.TIMESCALEDB) as w:
+        clean = await w.write(new[3:], [])  # no duplicate: COPY straight into the compressed chunk
+        assert (clean.inserted, clean.duplicates) == (2, 0)
+        again = await w.write(rows, [])
+        assert (again.inserted, again.duplicates) == (0, len(rows))
+    assert await store.count("readings") == len(rows) + len(new)
+
+    await _refresh(store)
+    window = (datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(start + 3600, UTC))
+    _assert_rollups(await store.readings(SENSOR, "pm25", *window, resolution="1m"), _expected(rows + new, 60))
+
+
+async def test_rollups_outlive_raw_retention(store: Store, database_url: str) -> None:
+    settings = StoreSettings(pool_max_size=1, retention_days=30, rollup_retention_days=3650)
+    async with Store.open(database_url, settings) as s:
+        await s.migrate()
+    start = _hour_aligned(24 * 40)  # past the raw retention
+    rows = _series(start, minutes=5, per_minute=2)
+    async with ReadingWriter(database_url, Backend.TIMESCALEDB) as w:
+        await w.write(rows, [])
+    await _refresh(store)  # as if the rows had been materialized while they were recent
+    window = (datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(start + 3600, UTC))
+    assert len(await store.readings(SENSOR, "pm25", *window, resolution="1m")) == 5
+
+    jobs = dict(
+        await _rows(
+            store,
+            "SELECT hypertable_name || ':' || proc_name, job_id FROM timescaledb_information.jobs"
+            " WHERE hypertable_name IN ('readings', 'readings_1m', 'readings_1h')",
+        )
+    )
+    async with store.connection() as conn:
+        await conn.execute("CALL run_job(%s)", (jobs["readings:policy_retention"],))
+        # Dropping the chunk logged an invalidation for its range; the policies must not act on it.
+        await conn.execute("CALL run_job(%s)", (jobs["readings_1m:policy_refresh_continuous_aggregate"],))
+        await conn.execute("CALL run_job(%s)", (jobs["readings_1h:policy_refresh_continuous_aggregate"],))
+    assert await store.count("readings") == 0
+    _assert_rollups(await store.readings(SENSOR, "pm25", *window, resolution="1m"), _expected(rows, 60))
+    _assert_rollups(await store.readings(SENSOR, "pm25", *window, resolution="1h"), _expected(rows, 3600))
