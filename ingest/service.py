@@ -126,8 +126,7 @@ class IngestService:
             if self._inflight >= self.cfg.max_inflight and not self._paused:
                 # An MQTT 5 broker stops at our Receive Maximum; under MQTT 3.1.1 the broker's
                 # own limit may be higher. Either way: stop reading (TCP backpressure).
-                self._paused = True
-                self.mqtt.pause_reading()
+                self._pause()
         else:
             batch.qos0 += 1
         topic = msg.topic
@@ -147,6 +146,22 @@ class IngestService:
         self._accept(batch, entry, sensor_id, kind, city, topic, payload, received)
         if len(batch.rows) >= self.cfg.batch_max_rows:
             self._full.set()
+            if len(batch.rows) >= self.cfg.max_pending_rows and not self._paused:
+                # A message may carry many readings: bound memory by rows as well.
+                self._pause()
+
+    def _pause(self) -> None:
+        self._paused = True
+        self.mqtt.pause_reading()
+
+    def _maybe_resume(self) -> None:
+        if (
+            self._paused
+            and self._inflight < self.cfg.max_inflight // 2
+            and len(self._batch.rows) < self.cfg.max_pending_rows
+        ):
+            self._paused = False
+            self.mqtt.resume_reading()
 
     def _accept(
         self,
@@ -240,6 +255,7 @@ class IngestService:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._full.wait(), remaining)
             batch = self._take()
+            self._maybe_resume()
             if batch.messages:
                 await self._commit(batch)
             now = time.monotonic()
@@ -304,9 +320,7 @@ class IngestService:
             for mid in batch.mids:
                 self.mqtt.ack(mid, batch.generation)
             self._inflight -= len(batch.mids)
-        if self._paused and self._inflight < self.cfg.max_inflight // 2:
-            self._paused = False
-            self.mqtt.resume_reading()
+        self._maybe_resume()
         self._seen.update(batch.seen)
         if self.on_commit is not None and batch.rows:
             self.on_commit(batch.rows, committed)

@@ -40,6 +40,10 @@ class IngestSettings:
     # Maximum). This is the backpressure bound: while the database is down at most this many
     # messages sit in memory, the rest waits in the broker's persistent queue.
     max_inflight: int = 20000
+    # Readings decoded but not yet written: past this, ingest stops reading until the batch in
+    # hand is taken (a SenML pack holds many readings, so messages alone do not bound memory).
+    # 50,000 rows are ~10 MB and ten batches.
+    max_pending_rows: int = 50000
     # Payloads above this are rejected as `oversize` (a 50-reading SenML pack is about 3 KiB).
     max_payload_bytes: int = 65536
     # Readings stamped further than this ahead of the receive time are rejected (clock skew).
@@ -167,6 +171,7 @@ def _check(settings: Settings) -> None:
         "PANTAU_INGEST_BATCH_MAX_ROWS": ing.batch_max_rows,
         "PANTAU_INGEST_BATCH_MAX_DELAY_S": ing.batch_max_delay_s,
         "PANTAU_INGEST_MAX_INFLIGHT": ing.max_inflight,
+        "PANTAU_INGEST_MAX_PENDING_ROWS": ing.max_pending_rows,
         "PANTAU_INGEST_MAX_PAYLOAD_BYTES": ing.max_payload_bytes,
         "PANTAU_INGEST_KEEPALIVE_S": ing.keepalive_s,
         "PANTAU_STORE_RETENTION_DAYS": settings.store.retention_days,
