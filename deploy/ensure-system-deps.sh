@@ -13,9 +13,9 @@ for want in "$@"; do
         missing+=(postgresql)
       fi ;;
     mosquitto)
-      if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
-        missing+=(mosquitto mosquitto-clients)
-      fi ;;
+      if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then missing+=(mosquitto); fi
+      # mosquitto_pub/_sub: the README's first steps and the end-to-end tests use them.
+      if ! command -v mosquitto_pub >/dev/null 2>&1; then missing+=(mosquitto-clients); fi ;;
     chromium)
       if ! command -v chromium >/dev/null 2>&1; then missing+=(chromium chromium-driver); fi ;;
     *) echo "ensure-system-deps: unknown dependency '$want'" >&2; exit 2 ;;

@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.support import REPO, Publisher, wait_until
+from tests.support import REPO, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -99,6 +99,23 @@ def test_registry_commands(database_url: str, tmp_path: Path) -> None:
     assert "schema version: 2" in info and "sensors:" in info
 
 
+def _child_running(parent: int, name: bytes) -> int | None:
+    """PID of a live child of `parent` running `pantau <name>`."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        state = stat.rsplit(")", 1)[1].split()[0]
+        if ppid == parent and state != "Z" and cmdline.split(b"\0")[1:4] == [b"-m", b"pantau", name]:
+            return int(entry.name)
+    return None
+
+
 @pytest.fixture
 def up_home(tmp_path: Path) -> Iterator[Path]:
     home = tmp_path / "home"
@@ -132,20 +149,39 @@ def test_up_runs_the_stack_and_lands_readings(up_home: Path) -> None:
             "kotamobagu",
             env=_env(PANTAU_DATABASE_URL=db),
         )
-        port = int(endpoints["mqtt_url"].rsplit(":", 1)[1])
+        port = endpoints["mqtt_url"].rsplit(":", 1)[1]
         topic = "pantau/v1/kotamobagu/air/KTG-AQ-07"
 
-        def landed() -> bool:
-            pub = Publisher(port)
-            pub.publish_all([(topic, json.dumps({"ts": time.time(), "pm25": 41.5})), (topic, b'{"pm25": "x"}')])
-            pub.close()
+        def mosquitto_pub(payload: str) -> None:
+            subprocess.run(
+                ["mosquitto_pub", "-h", "127.0.0.1", "-p", port, "-q", "1", "-t", topic, "-m", payload],
+                check=True,
+                timeout=30,
+            )
+
+        def landed(n: int) -> bool:
+            mosquitto_pub(json.dumps({"ts": time.time(), "pm25": 41.5}))
+            mosquitto_pub('{"pm25": "x"}')
             with psycopg.connect(db) as conn:
                 readings = conn.execute("SELECT count(*) FROM readings WHERE sensor_id = 'KTG-AQ-07'").fetchone()
-                rejected = conn.execute("SELECT reason FROM rejected_messages").fetchall()
-            return bool(readings and readings[0] >= 1 and ("wrong_type",) in rejected)
+                rejected = conn.execute("SELECT count(*) FROM rejected_messages WHERE reason = 'wrong_type'").fetchone()
+            return bool(readings and rejected and readings[0] >= n and rejected[0] >= n)
 
         # Ingest may still be starting (it is a supervised child process): retry the publish.
-        wait_until(landed, timeout_s=60, interval_s=1.0, what="a reading and a rejection through `pantau up`")
+        wait_until(lambda: landed(1), timeout_s=60, interval_s=1.0, what="a reading and a rejection via `up`")
+
+        # The supervisor restarts a crashed component.
+        ingest_pid = _child_running(up.pid, b"ingest")
+        os.kill(ingest_pid, signal.SIGKILL)
+        wait_until(
+            lambda: _child_running(up.pid, b"ingest") not in (None, ingest_pid),
+            timeout_s=30,
+            what="ingest restarted by the supervisor",
+        )
+        with psycopg.connect(db) as conn:
+            row = conn.execute("SELECT count(*) FROM readings").fetchone()
+        stored = int(row[0]) if row else 0
+        wait_until(lambda: landed(stored + 1), timeout_s=60, interval_s=1.0, what="readings after the restart")
     finally:
         up.send_signal(signal.SIGTERM)
         code = up.wait(60)

@@ -53,3 +53,55 @@ def _dt(epoch: float):  # type: ignore[no-untyped-def]
     from datetime import UTC, datetime
 
     return datetime.fromtimestamp(epoch, UTC)
+
+
+async def test_redelivered_message_is_stored_once_and_counted(
+    settings: Settings, backend: Backend, store: Store, broker: EmbeddedMosquitto
+) -> None:
+    await store.upsert_sensors([AIR])
+    payload = json.dumps({"ts": int(time.time()) - 5, "pm25": 18.0, "pm10": 30.0})
+    async with running_ingest(settings, backend) as service:
+        pub = Publisher(broker.port)
+        pub.publish_all([(AIR.topic, payload)])
+        await await_until(lambda: _count_is(store, 2), what="first delivery")
+        pub.publish_all([(AIR.topic, payload), (AIR.topic, payload)])  # as a broker redelivers
+        pub.close()
+        registry = service.metrics.registry
+        await await_until(
+            lambda: registry.get_sample_value("pantau_ingest_duplicates_total") == 4,
+            what="4 duplicate readings counted",
+        )
+        assert registry.get_sample_value("pantau_ingest_readings_accepted_total") == 2
+        assert registry.get_sample_value("pantau_ingest_messages_total") == 3
+        assert registry.get_sample_value("pantau_ingest_inflight_messages") == 0
+    assert await store.count("readings") == 2
+
+
+async def test_last_seen_follows_the_latest_message(
+    settings: Settings, backend: Backend, store: Store, broker: EmbeddedMosquitto
+) -> None:
+    await store.upsert_sensors([AIR, RIVER])
+    before = time.time()
+    async with running_ingest(settings, backend):
+        pub = Publisher(broker.port)
+        # A backfilled (old) reading still means the sensor was heard from now.
+        pub.publish_all([(AIR.topic, json.dumps({"ts": before - 86400, "pm25": 9.0}))])
+        pub.close()
+
+        async def seen() -> object:
+            sensors = {s.id: s for s in await store.sensors()}
+            return sensors["KTG-AQ-01"].last_seen
+
+        first = await await_until(seen, what="last_seen of KTG-AQ-01")
+        assert first.timestamp() >= before - 1  # type: ignore[attr-defined]
+        pub = Publisher(broker.port)
+        pub.publish_all([(AIR.topic, b'{"pm25": 9.5}')])
+        pub.close()
+        await await_until(lambda: _later(seen, first), what="last_seen to move on")
+    sensors = {s.id: s for s in await store.sensors()}
+    assert sensors["SPT-RV-01"].last_seen is None  # never heard from
+
+
+async def _later(seen, first) -> bool:  # type: ignore[no-untyped-def]
+    now = await seen()
+    return bool(now and now > first)
