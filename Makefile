@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 up: $(STAMP) system-deps
 	$(BIN)/pantau up
 
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps lint
 	$(BIN)/pytest
 
 lint: $(STAMP)

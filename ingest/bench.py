@@ -357,6 +357,7 @@ def _run_bench_sync(args: argparse.Namespace) -> int:
 
     from pantau.domain import Sensor
     from pantau.embedded import EmbeddedMosquitto, EmbeddedPostgres
+    from pantau.metrics import SensorKind
     from pantau.settings import StoreSettings
     from pantau.store import Backend, Store
     from pantau.store.maintenance import ensure_partitions
@@ -376,7 +377,7 @@ def _run_bench_sync(args: argparse.Namespace) -> int:
             url = pg.url.rsplit("/", 1)[0] + "/" + db
             async with Store.open(url, StoreSettings(pool_max_size=2)) as store:
                 backend, _ = await store.migrate()
-                await store.upsert_sensors(Sensor(id=s, kind="traffic", city=_CITY) for s in sensors)
+                await store.upsert_sensors(Sensor(id=s, kind=SensorKind.TRAFFIC, city=_CITY) for s in sensors)
                 if backend is Backend.POSTGRES:  # the backlog is stamped from 3 days ago
                     today = datetime.now(UTC).date()
                     async with store.connection() as conn:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -290,7 +291,7 @@ class Decoder:
 
     def _resolve(
         self,
-        records: list[SenMLRecord | None],
+        records: Sequence[SenMLRecord | None],
         sensor_id: str,
         kind: SensorKind,
         received_at: float,

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import paho.mqtt.client as paho
 
@@ -42,6 +44,7 @@ _DB_BACKOFF_MAX_S = 5.0
 _DRAIN_TIMEOUT_S = 10.0
 
 CommitHook = Callable[[list[Row], float], None]
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -130,7 +133,7 @@ class IngestService:
         else:
             batch.qos0 += 1
         topic = msg.topic
-        payload = msg.payload
+        payload: bytes = msg.payload  # type: ignore[assignment]  # paho delivers bytes
         parts = topic.split("/")
         if len(parts) >= 4 and parts[3] in OUTPUT_LEVELS:
             return  # pantau's own output (alerts), not a sensor's message
@@ -261,13 +264,13 @@ class IngestService:
             now = time.monotonic()
             if now - last_seen_at >= self.cfg.last_seen_interval_s and self._seen:
                 seen, self._seen = self._seen, {}
-                await self._retrying(lambda seen=seen: self.writer.touch_last_seen(seen))  # type: ignore[misc]
+                await self._retrying(functools.partial(self.writer.touch_last_seen, seen))
                 last_seen_at = now
             if now - registry_at >= self.cfg.registry_refresh_s:
                 self._registry = await self._retrying(self.writer.registry)
                 registry_at = now
 
-    async def _retrying(self, action):  # type: ignore[no-untyped-def]
+    async def _retrying(self, action: Callable[[], Awaitable[T]]) -> T:
         """Run a database action until it succeeds, backing off while the database is away."""
         delay = _DB_BACKOFF_START_S
         while True:
@@ -331,7 +334,7 @@ class IngestService:
         rejections = list(batch.rejections)
         for row in batch.rows:
             try:
-                result = await self._retrying(lambda row=row: self.writer.write([row], []))  # type: ignore[misc]
+                result = await self._retrying(functools.partial(self.writer.write, [row], []))
                 inserted += result.inserted
                 duplicates += result.duplicates
             except StoreError as exc:

@@ -87,7 +87,11 @@ async def cmd_maintain(args: argparse.Namespace, settings: Settings) -> int:
             print(report)
             return 0
     task = asyncio.ensure_future(run_maintenance(url, backend, settings.store))
-    _install_stop(task.cancel)
+
+    def _cancel() -> None:
+        task.cancel()
+
+    _install_stop(_cancel)
     with contextlib.suppress(asyncio.CancelledError):
         await task
     return 0
@@ -398,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         result = handler(args, settings)
-        return asyncio.run(result) if asyncio.iscoroutine(result) else int(result)  # type: ignore[arg-type]
+        return asyncio.run(result) if asyncio.iscoroutine(result) else int(result)
     except KeyboardInterrupt:
         return 130
     except ConfigError as exc:

@@ -98,7 +98,7 @@ class _BufferedSocket:
     def recv(self, n: int) -> bytes:
         buf, pos = self._buf, self._pos
         if pos >= len(buf):
-            buf = self._sock.recv(max(n, _READ_CHUNK))  # may raise BlockingIOError, as paho expects
+            buf = bytes(self._sock.recv(max(n, _READ_CHUNK)))  # may raise BlockingIOError, as paho expects
             if not buf:
                 return buf
             self._buf, pos = buf, 0
@@ -224,7 +224,7 @@ class AsyncMqttClient:
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 raise BrokerError(f"connect to {self.address.url()} failed: {paho.error_string(rc)}")
             return
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         if self.persistent:
             props.SessionExpiryInterval = self.session_expiry_s
         if self.receive_maximum is not None:
