@@ -265,14 +265,16 @@ async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
             old_port = urlsplit(previous.get("database_url", "")).port or 0
             pg = EmbeddedPostgres(home / "postgres", port=old_port)
             print("starting private PostgreSQL" + (" with TimescaleDB" if pg.timescaledb else "") + " ...", flush=True)
-            await asyncio.to_thread(pg.start)
+            pg.start()  # blocking is fine: nothing else runs yet
             db_url = pg.url
         mqtt_url = settings.mqtt_url
         if mqtt_url is None:
             old_port = urlsplit(previous.get("mqtt_url", "")).port or 0
             mq = EmbeddedMosquitto(home / "mosquitto", port=old_port)
             print("starting private mosquitto ...", flush=True)
-            await asyncio.to_thread(mq.start)
+            # On this (main) thread: the broker is told to exit when the thread that started it
+            # dies (die_with_parent), and a worker thread may end before `up` does.
+            mq.start()
             mqtt_url = mq.url
         settings = settings.with_endpoints(database_url=db_url, mqtt_url=mqtt_url)
         async with Store.open(db_url, settings.store) as store:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from pantau.errors import EmbeddedServiceError
 from pantau.mqtt import free_port
+from pantau.supervisor import die_with_parent
 
 DEPLOY_DIR = Path(__file__).resolve().parent.parent / "deploy"
 _SERVICE_USER = "postgres"
@@ -338,6 +339,7 @@ class EmbeddedMosquitto:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
+                preexec_fn=die_with_parent,  # SIGTERM saves its queue; the next run restarts it
             )
             self.pid_file.write_text(str(self.proc.pid))
             if self._wait_listening():

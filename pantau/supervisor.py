@@ -8,6 +8,8 @@ down, and ingest and rules get a core each). SIGINT/SIGTERM stop every component
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -24,6 +26,20 @@ _BACKOFF_START_S = 1.0
 _BACKOFF_MAX_S = 30.0
 _HEALTHY_AFTER_S = 60.0
 _STOP_TIMEOUT_S = 20.0
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In a child before exec: get SIGTERM when the parent dies, even by kill -9 (Linux).
+
+    Without it a killed `pantau up` would leave its components running, and the next `up` would
+    start a second ingest with the same MQTT client id.
+    """
+    # Not Linux (no prctl): the component outlives a killed supervisor.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass
@@ -53,7 +69,7 @@ class Supervisor:
         while not self._stopping.is_set():
             started = time.monotonic()
             comp.process = await asyncio.create_subprocess_exec(
-                *comp.argv(), env={**os.environ, **comp.env}, start_new_session=True
+                *comp.argv(), env={**os.environ, **comp.env}, start_new_session=True, preexec_fn=die_with_parent
             )
             log.info("%s started (pid %d)", comp.name, comp.process.pid)
             waiter = asyncio.ensure_future(comp.process.wait())

@@ -192,3 +192,36 @@ def test_up_runs_the_stack_and_lands_readings(up_home: Path) -> None:
     # Nothing of ours is left running: the private PostgreSQL and mosquitto stopped with `up`.
     assert not (up_home / "postgres" / "data" / "postmaster.pid").exists()
     assert not (up_home / "mosquitto" / "mosquitto.pid").exists()
+
+
+def test_a_killed_up_takes_its_components_along_and_up_starts_again(up_home: Path) -> None:
+    env = _env(PANTAU_HOME=str(up_home), PANTAU_INGEST_METRICS_PORT="0")
+    endpoints_file = up_home / "endpoints.json"
+    with (up_home.parent / "up.log").open("wb") as log:
+        first = subprocess.Popen([sys.executable, "-m", "pantau", "up"], env=env, cwd=REPO, stdout=log, stderr=log)
+        wait_until(lambda: _child_running(first.pid, b"ingest"), timeout_s=90, what="ingest under the first up")
+        orphan = _child_running(first.pid, b"ingest")
+        first.kill()  # kill -9: no chance to stop anything
+        first.wait()
+        assert orphan is not None
+        wait_until(
+            lambda: not Path(f"/proc/{orphan}").exists() or _is_zombie(orphan),
+            timeout_s=20,
+            what="ingest to exit with its supervisor",
+        )
+        endpoints_file.unlink()
+        second = subprocess.Popen([sys.executable, "-m", "pantau", "up"], env=env, cwd=REPO, stdout=log, stderr=log)
+        try:
+            wait_until(endpoints_file.exists, timeout_s=90, what="the second up")
+            wait_until(lambda: _child_running(second.pid, b"ingest"), timeout_s=30, what="ingest under the second up")
+        finally:
+            second.send_signal(signal.SIGTERM)
+            assert second.wait(60) == 0
+    assert not (up_home / "postgres" / "data" / "postmaster.pid").exists()
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
