@@ -24,7 +24,7 @@ import paho.mqtt.client as paho
 
 from ingest.decode import Decoder, Rejection, Row
 from ingest.writer import ReadingWriter, RejectRow, WriteResult
-from pantau.domain import OUTPUT_LEVELS, Reason
+from pantau.domain import OUTPUT_LEVELS, Reason, sensor_topic
 from pantau.errors import StoreError, StoreUnavailable
 from pantau.metrics import SensorKind
 from pantau.mqtt import AsyncMqttClient, BrokerAddress
@@ -329,27 +329,31 @@ class IngestService:
             self.on_commit(batch.rows, committed)
 
     async def _write_one_by_one(self, batch: Batch) -> WriteResult:
-        """Isolate a batch the database refuses: good rows land, the rest is dead-lettered."""
+        """Isolate a batch the database refuses: good rows land, the rest is dead-lettered.
+
+        The failed transaction took the batch's rejections with it, so they are written again
+        here, one by one; one the database refuses too is logged in full rather than retried
+        for ever (a poison message must not stall ingest).
+        """
         inserted = duplicates = 0
-        rejections = list(batch.rejections)
+        dead: list[RejectRow] = []
         for row in batch.rows:
             try:
                 result = await self._retrying(functools.partial(self.writer.write, [row], []))
                 inserted += result.inserted
                 duplicates += result.duplicates
             except StoreError as exc:
-                rejections.append(
-                    (
-                        time.time(),
-                        f"sensor/{row[1]}",
-                        None,
-                        Reason.STORE_ERROR.value,
-                        f"{row[2]}={row[3]!r} at {row[0]}: {exc}",
-                    )
-                )
-        await self._retrying(lambda: self.writer.write([], rejections[len(batch.rejections) :]))
-        batch.rejections = rejections
-        return WriteResult(inserted, duplicates, len(rejections))
+                kind, city = self._registry.get(row[1], ("", ""))
+                topic = sensor_topic(city, kind, row[1]) if kind else row[1]
+                detail = f"{row[2]}={row[3]!r} at {row[0]}: {exc}"
+                dead.append((time.time(), topic, None, Reason.STORE_ERROR.value, detail))
+        batch.rejections = [*batch.rejections, *dead]
+        for rejection in batch.rejections:
+            try:
+                await self._retrying(functools.partial(self.writer.write, [], [rejection]))
+            except StoreError as exc:
+                log.error("could not record rejection %r: %s", rejection, exc)
+        return WriteResult(inserted, duplicates, len(batch.rejections))
 
     # -- lifecycle ----------------------------------------------------------------------------
 

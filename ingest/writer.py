@@ -155,7 +155,10 @@ class ReadingWriter:
                     "COPY rejected_messages (received_at, topic, payload, reason, detail) FROM STDIN"
                 ) as copy:
                     for received_at, topic, payload, reason, detail in rejections:
-                        await copy.write_row((datetime.fromtimestamp(received_at, UTC), topic, payload, reason, detail))
+                        # PostgreSQL text cannot hold NUL: keep it visible rather than fail the batch.
+                        at = datetime.fromtimestamp(received_at, UTC)
+                        topic, detail = topic.replace("\x00", "\\x00"), detail.replace("\x00", "\\x00")
+                        await copy.write_row((at, topic, payload, reason, detail))
         return WriteResult(inserted, len(rows) - inserted, len(rejections))
 
     async def _insert(self, conn: AsyncConnection, data: bytes, count: int) -> int:

@@ -122,3 +122,53 @@ async def _rejected_count(store: Store, n: int) -> bool:
 
 async def _readings_count(store: Store, n: int) -> bool:
     return await store.count("readings") >= n
+
+
+async def test_a_batch_the_database_refuses_is_isolated_not_lost(
+    settings: Settings, backend: Backend, store: Store, broker: EmbeddedMosquitto
+) -> None:
+    """A refusal that is not a lost connection (here an operator's CHECK constraint) costs only
+    the refused readings, dead-lettered as store_error; the rest of the batch, including its other
+    rejections, is stored, and ingest keeps going."""
+    assert settings.database_url is not None
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE readings ADD CONSTRAINT pm25_below_1000 CHECK (metric <> 'pm25' OR value < 1000)")
+    await store.upsert_sensors([AIR])
+    now = int(time.time())
+    async with running_ingest(settings, backend) as service:
+        pub = Publisher(broker.port)
+        pub.publish_all(
+            [
+                (AIR.topic, json.dumps({"ts": now - 3, "pm25": 40.0}).encode()),
+                (AIR.topic, json.dumps({"ts": now - 2, "pm25": 1500.0}).encode()),  # plausible, refused by the CHECK
+                (AIR.topic, b"{not json"),
+                (AIR.topic, json.dumps({"ts": now - 1, "pm10": 60.0}).encode()),
+            ]
+        )
+        pub.close()
+        await await_until(lambda: _rejected_count(store, 2), what="both rejections")
+        await await_until(lambda: _readings_count(store, 2), what="the two good readings")
+        assert service.mqtt.connected
+    with psycopg.connect(settings.database_url) as conn:
+        rows = conn.execute("SELECT metric, value FROM readings ORDER BY ts").fetchall()
+        rejected = conn.execute("SELECT topic, reason, detail FROM rejected_messages ORDER BY reason").fetchall()
+    assert rows == [("pm25", 40.0), ("pm10", 60.0)]
+    assert [(r[0], r[1]) for r in rejected] == [(AIR.topic, "malformed_json"), (AIR.topic, "store_error")]
+    assert "pm25_below_1000" in rejected[1][2]
+
+
+async def test_a_nul_character_in_a_rejection_does_not_poison_ingest(
+    settings: Settings, backend: Backend, store: Store, broker: EmbeddedMosquitto
+) -> None:
+    await store.upsert_sensors([AIR])
+    async with running_ingest(settings, backend):
+        pub = Publisher(broker.port)
+        # An unknown metric named with a NUL: its name ends up in the rejection's detail.
+        pub.publish_all([(AIR.topic, b'{"pm\\u000025": 3}'), (AIR.topic, b'{"pm25": 3}')])
+        pub.close()
+        await await_until(lambda: _rejected_count(store, 1), what="the rejection")
+        await await_until(lambda: _readings_count(store, 1), what="the reading after it")
+    assert settings.database_url is not None
+    with psycopg.connect(settings.database_url) as conn:
+        row = conn.execute("SELECT reason, detail FROM rejected_messages").fetchone()
+    assert row is not None and row[0] == "unknown_metric" and "\\x00" in row[1]
