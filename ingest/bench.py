@@ -245,11 +245,8 @@ class IngestProcess:
         return dict(json.loads(self.stats_path.read_text()))
 
 
-def _count(url: str) -> int:
-    import psycopg
-
-    with psycopg.connect(url) as conn:
-        row = conn.execute("SELECT count(*) FROM readings").fetchone()
+def _count(conn: Any) -> int:
+    row = conn.execute("SELECT count(*) FROM readings").fetchone()
     return int(row[0]) if row else 0
 
 
@@ -261,8 +258,7 @@ def _wait_count(url: str, target: int, proc: IngestProcess, timeout_s: float, pr
     with psycopg.connect(url, autocommit=True) as conn:
         while time.monotonic() < deadline:
             proc.sample_rss()
-            row = conn.execute("SELECT count(*) FROM readings").fetchone()
-            n = int(row[0]) if row else 0
+            n = _count(conn)
             if progress:
                 print(f"\r  {n:>10,} / {target:,} readings stored", end="", file=sys.stderr, flush=True)
             if n >= target:
@@ -270,7 +266,7 @@ def _wait_count(url: str, target: int, proc: IngestProcess, timeout_s: float, pr
                     print(file=sys.stderr)
                 return time.monotonic()
             time.sleep(0.25)
-    raise RuntimeError(f"only {_count(url)} of {target} readings stored after {timeout_s} s")
+        raise RuntimeError(f"only {_count(conn)} of {target} readings stored after {timeout_s} s")
 
 
 async def _naive_ingest(db_url: str, mqtt_url: str, expected: int, ready: Any, done: Any) -> None:

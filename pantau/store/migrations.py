@@ -301,7 +301,7 @@ async def migrate(conn: AsyncConnection, settings: StoreSettings) -> tuple[Backe
                         )
             except psycopg.Error as exc:
                 raise MigrationError(f"migration {migration.version} ({migration.name}) failed: {exc}") from exc
-            log.info("applied migration %d: %s", migration.version, migration.name)
+            log.debug("applied migration %d: %s", migration.version, migration.name)
             applied.append(migration)
         if backend is Backend.TIMESCALEDB:
             try:

@@ -225,3 +225,29 @@ def _is_zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_bench_ingest_runs_and_reports(tmp_path: Path) -> None:
+    """The benchmark command works end to end (figures are not asserted: that is its job)."""
+    out_json = tmp_path / "bench.json"
+    proc = pantau(
+        "bench",
+        "ingest",
+        "--only",
+        "single",
+        "--only",
+        "naive",
+        "--messages",
+        "2000",
+        "--naive-messages",
+        "200",
+        "--sensors",
+        "50",
+        "--json",
+        str(out_json),
+        env=_env(),
+    )
+    assert "single " in proc.stdout and "naive " in proc.stdout
+    runs = {r["name"]: r for r in json.loads(out_json.read_text())}
+    assert runs["single"]["readings"] == 2000 and runs["single"]["rate"] > 0
+    assert runs["naive"]["readings"] == 200
