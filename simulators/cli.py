@@ -144,6 +144,7 @@ async def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         f"{args.duration} from {progress_clock(start, fleet.utc_offset_h)} at speed {args.speed} → {where}",
         file=sys.stderr,
     )
+    ticks_sent = 0
     try:
         for tick in sim.ticks():
             await wait_due(tick.t, t0=start, wall0=wall0, speed=speed, stop=stop)
@@ -152,8 +153,11 @@ async def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
             sink.send(tick.t, tick.messages)
             if speed is not None:
                 sink.flush()  # paced: every tick is acknowledged before the next is due
-            progress.sent = sim.stats.messages
-            progress.readings = sim.stats.readings
+            # Counted here, not from sim.stats: a tick computed but cut short by Ctrl-C was not sent.
+            if tick.index <= sim.n_ticks:  # the trailing release of out-of-order messages is no tick
+                ticks_sent += 1
+            progress.sent += len(tick.messages)
+            progress.readings += tick.readings
             progress.faults = sum(sim.faults.stats.injected.values())
             progress.clock = tick.t
             progress.update()
@@ -163,11 +167,10 @@ async def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
             sink.close()
         if log_file is not None:
             log_file.close()
-    st = sim.stats
     verb = "interrupted after sending" if stop.is_set() else "sent"
     injected = {k: v for k, v in sim.faults.stats.injected.items() if v}
     print(
-        f"{verb} {st.messages:,} messages ({st.readings:,} readings) over {st.ticks} ticks in "
+        f"{verb} {progress.sent:,} messages ({progress.readings:,} readings) over {ticks_sent} ticks in "
         f"{time.monotonic() - wall0:.1f} s; event time up to {progress_clock(progress.clock, fleet.utc_offset_h)}"
         + (f"; faults {injected}" if injected else "")
         + (f"; fault log {log_path}" if log_path and injected else ""),
@@ -189,6 +192,10 @@ async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     path = Path(args.file)
     speed = parse_speed(args.replay_speed)
     host, port = mqtt_endpoint(settings)
+    # The whole file is checked before anything is published: a bad line 90,000 must not leave
+    # the first 89,999 messages on the broker. Streaming it twice keeps memory flat.
+    for _ in read_recording(path):
+        pass
     groups = read_recording(path)
     sink = MqttSink(host, port, qos=args.replay_qos, client_id=f"pantau-replay-{time.time_ns() % 10**9}")
     stop = _stop_event()

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import math
 import sys
 import time
 from collections.abc import Iterator
@@ -199,26 +200,24 @@ async def wait_for_event_time(t: float, *, t0: float, wall0: float, speed: float
 
 
 def read_recording(path: Path) -> Iterator[tuple[float, list[tuple[str, bytes]]]]:
-    """Messages of a JSONL recording grouped by event time, in file order."""
-    if not path.exists():
-        raise ConfigError("FILE", f"{path}: file not found")
+    """Messages of a JSONL recording grouped by event time, in file order; errors name file and line."""
+    try:
+        f = path.open("rb")  # bytes: a line that is not UTF-8 is reported with its number
+    except FileNotFoundError:
+        raise ConfigError(str(path), "file not found") from None
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read the recording: {exc.strerror or exc}") from None
     group_t: float | None = None
     group: list[tuple[str, bytes]] = []
-    with path.open(encoding="utf-8") as f:
+    with f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
-                t = float(rec["t"])
-                topic = str(rec["topic"])
-                if "payload_b64" in rec:
-                    payload = base64.b64decode(rec["payload_b64"])
-                else:
-                    payload = str(rec["payload"]).encode("utf-8")
-            except (ValueError, KeyError, TypeError) as exc:
+                t, topic, payload = _recording_line(line)
+            except ValueError as exc:
                 raise ConfigError(
-                    f"{path}:{line_no}", f"not a recording line ({exc!r}); expected t, topic, payload"
+                    f"{path}:{line_no}", f'{exc} (a line is {{"t": <epoch s>, "topic": "...", "payload": "..."}})'
                 ) from None
             if group_t is not None and t != group_t:
                 yield group_t, group
@@ -227,3 +226,29 @@ def read_recording(path: Path) -> Iterator[tuple[float, list[tuple[str, bytes]]]
             group.append((topic, payload))
     if group_t is not None:
         yield group_t, group
+
+
+def _recording_line(line: bytes) -> tuple[float, str, bytes]:
+    try:
+        rec = json.loads(line)
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8 text") from None
+    except ValueError as exc:
+        raise ValueError(f"not a JSON object ({exc})") from None
+    if not isinstance(rec, dict):
+        raise ValueError("not a JSON object")
+    t = rec.get("t")
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
+        raise ValueError(f"field 't': expected a number of epoch seconds, got {t!r}")
+    topic = rec.get("topic")
+    if not isinstance(topic, str) or not topic or "+" in topic or "#" in topic:
+        raise ValueError(f"field 'topic': expected an MQTT topic name, got {topic!r}")
+    if isinstance(rec.get("payload_b64"), str):
+        try:
+            return float(t), topic, base64.b64decode(rec["payload_b64"], validate=True)
+        except ValueError:
+            raise ValueError("field 'payload_b64': not base64") from None
+    payload = rec.get("payload")
+    if not isinstance(payload, str):
+        raise ValueError(f"field 'payload': expected text (or 'payload_b64'), got {payload!r}")
+    return float(t), topic, payload.encode("utf-8")

@@ -147,14 +147,65 @@ class Publisher:
         self.client.loop_stop()
 
 
-def ingest_env(database_url: str, mqtt_url: str, **extra: str) -> dict[str, str]:
+def pantau_env(**extra: str) -> dict[str, str]:
+    """This process's environment without PANTAU_* settings, plus `extra` (and no pantau.toml)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PANTAU_")}
+    env["PANTAU_CONFIG"] = str(REPO / "tests" / "empty.toml")
+    env.update(extra)
+    return env
+
+
+def run_pantau(argv: list[str], env: dict[str, str], timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+    """The real `pantau` command, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "pantau", *argv], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout_s
+    )
+
+
+class Subscriber:
+    """A paho client subscribed to pantau/v1/# at QoS 1; records (arrival time, topic, payload)."""
+
+    def __init__(self, port: int) -> None:
+        self.received: list[tuple[float, str, bytes]] = []
+        self._subscribed = threading.Event()
+        self.granted: list[int] = []
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311, clean_session=True)
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        self.client.subscribe("pantau/v1/#", qos=1)
+        assert self._subscribed.wait(10), "no SUBACK from the broker"
+        assert self.granted == [1], f"broker granted {self.granted}, not QoS 1"
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:  # type: ignore[no-untyped-def]
+        self.granted = [rc.value for rc in reason_codes]
+        self._subscribed.set()
+
+    def _on_message(self, client, userdata, msg) -> None:  # type: ignore[no-untyped-def]
+        self.received.append((time.monotonic(), msg.topic, msg.payload))
+
+    def messages(self) -> list[tuple[str, bytes]]:
+        return [(topic, payload) for _, topic, payload in self.received]
+
+    def wait_for(self, n: int, timeout_s: float = 30) -> None:
+        """Wait for n messages, then a little longer to see that no more arrive."""
+        wait_until(lambda: len(self.received) >= n, timeout_s=timeout_s, what=f"{n} messages")
+        time.sleep(0.3)
+        assert len(self.received) == n
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def ingest_env(database_url: str, mqtt_url: str, **extra: str) -> dict[str, str]:
+    env = pantau_env()
     env.update(
         PANTAU_DATABASE_URL=database_url,
         PANTAU_MQTT_URL=mqtt_url,
         PANTAU_INGEST_METRICS_PORT="0",
         PANTAU_INGEST_LAST_SEEN_INTERVAL_S="0.5",
-        PANTAU_CONFIG=str(REPO / "tests" / "empty.toml"),
     )
     env.update(extra)
     return env

@@ -14,47 +14,38 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.support import REPO, wait_until
+from tests.support import REPO, pantau_env, run_pantau, wait_until
 
 pytestmark = pytest.mark.slow
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PANTAU_")}
-    env["PANTAU_CONFIG"] = str(REPO / "tests" / "empty.toml")
-    env.update(extra)
-    return env
-
-
 def pantau(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "pantau", *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=120
-    )
+    proc = run_pantau(list(args), env)
     if check and proc.returncode != 0:
         raise AssertionError(f"pantau {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
 
 
 def test_help_lists_every_subcommand() -> None:
-    out = pantau("--help", env=_env()).stdout
+    out = pantau("--help", env=pantau_env()).stdout
     for command in ("up", "ingest", "maintain", "db", "sensors", "bench", "simulate"):
         assert f"    {command} " in out, f"{command} missing from --help"
 
 
 def test_bad_setting_fails_at_start_naming_the_key() -> None:
-    proc = pantau("db", "info", env=_env(PANTAU_API_PORT="eighty"), check=False)
+    proc = pantau("db", "info", env=pantau_env(PANTAU_API_PORT="eighty"), check=False)
     assert proc.returncode == 2
     assert "PANTAU_API_PORT" in proc.stderr
 
 
 def test_missing_database_url_says_what_to_do() -> None:
-    proc = pantau("sensors", "list", env=_env(), check=False)
+    proc = pantau("sensors", "list", env=pantau_env(), check=False)
     assert proc.returncode == 2
     assert "PANTAU_DATABASE_URL" in proc.stderr and "pantau up" in proc.stderr
 
 
 def test_registry_commands(database_url: str, tmp_path: Path) -> None:
-    env = _env(PANTAU_DATABASE_URL=database_url)
+    env = pantau_env(PANTAU_DATABASE_URL=database_url)
     out = pantau("db", "migrate", env=env).stdout
     assert "nothing to do" in out  # the fixture database is migrated already: idempotent
     added = pantau(
@@ -96,7 +87,7 @@ def test_registry_commands(database_url: str, tmp_path: Path) -> None:
     proc = pantau("sensors", "import", str(bad), env=env, check=False)
     assert proc.returncode == 1 and "bad.csv:2" in proc.stderr and "kind" in proc.stderr
     info = pantau("db", "info", env=env).stdout
-    assert "schema version: 2" in info and "sensors:" in info
+    assert "schema version: 3" in info and "sensors:" in info
 
 
 def _child_running(parent: int, name: bytes) -> int | None:
@@ -124,7 +115,7 @@ def up_home(tmp_path: Path) -> Iterator[Path]:
 
 def test_up_runs_the_stack_and_lands_readings(up_home: Path) -> None:
     """`pantau up` on embedded defaults: private services, migrations, ingest; a clean stop."""
-    env = _env(PANTAU_HOME=str(up_home), PANTAU_INGEST_METRICS_PORT="0")
+    env = pantau_env(PANTAU_HOME=str(up_home), PANTAU_INGEST_METRICS_PORT="0")
     log = (up_home.parent / "up.log").open("wb")
     up = subprocess.Popen([sys.executable, "-m", "pantau", "up"], env=env, cwd=REPO, stdout=log, stderr=log)
     try:
@@ -147,7 +138,7 @@ def test_up_runs_the_stack_and_lands_readings(up_home: Path) -> None:
             "air",
             "--city",
             "kotamobagu",
-            env=_env(PANTAU_DATABASE_URL=db),
+            env=pantau_env(PANTAU_DATABASE_URL=db),
         )
         port = endpoints["mqtt_url"].rsplit(":", 1)[1]
         topic = "pantau/v1/kotamobagu/air/KTG-AQ-07"
@@ -195,7 +186,7 @@ def test_up_runs_the_stack_and_lands_readings(up_home: Path) -> None:
 
 
 def test_a_killed_up_takes_its_components_along_and_up_starts_again(up_home: Path) -> None:
-    env = _env(PANTAU_HOME=str(up_home), PANTAU_INGEST_METRICS_PORT="0")
+    env = pantau_env(PANTAU_HOME=str(up_home), PANTAU_INGEST_METRICS_PORT="0")
     endpoints_file = up_home / "endpoints.json"
     with (up_home.parent / "up.log").open("wb") as log:
         first = subprocess.Popen([sys.executable, "-m", "pantau", "up"], env=env, cwd=REPO, stdout=log, stderr=log)
@@ -245,7 +236,7 @@ def test_bench_ingest_runs_and_reports(tmp_path: Path) -> None:
         "50",
         "--json",
         str(out_json),
-        env=_env(),
+        env=pantau_env(),
     )
     assert "single " in proc.stdout and "naive " in proc.stdout
     runs = {r["name"]: r for r in json.loads(out_json.read_text())}

@@ -357,3 +357,36 @@ def test_errors_name_the_file(tmp_path: Path) -> None:
     path = write(tmp_path, "kotamobagu-2024.csv", "id,kind,city\nKTG-AQ-01,air,kotamobagu\nKTG-AQ-02,,kotamobagu\n")
     message = manifest_error(path)
     assert re.match(rf"^{re.escape(str(path))}:3: ", message)
+
+
+# -- size ----------------------------------------------------------------------------------------------
+
+
+def test_yaml_manifest_of_10000_sensors_loads(tmp_path: Path) -> None:
+    # Block style, as `pantau simulate --write-manifest big.yaml` writes it (libyaml's loader: a few
+    # seconds; the pure-Python one took about 13 s).
+    kinds = ("air", "traffic", "flood", "rain")
+    lines = ["city: sampit", "sensors:"]
+    for i in range(10_000):
+        lines += [
+            f"  - id: SPT-X-{i:05d}",
+            f"    kind: {kinds[i % 4]}",
+            f"    district: Kecamatan {i % 7}",
+            f"    name: Sensor {i}",
+            f"    lat: {-2.5 - i * 1e-5:.5f}",
+            f"    lon: {112.9 + i * 1e-5:.5f}",
+            "    metadata:",
+            f"      order: {i % 5 + 1}",
+            f"      corridor: Jl. Tjilik Riwut km {i % 40}",
+        ]
+    path = write(tmp_path, "big.yaml", "\n".join(lines) + "\n")
+    sensors = load_manifest(path)
+    assert len(sensors) == 10_000
+    assert len({s.id for s in sensors}) == 10_000
+    first, last = sensors[0], sensors[-1]
+    assert (first.id, first.kind, first.city, first.district, first.lat) == (
+        "SPT-X-00000", SensorKind.AIR, "sampit", "Kecamatan 0", -2.5
+    )  # fmt: skip
+    assert (last.id, last.kind, last.name, last.lon) == ("SPT-X-09999", SensorKind.RAIN, "Sensor 9999", 112.99999)
+    assert last.metadata == {"order": 5, "corridor": "Jl. Tjilik Riwut km 39"}
+    assert sensors[4242].metadata == {"order": 3, "corridor": "Jl. Tjilik Riwut km 2"}
