@@ -1,0 +1,35 @@
+"""Errors of the rules package; all are `pantau.errors.PantauError`s.
+
+PantauError
+ └── RuleError               anything the rules package raises on purpose
+      ├── RuleFileError      a rule file cannot be loaded; names the file, the rule and the field
+      └── SensorMetadataError a sensor lacks metadata an index needs; names the sensor and the key
+"""
+
+from __future__ import annotations
+
+from pantau.errors import PantauError
+
+
+class RuleError(PantauError):
+    """Base of the rules package's errors."""
+
+
+class RuleFileError(RuleError):
+    """A rule file is invalid: `path: rule 'id' (rules[i]): field 'f': problem`."""
+
+    def __init__(self, message: str, *, path: str, rule: str | None = None, field: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.rule = rule
+        self.field = field
+
+
+class SensorMetadataError(RuleError):
+    """A sensor's metadata lacks a key an index needs, or holds a bad value there."""
+
+    def __init__(self, sensor_id: str, key: str, problem: str) -> None:
+        super().__init__(f"sensor {sensor_id!r}: metadata {key!r}: {problem}")
+        self.sensor_id = sensor_id
+        self.key = key
+        self.problem = problem
