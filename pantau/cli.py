@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -217,6 +218,107 @@ async def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# -- alerts -----------------------------------------------------------------------------------
+
+
+def _when(value: datetime | None) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ") if value else "-"
+
+
+async def cmd_alerts_list(args: argparse.Namespace, settings: Settings) -> int:
+    from pantau.store import Store
+    from rules.alerts import AlertStore
+
+    async with Store.open(_need(settings, "database_url"), settings.store) as store:
+        alerts = await AlertStore(store).list_alerts(
+            state=args.state, city=args.city, severity=args.severity, rule_id=args.rule, limit=args.limit
+        )
+    if args.format == "json":
+        print(json.dumps([a.to_json() for a in alerts], indent=2))
+        return 0
+    print(f"{'ID':>6}  {'STATE':<13}{'SEVERITY':<10}{'RULE':<24}{'SCOPE':<34}{'OPENED':<22}{'VALUE':>10}  FLAGS")
+    for a in alerts:
+        value = "-" if a.current_value is None else f"{a.current_value:g}"
+        flags = " ".join(f for f, on in (("flapping", a.flapping), (f"acked by {a.acked_by}", a.acked_by)) if on)
+        print(
+            f"{a.id:>6}  {a.state.value:<13}{a.severity.value:<10}{a.rule_id[:23]:<24}{a.scope[:33]:<34}"
+            f"{_when(a.opened_at):<22}{value:>10}  {flags}"
+        )
+    print(f"{len(alerts)} alerts ({args.state})")
+    return 0
+
+
+def _done_by(by: str | None, at: datetime | None) -> str:
+    return f" (by {by} at {_when(at)})" if by else ""
+
+
+async def cmd_alerts_ack(args: argparse.Namespace, settings: Settings) -> int:
+    from pantau.store import Store
+    from rules.alerts import AlertStore, Outcome
+
+    async with Store.open(_need(settings, "database_url"), settings.store) as store:
+        result = await AlertStore(store).acknowledge(args.id, args.by, reason=args.comment)
+    alert = result.alert
+    if result.outcome is Outcome.NOT_FOUND or alert is None:
+        print(f"pantau: there is no alert {args.id}", file=sys.stderr)
+        return 1
+    if result.outcome is Outcome.ALREADY_RESOLVED:
+        print(
+            f"pantau: alert {alert.id} is already resolved{_done_by(alert.resolved_by, alert.resolved_at)}",
+            file=sys.stderr,
+        )
+        return 1
+    if result.outcome is Outcome.ALREADY_ACKNOWLEDGED:
+        print(f"alert {alert.id} is already acknowledged{_done_by(alert.acked_by, alert.acked_at)}")
+        return 0
+    print(f"acknowledged alert {alert.id} ({alert.rule_id} on {alert.scope}, {alert.severity.value}) by {args.by}")
+    return 0
+
+
+async def cmd_alerts_resolve(args: argparse.Namespace, settings: Settings) -> int:
+    from pantau.store import Store
+    from rules.alerts import AlertStore, Outcome
+
+    async with Store.open(_need(settings, "database_url"), settings.store) as store:
+        result = await AlertStore(store).resolve_by_id(args.id, args.by, reason=args.reason)
+    alert = result.alert
+    if result.outcome is Outcome.NOT_FOUND or alert is None:
+        print(f"pantau: there is no alert {args.id}", file=sys.stderr)
+        return 1
+    if result.outcome is Outcome.ALREADY_RESOLVED:
+        print(f"alert {alert.id} is already resolved{_done_by(alert.resolved_by, alert.resolved_at)}")
+        return 0
+    print(f"resolved alert {alert.id} ({alert.rule_id} on {alert.scope}, {alert.severity.value}) by {args.by}")
+    return 0
+
+
+async def cmd_alerts_silence(args: argparse.Namespace, settings: Settings) -> int:
+    from pantau.store import Store
+    from rules.alerts import AlertStore
+    from rules.durations import parse_duration
+
+    if args.district and not args.city:
+        raise ConfigError("--district", "a district silence needs --city")
+    try:
+        duration = parse_duration(args.duration)
+    except ValueError as exc:
+        raise ConfigError("--for", str(exc)) from None
+    if duration <= timedelta(0):
+        raise ConfigError("--for", "must be longer than 0s")
+    async with Store.open(_need(settings, "database_url"), settings.store) as store:
+        silence = await AlertStore(store).add_silence(
+            sensor_id=args.sensor,
+            city=args.city,
+            district=args.district,
+            rule_id=args.rule,
+            ends_at=datetime.now(UTC) + duration,
+            created_by=args.by,
+            comment=args.comment,
+        )
+    print(f"silence {silence.id}: {silence.describe()} until {_when(silence.ends_at)} by {silence.created_by}")
+    return 0
+
+
 # -- up ---------------------------------------------------------------------------------------
 
 
@@ -376,6 +478,42 @@ def build_parser() -> argparse.ArgumentParser:
     p = ssub.add_parser("import", help="import a CSV or YAML fleet manifest (upsert by id)")
     p.add_argument("file")
     p.set_defaults(handler=cmd_sensors_import)
+
+    alerts = sub.add_parser("alerts", help="alerts: list, ack, resolve, silence")
+    asub = alerts.add_subparsers(dest="alerts_command", metavar="ACTION", required=True)
+    p = asub.add_parser("list", help="list alerts, newest first")
+    p.add_argument(
+        "--state",
+        choices=["active", "open", "acknowledged", "resolved", "all"],
+        default="active",
+        help="active (the default) is open or acknowledged",
+    )
+    p.add_argument("--city")
+    p.add_argument("--severity", choices=["info", "warning", "critical"])
+    p.add_argument("--rule", help="only this rule id")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.set_defaults(handler=cmd_alerts_list)
+    p = asub.add_parser("ack", help="acknowledge an alert: someone is on it")
+    p.add_argument("id", type=int)
+    p.add_argument("--by", required=True, help="who acknowledges")
+    p.add_argument("--comment", default="")
+    p.set_defaults(handler=cmd_alerts_ack)
+    p = asub.add_parser("resolve", help="resolve an alert by hand")
+    p.add_argument("id", type=int)
+    p.add_argument("--by", required=True, help="who resolves")
+    p.add_argument("--reason", default="")
+    p.set_defaults(handler=cmd_alerts_resolve)
+    p = asub.add_parser("silence", help="hold back notifications for a sensor or a city/district (still recorded)")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--sensor", help="sensor id")
+    target.add_argument("--city", help="city slug")
+    p.add_argument("--district", help="only this district of --city")
+    p.add_argument("--rule", help="only this rule id (default: every rule)")
+    p.add_argument("--for", dest="duration", required=True, metavar="DURATION", help="e.g. 30m, 2h, 1d")
+    p.add_argument("--by", required=True, help="who silences")
+    p.add_argument("--comment", required=True, help="why (maintenance, known fault, ...)")
+    p.set_defaults(handler=cmd_alerts_silence)
 
     bench = sub.add_parser("bench", help="benchmarks that print figures")
     bsub = bench.add_subparsers(dest="bench_command", metavar="WHAT", required=True)

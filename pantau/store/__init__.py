@@ -118,6 +118,9 @@ class Store:
                 for table in ("sensors", "readings", "readings_1m", "readings_1h", "rejected_messages"):
                     cur = await conn.execute(f"SELECT count(*) FROM {table}")  # noqa: S608 - fixed names
                     counts[table] = int((await cur.fetchone() or (0,))[0])
+            if version >= 3:
+                cur = await conn.execute("SELECT count(*) FROM alerts")
+                counts["alerts"] = int((await cur.fetchone() or (0,))[0])
         return StoreInfo(backend, ts_row[0] if ts_row else None, server, version, SCHEMA_VERSION, counts)
 
     # -- sensors -----------------------------------------------------------------------------

@@ -162,6 +162,83 @@ WITH NO DATA;
 """
 
 
+# The alert lifecycle (rules/alerts.py owns the queries). Plain tables on both backends: alerts are
+# few next to readings and are updated in place, which hypertables are not made for.
+ALERTS = """
+CREATE TABLE alerts (
+    id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    rule_id        text NOT NULL,
+    -- What the alert is about: a sensor id, or a scope key such as 'district:kotamobagu/Kotamobagu
+    -- Barat' or 'river:sampit/Mentaya' for rules over many sensors.
+    scope          text NOT NULL,
+    city           text NOT NULL,
+    district       text NOT NULL DEFAULT '',
+    -- No foreign key: alerts are history and outlive a sensor's registration.
+    sensor_id      text,
+    severity       text NOT NULL CHECK (severity IN ('info', 'warning', 'critical')),
+    state          text NOT NULL DEFAULT 'open' CHECK (state IN ('open', 'acknowledged', 'resolved')),
+    opened_at      timestamptz NOT NULL,
+    event_ts       timestamptz NOT NULL,
+    updated_at     timestamptz NOT NULL,
+    acked_at       timestamptz,
+    acked_by       text,
+    resolved_at    timestamptz,
+    resolved_by    text,
+    trigger_value  double precision,
+    current_value  double precision,
+    reason         text NOT NULL DEFAULT '',
+    flapping       boolean NOT NULL DEFAULT false,
+    CONSTRAINT alerts_resolved_has_time CHECK ((state = 'resolved') = (resolved_at IS NOT NULL)),
+    CONSTRAINT alerts_ack_has_actor CHECK ((acked_at IS NULL) = (acked_by IS NULL))
+);
+-- At most one alert that is not resolved per rule and scope: concurrent evaluators cannot open a
+-- duplicate (the second INSERT conflicts here and becomes an update of the open alert).
+CREATE UNIQUE INDEX alerts_one_open ON alerts (rule_id, scope) WHERE state <> 'resolved';
+CREATE INDEX alerts_rule_scope ON alerts (rule_id, scope, id);
+CREATE INDEX alerts_state_opened ON alerts (state, opened_at);
+CREATE INDEX alerts_city_opened ON alerts (city, opened_at);
+
+CREATE TABLE silences (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    sensor_id   text,
+    city        text,
+    district    text,
+    rule_id     text,
+    starts_at   timestamptz NOT NULL,
+    ends_at     timestamptz NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    created_by  text NOT NULL,
+    comment     text NOT NULL DEFAULT '',
+    CONSTRAINT silences_window CHECK (ends_at > starts_at),
+    CONSTRAINT silences_selector CHECK (
+        (sensor_id IS NOT NULL AND city IS NULL AND district IS NULL)
+        OR (sensor_id IS NULL AND city IS NOT NULL))
+);
+CREATE INDEX silences_ends_at ON silences (ends_at);
+
+CREATE TABLE alert_events (
+    id                 bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    alert_id           bigint NOT NULL REFERENCES alerts (id) ON DELETE CASCADE,
+    at                 timestamptz NOT NULL,
+    -- Event time of the reading behind the transition (the wall clock for actions by hand); the
+    -- flapping window counts in this time so that replays at speed do not look like flapping.
+    event_ts           timestamptz NOT NULL,
+    kind               text NOT NULL CHECK (kind IN (
+        'opened', 'escalated', 'deescalated', 'acknowledged', 'resolved', 'flapping', 'flapping_ended')),
+    actor              text NOT NULL,
+    value              double precision,
+    severity           text NOT NULL CHECK (severity IN ('info', 'warning', 'critical')),
+    previous_severity  text CHECK (previous_severity IN ('info', 'warning', 'critical')),
+    reason             text NOT NULL DEFAULT '',
+    -- Whether notifiers send this event: 'notify', or why not ('silenced', 'flapping').
+    notification       text NOT NULL CHECK (notification IN ('notify', 'silenced', 'flapping')),
+    silence_id         bigint REFERENCES silences (id) ON DELETE SET NULL
+);
+CREATE INDEX alert_events_alert ON alert_events (alert_id, id);
+CREATE INDEX alert_events_transitions ON alert_events (alert_id, event_ts) WHERE kind IN ('opened', 'resolved');
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     version: int
@@ -176,6 +253,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         "readings with rollups at 1 minute and 1 hour",
         lambda b: READINGS_TIMESCALE if b is Backend.TIMESCALEDB else READINGS_PLAIN,
     ),
+    Migration(3, "alerts, alert_events and silences", lambda _b: ALERTS),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
