@@ -10,12 +10,17 @@ import subprocess
 import sys
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+
+from ingest.writer import WriterRow
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -224,3 +229,21 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def expected_rollups(rows: list[WriterRow], width_s: int) -> dict[datetime, tuple[int, float, float, float]]:
+    """Bucket start -> (n, avg, min, max) of one sensor's distinct readings, computed in Python."""
+    buckets: dict[float, list[float]] = defaultdict(list)
+    for ts, _sensor, _metric, value in {(r[0], r[1], r[2]): r for r in rows}.values():
+        buckets[ts // width_s * width_s].append(value)
+    return {
+        datetime.fromtimestamp(b, UTC): (len(v), sum(v) / len(v), min(v), max(v)) for b, v in sorted(buckets.items())
+    }
+
+
+def assert_rollups(rollups: list[dict[str, Any]], expected: dict[datetime, tuple[int, float, float, float]]) -> None:
+    """The store's rollup rows are exactly the expected buckets."""
+    found = {r["bucket"]: (r["n"], r["avg_value"], r["min_value"], r["max_value"]) for r in rollups}
+    assert list(found) == list(expected)
+    for bucket, want in expected.items():
+        assert found[bucket] == pytest.approx(want), bucket

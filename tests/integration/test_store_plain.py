@@ -8,10 +8,8 @@ and test_store_timescale.py covers the other backend. Readings go in through
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
 
 import pytest
 from psycopg import AsyncConnection
@@ -20,7 +18,7 @@ from ingest.writer import ReadingWriter, WriterRow
 from pantau.settings import StoreSettings
 from pantau.store import Backend, Store, connect
 from pantau.store.maintenance import maintain_once, refresh_rollups
-from tests.support import await_until
+from tests.support import assert_rollups, await_until, expected_rollups
 
 SENSOR = "SPT-RV-01"
 # A fixed, future instant keeps these tests independent of the clock and of each other's days.
@@ -72,22 +70,6 @@ def _series(start: datetime, minutes: int, per_minute: int) -> list[WriterRow]:
         for m in range(minutes)
         for k in range(per_minute)
     ]
-
-
-def _expected(rows: list[WriterRow], width_s: int) -> dict[datetime, tuple[int, float, float, float]]:
-    buckets: dict[float, list[float]] = defaultdict(list)
-    for ts, _sensor, _metric, value in {(r[0], r[1], r[2]): r for r in rows}.values():
-        buckets[ts // width_s * width_s].append(value)
-    return {
-        datetime.fromtimestamp(b, UTC): (len(v), sum(v) / len(v), min(v), max(v)) for b, v in sorted(buckets.items())
-    }
-
-
-def _assert_rollups(rollups: list[dict[str, Any]], expected: dict[datetime, tuple[int, float, float, float]]) -> None:
-    found = {r["bucket"]: (r["n"], r["avg_value"], r["min_value"], r["max_value"]) for r in rollups}
-    assert list(found) == list(expected)
-    for bucket, want in expected.items():
-        assert found[bucket] == pytest.approx(want), bucket
 
 
 async def test_readings_is_range_partitioned_by_day(conn: AsyncConnection, writer: ReadingWriter) -> None:
@@ -142,7 +124,7 @@ async def test_maintenance_creates_partitions_ahead_and_drops_past_retention(
     # The raw rows of 10 March are gone; their rollups stay for rollup_retention_days.
     assert await store.count("readings") == 0
     window = (NOW - timedelta(days=1), NOW)
-    _assert_rollups(await store.readings(SENSOR, "water_level_cm", *window, resolution="1m"), _expected(rows, 60))
+    assert_rollups(await store.readings(SENSOR, "water_level_cm", *window, resolution="1m"), expected_rollups(rows, 60))
 
 
 async def test_refresh_rollups_is_exact_with_late_data_and_duplicates(
@@ -157,9 +139,9 @@ async def test_refresh_rollups_is_exact_with_late_data_and_duplicates(
     assert await refresh_rollups(conn) == (90, 2)
     assert await refresh_rollups(conn) == (0, 0)  # nothing logged since
     window = (start - timedelta(hours=1), start + timedelta(hours=3))
-    _assert_rollups(await store.readings(SENSOR, "water_level_cm", *window, resolution="1m"), _expected(rows, 60))
+    assert_rollups(await store.readings(SENSOR, "water_level_cm", *window, resolution="1m"), expected_rollups(rows, 60))
     hour = await store.readings(SENSOR, "water_level_cm", *window, resolution="1h")
-    _assert_rollups(hour, _expected(rows, 3600))
+    assert_rollups(hour, expected_rollups(rows, 3600))
     assert [r["n"] for r in hour] == [240, 120]
 
     # Late readings for a minute that was already refreshed, sent with a duplicate of a stored row.
@@ -168,11 +150,11 @@ async def test_refresh_rollups_is_exact_with_late_data_and_duplicates(
     result = await writer.write([*late, rows[0]], [])
     assert (result.inserted, result.duplicates) == (2, 1)
     assert await refresh_rollups(conn) == (1, 1)
-    _assert_rollups(
-        await store.readings(SENSOR, "water_level_cm", *window, resolution="1m"), _expected(rows + late, 60)
+    assert_rollups(
+        await store.readings(SENSOR, "water_level_cm", *window, resolution="1m"), expected_rollups(rows + late, 60)
     )
-    _assert_rollups(
-        await store.readings(SENSOR, "water_level_cm", *window, resolution="1h"), _expected(rows + late, 3600)
+    assert_rollups(
+        await store.readings(SENSOR, "water_level_cm", *window, resolution="1h"), expected_rollups(rows + late, 3600)
     )
 
     # A batch made only of redeliveries changes nothing and logs nothing.

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections import defaultdict
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,6 +19,7 @@ from ingest.writer import ReadingWriter, WriterRow
 from pantau.settings import StoreSettings
 from pantau.store import Backend, Store
 from tests.conftest import EXTERNAL_URL
+from tests.support import assert_rollups, expected_rollups
 
 pytestmark = pytest.mark.timescaledb
 
@@ -54,23 +54,6 @@ async def _refresh(store: Store) -> None:
     async with store.connection() as conn:
         await conn.execute("CALL refresh_continuous_aggregate('readings_1m', NULL, NULL)")
         await conn.execute("CALL refresh_continuous_aggregate('readings_1h', NULL, NULL)")
-
-
-def _expected(rows: list[WriterRow], width_s: int) -> dict[datetime, tuple[int, float, float, float]]:
-    """Bucket start -> (n, avg, min, max) of one sensor's distinct readings."""
-    buckets: dict[float, list[float]] = defaultdict(list)
-    for ts, _sensor, _metric, value in {(r[0], r[1], r[2]): r for r in rows}.values():
-        buckets[ts // width_s * width_s].append(value)
-    return {
-        datetime.fromtimestamp(b, UTC): (len(v), sum(v) / len(v), min(v), max(v)) for b, v in sorted(buckets.items())
-    }
-
-
-def _assert_rollups(rollups: list[dict[str, Any]], expected: dict[datetime, tuple[int, float, float, float]]) -> None:
-    found = {r["bucket"]: (r["n"], r["avg_value"], r["min_value"], r["max_value"]) for r in rollups}
-    assert list(found) == list(expected)
-    for bucket, want in expected.items():
-        assert found[bucket] == pytest.approx(want), bucket
 
 
 def _series(start: float, minutes: int, per_minute: int) -> list[WriterRow]:
@@ -180,17 +163,17 @@ async def test_refreshed_rollups_are_exact_and_duplicates_count_once(store: Stor
 
     await _refresh(store)
     window = (datetime.fromtimestamp(start - 3600, UTC), datetime.fromtimestamp(start + 4 * 3600, UTC))
-    _assert_rollups(await store.readings(SENSOR, "pm25", *window, resolution="1m"), _expected(rows, 60))
+    assert_rollups(await store.readings(SENSOR, "pm25", *window, resolution="1m"), expected_rollups(rows, 60))
     hour = await store.readings(SENSOR, "pm25", *window, resolution="1h")
-    _assert_rollups(hour, _expected(rows, 3600))
+    assert_rollups(hour, expected_rollups(rows, 3600))
     assert [r["n"] for r in hour] == [240, 120]
 
     # Late data for an already materialized minute is re-aggregated exactly by the next refresh.
     late = [(start + 30.5, SENSOR, "pm25", 1000.0), (start + 31.5, SENSOR, "pm25", -5.0)]
     assert (await writer.write([*late, rows[0]], [])).inserted == 2
     await _refresh(store)
-    _assert_rollups(await store.readings(SENSOR, "pm25", *window, resolution="1m"), _expected(rows + late, 60))
-    _assert_rollups(await store.readings(SENSOR, "pm25", *window, resolution="1h"), _expected(rows + late, 3600))
+    assert_rollups(await store.readings(SENSOR, "pm25", *window, resolution="1m"), expected_rollups(rows + late, 60))
+    assert_rollups(await store.readings(SENSOR, "pm25", *window, resolution="1h"), expected_rollups(rows + late, 3600))
 
 
 async def test_redelivered_batch_is_not_stored_twice(store: Store, writer: ReadingWriter) -> None:
@@ -238,7 +221,7 @@ async def test_writes_into_a_compressed_chunk_with_duplicates(store: Store, data
 
     await _refresh(store)
     window = (datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(start + 3600, UTC))
-    _assert_rollups(await store.readings(SENSOR, "pm25", *window, resolution="1m"), _expected(rows + new, 60))
+    assert_rollups(await store.readings(SENSOR, "pm25", *window, resolution="1m"), expected_rollups(rows + new, 60))
 
 
 async def test_rollups_outlive_raw_retention(store: Store, database_url: str) -> None:
@@ -266,5 +249,5 @@ async def test_rollups_outlive_raw_retention(store: Store, database_url: str) ->
         await conn.execute("CALL run_job(%s)", (jobs["readings_1m:policy_refresh_continuous_aggregate"],))
         await conn.execute("CALL run_job(%s)", (jobs["readings_1h:policy_refresh_continuous_aggregate"],))
     assert await store.count("readings") == 0
-    _assert_rollups(await store.readings(SENSOR, "pm25", *window, resolution="1m"), _expected(rows, 60))
-    _assert_rollups(await store.readings(SENSOR, "pm25", *window, resolution="1h"), _expected(rows, 3600))
+    assert_rollups(await store.readings(SENSOR, "pm25", *window, resolution="1m"), expected_rollups(rows, 60))
+    assert_rollups(await store.readings(SENSOR, "pm25", *window, resolution="1h"), expected_rollups(rows, 3600))
