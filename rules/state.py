@@ -1,0 +1,174 @@
+"""Per-(rule, series) evaluation state: plain dataclasses that export to JSON and load back.
+
+The engine (rules.engine) keeps one of these per rule and sensor. Everything a restart needs to
+neither lose a pending `for` nor fire a duplicate is here: whether the alert is active (and at
+which index level), since when a pending condition has held, the series' cadence (for data gaps)
+and the trailing windows.
+
+Data gaps: a pending `for` (or clear `for`) is interrupted when two consecutive readings of the
+series are further apart than `gap_tolerance_s`: max(min_gap_s, 3 × the series' typical interval),
+the typical interval being a moving average of the intervals seen (each clipped to the tolerance so
+that one long outage does not teach the series that outages are normal).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from rules.windows import Window
+
+__all__ = [
+    "GAP_INTERVALS",
+    "AbsenceState",
+    "Cadence",
+    "HoldState",
+    "IndexState",
+    "WindowedState",
+    "gap_tolerance_s",
+]
+
+# Three missed reports in a row: one lost message is noise, three mean we do not know what happened.
+GAP_INTERVALS = 3.0
+# Weight of the newest interval in the typical interval: slow enough to ignore jitter, fast enough
+# to follow a sensor reconfigured from 5 to 1 minute within a dozen readings.
+_INTERVAL_ALPHA = 0.2
+
+
+def gap_tolerance_s(interval_s: float | None, min_gap_s: float) -> float:
+    """The longest step between two readings that still counts as continuous."""
+    if interval_s is None:
+        return min_gap_s
+    return max(min_gap_s, GAP_INTERVALS * interval_s)
+
+
+@dataclass(slots=True)
+class Cadence:
+    """When a series last reported and how often it usually does."""
+
+    last_ts: float | None = None
+    interval_s: float | None = None
+
+    def step(self, ts: float, min_gap_s: float) -> bool:
+        """Record a reading at ts (not older than the last); True when the step to it is a data gap."""
+        if self.last_ts is None:
+            self.last_ts = ts
+            return False
+        dt = ts - self.last_ts
+        self.last_ts = ts
+        if dt <= 0:  # same timestamp as the last (several metrics of one message)
+            return False
+        tolerance = gap_tolerance_s(self.interval_s, min_gap_s)
+        sample = min(dt, tolerance)
+        self.interval_s = (
+            sample if self.interval_s is None else self.interval_s + _INTERVAL_ALPHA * (sample - self.interval_s)
+        )
+        return dt > tolerance
+
+
+@dataclass(slots=True)
+class HoldState:
+    """A two-state alert (threshold, rate of change): active or not, and since when the pending
+    condition (the trigger while inactive, the clear while active) has held."""
+
+    active: bool = False
+    since: float | None = None
+    cadence: Cadence = field(default_factory=Cadence)
+
+    def step(self, ts: float, *, gap: bool, trigger: bool, clear: bool, for_s: float, clear_for_s: float) -> bool:
+        """Advance by one reading; True when the alert flips (raise or clear) at this reading."""
+        if gap:
+            self.since = None
+        holds = clear if self.active else trigger
+        if not holds:
+            self.since = None
+            return False
+        if self.since is None:
+            self.since = ts
+        if ts - self.since >= (clear_for_s if self.active else for_s):
+            self.active = not self.active
+            self.since = None
+            return True
+        return False
+
+    def export(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return asdict(self)
+
+    @classmethod
+    def load(cls, data: dict[str, Any]) -> HoldState:
+        """The state `export` wrote."""
+        return cls(active=bool(data["active"]), since=data["since"], cadence=Cadence(**data["cadence"]))
+
+
+@dataclass(slots=True)
+class WindowedState:
+    """A HoldState plus the trailing window of its series (aggregated thresholds, rate of change)."""
+
+    hold: HoldState = field(default_factory=HoldState)
+    window: Window = field(default_factory=Window)
+
+    def export(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return {"hold": self.hold.export(), "window": self.window.export()}
+
+    @classmethod
+    def load(cls, data: dict[str, Any]) -> WindowedState:
+        """The state `export` wrote."""
+        return cls(HoldState.load(data["hold"]), Window.load(data["window"]))
+
+
+@dataclass(slots=True)
+class IndexState:
+    """An index-band alert: the level it is raised at (rank in the index's level order, -1 for none),
+    and a pending move towards `bound` (the level held continuously since `since`).
+
+    For a pending escalation `bound` is the least severe level seen since `since` (the level held
+    throughout); for a de-escalation, the most severe.
+    """
+
+    rank: int = -1
+    since: float | None = None
+    bound: int | None = None
+    cadence: Cadence = field(default_factory=Cadence)
+    windows: dict[str, Window] = field(default_factory=dict)  # ISPU per pollutant, rain: "rain_mm"
+    interval_s: float | None = None  # LOS: the counting interval last reported
+
+    def export(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return {
+            "rank": self.rank,
+            "since": self.since,
+            "bound": self.bound,
+            "cadence": asdict(self.cadence),
+            "windows": {k: w.export() for k, w in self.windows.items()},
+            "interval_s": self.interval_s,
+        }
+
+    @classmethod
+    def load(cls, data: dict[str, Any]) -> IndexState:
+        """The state `export` wrote."""
+        return cls(
+            rank=int(data["rank"]),
+            since=data["since"],
+            bound=data["bound"],
+            cadence=Cadence(**data["cadence"]),
+            windows={k: Window.load(w) for k, w in data["windows"].items()},
+            interval_s=data["interval_s"],
+        )
+
+
+@dataclass(slots=True)
+class AbsenceState:
+    """Whether a sensor (or one of its metrics) is currently reported absent."""
+
+    active: bool = False
+
+    def export(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return asdict(self)
+
+    @classmethod
+    def load(cls, data: dict[str, Any]) -> AbsenceState:
+        """The state `export` wrote."""
+        return cls(active=bool(data["active"]))
