@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -188,6 +188,17 @@ class Context:
         self.metadata_errors: dict[tuple[str, str], str] = {}  # (rule id, sensor id) → problem
 
 
+_S = TypeVar("_S")
+
+
+def _state_of(states: dict[str, _S], key: str, make: Callable[[], _S]) -> _S:
+    """The series state under `key`, made on first use."""
+    st = states.get(key)
+    if st is None:
+        st = states[key] = make()
+    return st
+
+
 class Evaluator(Protocol):
     """One rule's evaluation over its sensors' series; every supported kind implements this."""
 
@@ -287,9 +298,7 @@ class ThresholdEvaluator:
         if s is None:
             return
         r = self._r
-        st = self.states.get(sensor.id)
-        if st is None:
-            st = self.states[sensor.id] = WindowedState()
+        st = _state_of(self.states, sensor.id, WindowedState)
         hold = st.hold
         aggregate = r.aggregate
         for ts, v, i in zip(s.ts, s.values, s.idx, strict=True):
@@ -358,9 +367,7 @@ class RateEvaluator:
         if s is None:
             return
         r = self._r
-        st = self.states.get(sensor.id)
-        if st is None:
-            st = self.states[sensor.id] = WindowedState()
+        st = _state_of(self.states, sensor.id, WindowedState)
         rise = r.direction is Direction.RISE
         for ts, v in zip(s.ts, s.values, strict=True):
             gap = st.hold.cadence.step(ts, self._ctx.min_gap_s)
@@ -447,9 +454,7 @@ class IndexEvaluator:
         mine = {m: series[m] for m in self._metrics if m in series}
         if not mine:
             return
-        st = self.states.get(sensor.id)
-        if st is None:
-            st = self.states[sensor.id] = IndexState()
+        st = _state_of(self.states, sensor.id, IndexState)
         # Merge the metrics this index reads into event-time steps: {ts: {metric: value}}.
         steps: dict[float, dict[str, float]] = {}
         for m, s in mine.items():
