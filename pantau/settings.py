@@ -82,6 +82,36 @@ class StoreSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RulesSettings:
+    """The rule worker (`pantau rules`) and its notifiers."""
+
+    # The rule pack (YAML); empty = the default pack shipped in deploy/rules.yaml.
+    file: str = ""
+    # Name of this worker's claims and checkpoint. One worker per name runs at a time (a second
+    # one waits for the first's lock); partitioned workers will each get their own name.
+    worker: str = "default"
+    # Batches claimed per evaluation step (each is one ingest commit, up to batch_max_rows readings).
+    claim_max_batches: int = 64
+    # Absence rules (sensor offline) are checked this often, in wall-clock time.
+    tick_interval_s: float = 5.0
+    # Engine state is checkpointed this often; a restart replays at most this much.
+    checkpoint_interval_s: float = 10.0
+    # Batches nobody claimed for this long are dropped by maintenance (no rule worker running).
+    unclaimed_max_age_h: float = 24.0
+    # Flapping: this many opens and resolves of one rule and scope within the window.
+    flap_transitions: int = 4
+    flap_window_s: float = 1800.0
+    # Alert events go out on MQTT pantau/v1/{city}/alerts (and a retained open-alerts snapshot).
+    mqtt_notify: bool = True
+    mqtt_client_id: str = "pantau-rules"
+    # Optional webhook: each alert event is POSTed as JSON with an Idempotency-Key header.
+    webhook_url: str = ""
+    webhook_timeout_s: float = 5.0
+    # Retries back off from 1 s doubling up to this; a 4xx other than 408/429 is not retried.
+    webhook_backoff_max_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     """Everything a pantau process needs to know at start-up."""
 
@@ -93,13 +123,14 @@ class Settings:
     log_level: str = "INFO"
     ingest: IngestSettings = field(default_factory=IngestSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
+    rules: RulesSettings = field(default_factory=RulesSettings)
 
     def with_endpoints(self, *, database_url: str, mqtt_url: str) -> Settings:
         """The same settings pointing at the given database and broker."""
         return dataclasses.replace(self, database_url=database_url, mqtt_url=mqtt_url)
 
 
-_SECTIONS: dict[str, type[Any]] = {"ingest": IngestSettings, "store": StoreSettings}
+_SECTIONS: dict[str, type[Any]] = {"ingest": IngestSettings, "store": StoreSettings, "rules": RulesSettings}
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -179,6 +210,13 @@ def _check(settings: Settings) -> None:
         "PANTAU_STORE_COMPRESS_AFTER_DAYS": settings.store.compress_after_days,
         "PANTAU_STORE_MAINTENANCE_INTERVAL_S": settings.store.maintenance_interval_s,
         "PANTAU_STORE_POOL_MAX_SIZE": settings.store.pool_max_size,
+        "PANTAU_RULES_CLAIM_MAX_BATCHES": settings.rules.claim_max_batches,
+        "PANTAU_RULES_TICK_INTERVAL_S": settings.rules.tick_interval_s,
+        "PANTAU_RULES_CHECKPOINT_INTERVAL_S": settings.rules.checkpoint_interval_s,
+        "PANTAU_RULES_UNCLAIMED_MAX_AGE_H": settings.rules.unclaimed_max_age_h,
+        "PANTAU_RULES_FLAP_WINDOW_S": settings.rules.flap_window_s,
+        "PANTAU_RULES_WEBHOOK_TIMEOUT_S": settings.rules.webhook_timeout_s,
+        "PANTAU_RULES_WEBHOOK_BACKOFF_MAX_S": settings.rules.webhook_backoff_max_s,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -193,6 +231,11 @@ def _check(settings: Settings) -> None:
         raise ConfigError("PANTAU_INGEST_MQTT_PROTOCOL", "expected 4 (MQTT 3.1.1) or 5 (MQTT 5)")
     if settings.store.timescaledb not in ("auto", "off"):
         raise ConfigError("PANTAU_STORE_TIMESCALEDB", "expected 'auto' or 'off'")
+    if settings.rules.flap_transitions < 2:
+        raise ConfigError("PANTAU_RULES_FLAP_TRANSITIONS", "must be at least 2 (one open and one resolve)")
+    if not settings.rules.worker or not settings.rules.worker.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError("PANTAU_RULES_WORKER", "expected a name of letters, digits, '-' and '_'")
+    _validate_url("PANTAU_RULES_WEBHOOK_URL", settings.rules.webhook_url or None, ("http", "https"))
     if settings.store.partition_ahead_days < 1:
         raise ConfigError("PANTAU_STORE_PARTITION_AHEAD_DAYS", "must be at least 1")
 

@@ -239,6 +239,55 @@ CREATE INDEX alert_events_transitions ON alert_events (alert_id, event_ts) WHERE
 """
 
 
+# The hand-off from ingest to the rule engine (docs/decisions.md D10): a transactional outbox.
+# Ingest adds one `ingest_batches` row per committed batch, in the batch's own transaction, and
+# NOTIFYs `pantau_batches`. A rule worker claims waiting batches (FOR UPDATE SKIP LOCKED), writes
+# the alert transitions they cause and a `rule_claims` row in the same transaction, so a batch is
+# evaluated exactly once. Claimed batches stay until the worker's next checkpoint of its state:
+# after a crash the worker restores the checkpoint and replays the claims made since (without
+# writing alerts again), which rebuilds pending `for`s and windows exactly.
+RULES_HANDOFF = """
+CREATE TABLE ingest_batches (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    created_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    readings    integer NOT NULL,
+    rejections  integer NOT NULL,
+    -- msgpack: {"r": [[ts, sensor_id, metric, value], ...], "x": [[received_at, sensor_id, reason], ...]}
+    payload     bytea NOT NULL,
+    -- The rule worker's claim that evaluated this batch; NULL while it waits.
+    claim       bigint
+);
+CREATE INDEX ingest_batches_waiting ON ingest_batches (id) WHERE claim IS NULL;
+CREATE INDEX ingest_batches_claimed ON ingest_batches (claim) WHERE claim IS NOT NULL;
+
+CREATE SEQUENCE rule_claim_seq;
+-- One row per evaluation step of a rule worker: the batches it claimed (ingest_batches.claim) and,
+-- when `tick` is set, the absence timer it ran after them, both at wall-clock time `at`.
+CREATE TABLE rule_claims (
+    claim   bigint PRIMARY KEY,
+    worker  text NOT NULL,
+    at      double precision NOT NULL,
+    tick    boolean NOT NULL
+);
+CREATE INDEX rule_claims_worker ON rule_claims (worker, claim);
+
+-- A rule worker's engine state as of `last_claim` (msgpack of rules.engine.Engine.state()).
+CREATE TABLE rule_checkpoints (
+    worker      text PRIMARY KEY,
+    last_claim  bigint NOT NULL,
+    saved_at    timestamptz NOT NULL,
+    state       bytea NOT NULL
+);
+
+-- How far each notification sink has delivered `alert_events` (by event id).
+CREATE TABLE notify_cursors (
+    sink        text PRIMARY KEY,
+    last_event  bigint NOT NULL,
+    updated_at  timestamptz NOT NULL
+);
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     version: int
@@ -254,6 +303,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         lambda b: READINGS_TIMESCALE if b is Backend.TIMESCALEDB else READINGS_PLAIN,
     ),
     Migration(3, "alerts, alert_events and silences", lambda _b: ALERTS),
+    Migration(4, "rule engine hand-off: ingest_batches outbox, claims, checkpoints", lambda _b: RULES_HANDOFF),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
