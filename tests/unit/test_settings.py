@@ -337,7 +337,8 @@ def test_values_at_the_edge_are_accepted(tmp_path: Path, key: str, value: str) -
         ("api_prot = 8080\n", "PANTAU_API_PROT"),
         ("[ingest]\nbatch_rows = 10\n", "PANTAU_INGEST_BATCH_ROWS"),
         ("[store]\nretention = 10\n", "PANTAU_STORE_RETENTION"),
-        ("[rules]\nenabled = 1\n", "PANTAU_RULES"),
+        ("[rules]\nenabled = 1\n", "PANTAU_RULES_ENABLED"),
+        ("[alerting]\nenabled = 1\n", "PANTAU_ALERTING"),
     ],
 )
 def test_unknown_key_in_the_file(tmp_path: Path, toml: str, key: str) -> None:
