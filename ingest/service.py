@@ -87,7 +87,7 @@ class IngestService:
             max_future_s=self.cfg.max_future_s,
             retention_s=settings.store.retention_days * 86400.0,
         )
-        self.writer = ReadingWriter(settings.database_url, backend)
+        self.writer = ReadingWriter(settings.database_url, backend, outbox=self.cfg.outbox)
         self.mqtt = AsyncMqttClient(
             BrokerAddress.parse(settings.mqtt_url),
             client_id=self.cfg.client_id,

@@ -5,8 +5,9 @@ that COPY fail on the unique key; the batch then goes through a temp staging tab
 `INSERT ... ON CONFLICT DO NOTHING`, which also counts the duplicates. After a conflict the
 staging path stays on for a while, since redeliveries come in runs.
 
-The rows, their rollup invalidations (plain PostgreSQL) and the batch's rejections commit in
-one transaction: the caller acknowledges the MQTT messages only after `write` returns.
+The rows, their rollup invalidations (plain PostgreSQL), the batch's rejections and its outbox
+row for the rule engine (`ingest_batches`, with a `NOTIFY pantau_batches`; docs/decisions.md D10)
+commit in one transaction: the caller acknowledges the MQTT messages only after `write` returns.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from datetime import UTC, date, datetime
 from types import TracebackType
 from typing import Any
 
+import msgspec
 import numpy as np
 import psycopg
 from psycopg import AsyncConnection, errors
@@ -43,6 +45,29 @@ WriterRow = tuple[float, str, str, float]
 # A rejection row: (received_at epoch s, topic, payload or None, reason, detail).
 RejectRow = tuple[float, str, bytes | None, str, str]
 
+# Channel the rule workers LISTEN on: a batch is waiting in `ingest_batches`.
+BATCHES_CHANNEL = "pantau_batches"
+_encode_outbox = msgspec.msgpack.Encoder().encode
+
+
+def outbox_payload(rows: list[WriterRow], rejections: list[RejectRow]) -> bytes:
+    """The `ingest_batches.payload` of one batch: its readings, and its rejections that name a sensor.
+
+    msgpack {"r": [[ts, sensor_id, metric, value], ...], "x": [[received_at, sensor_id, reason], ...]}.
+    """
+    named: list[tuple[float, str, str]] = []
+    for received_at, topic, _payload, reason, _detail in rejections:
+        parts = topic.split("/")
+        if len(parts) == 5 and parts[0] == "pantau" and parts[4]:
+            named.append((received_at, parts[4], reason))
+    return _encode_outbox({"r": rows, "x": named})
+
+
+def decode_outbox(payload: bytes) -> tuple[list[WriterRow], list[tuple[float, str, str]]]:
+    """The readings and named rejections of an `ingest_batches.payload`."""
+    doc = msgspec.msgpack.decode(payload)
+    return [tuple(r) for r in doc["r"]], [tuple(x) for x in doc["x"]]
+
 
 @dataclass(frozen=True, slots=True)
 class WriteResult:
@@ -63,9 +88,10 @@ class ReadingWriter:
     a backoff) and StoreError for anything else.
     """
 
-    def __init__(self, url: str, backend: Backend) -> None:
+    def __init__(self, url: str, backend: Backend, *, outbox: bool = True) -> None:
         self.url = url
         self.backend = backend
+        self.outbox = outbox
         self._conn: AsyncConnection | None = None
         self._known_days: set[int] = set()
         self._field_cache: dict[str, bytes] = {}
@@ -159,6 +185,12 @@ class ReadingWriter:
                         at = datetime.fromtimestamp(received_at, UTC)
                         topic, detail = topic.replace("\x00", "\\x00"), detail.replace("\x00", "\\x00")
                         await copy.write_row((at, topic, payload, reason, detail))
+            if self.outbox and (rows or rejections):
+                await conn.execute(
+                    "INSERT INTO ingest_batches (readings, rejections, payload) VALUES (%s, %s, %s)",
+                    (len(rows), len(rejections), outbox_payload(rows, rejections)),
+                )
+                await conn.execute(f"NOTIFY {BATCHES_CHANNEL}")
         return WriteResult(inserted, len(rows) - inserted, len(rejections))
 
     async def _insert(self, conn: AsyncConnection, data: bytes, count: int) -> int:

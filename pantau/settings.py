@@ -63,6 +63,10 @@ class IngestSettings:
     last_seen_interval_s: float = 5.0
     # The registry cache is reloaded this often so edits reach a running ingest.
     registry_refresh_s: float = 30.0
+    # Hand each committed batch to the rule engine (the `ingest_batches` outbox, docs/decisions.md
+    # D10). Off only where no rule worker will ever run: maintenance drops unclaimed batches after
+    # [rules] unclaimed_max_age_h anyway.
+    outbox: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -334,41 +334,70 @@ class AlertStore:
 
         `district` defaults to the sensor's registered district (silences match on it).
         """
+        async with self._transaction() as cur:
+            return await self.raise_in(
+                cur,
+                rule_id,
+                scope,
+                city=city,
+                sensor_id=sensor_id,
+                severity=severity,
+                value=value,
+                event_ts=event_ts,
+                reason=reason,
+                district=district,
+            )
+
+    async def raise_in(
+        self,
+        cur: AsyncCursor[DictRow],
+        rule_id: str,
+        scope: str,
+        *,
+        city: str,
+        sensor_id: str | None,
+        severity: Severity | str,
+        value: float | None,
+        event_ts: datetime,
+        reason: str = "",
+        district: str | None = None,
+    ) -> Transition:
+        """`raise_alert` inside the caller's transaction (a `dict_row` cursor on a READ COMMITTED
+        connection): the rule worker commits a batch's claim and its alert transitions together."""
         severity = Severity(severity)
+        if district is None:
+            district = await _sensor_district(cur, sensor_id)
         for _ in range(_RAISE_ATTEMPTS):
-            async with self._transaction() as cur:
-                now = self._clock()
-                if district is None:
-                    district = await _sensor_district(cur, sensor_id)
-                await cur.execute(
-                    f"""
-                    INSERT INTO alerts (rule_id, scope, city, district, sensor_id, severity, state, opened_at,
-                                        event_ts, updated_at, trigger_value, current_value, reason)
-                    VALUES (%(rule_id)s, %(scope)s, %(city)s, %(district)s, %(sensor_id)s, %(severity)s, 'open',
-                            %(now)s, %(event_ts)s, %(now)s, %(value)s, %(value)s, %(reason)s)
-                    ON CONFLICT (rule_id, scope) WHERE state <> 'resolved' DO NOTHING
-                    RETURNING {_ALERT_COLUMNS}
-                    """,  # noqa: S608 - fixed column list
-                    {
-                        "rule_id": rule_id,
-                        "scope": scope,
-                        "city": city,
-                        "district": district,
-                        "sensor_id": sensor_id,
-                        "severity": severity.value,
-                        "now": now,
-                        "event_ts": event_ts,
-                        "value": value,
-                        "reason": reason,
-                    },
-                )
-                row = await cur.fetchone()
-                if row is not None:
-                    return await self._opened(cur, Alert.from_row(row), now)
-                current = await _lock_open(cur, rule_id, scope)
-                if current is None:
-                    continue  # resolved between our INSERT and the lock: insert again
-                return await self._update_open(cur, current, severity, value, event_ts, reason, now)
+            now = self._clock()
+            await cur.execute(
+                f"""
+                INSERT INTO alerts (rule_id, scope, city, district, sensor_id, severity, state, opened_at,
+                                    event_ts, updated_at, trigger_value, current_value, reason)
+                VALUES (%(rule_id)s, %(scope)s, %(city)s, %(district)s, %(sensor_id)s, %(severity)s, 'open',
+                        %(now)s, %(event_ts)s, %(now)s, %(value)s, %(value)s, %(reason)s)
+                ON CONFLICT (rule_id, scope) WHERE state <> 'resolved' DO NOTHING
+                RETURNING {_ALERT_COLUMNS}
+                """,  # noqa: S608 - fixed column list
+                {
+                    "rule_id": rule_id,
+                    "scope": scope,
+                    "city": city,
+                    "district": district,
+                    "sensor_id": sensor_id,
+                    "severity": severity.value,
+                    "now": now,
+                    "event_ts": event_ts,
+                    "value": value,
+                    "reason": reason,
+                },
+            )
+            row = await cur.fetchone()
+            if row is not None:
+                return await self._opened(cur, Alert.from_row(row), now)
+            current = await _lock_open(cur, rule_id, scope)
+            if current is None:
+                continue  # resolved between our INSERT and the lock (each statement sees the latest commits)
+            return await self._update_open(cur, current, severity, value, event_ts, reason, now)
         raise StoreError(f"alert for rule {rule_id!r} scope {scope!r}: could not open or update it (kept racing)")
 
     async def resolve(
@@ -383,11 +412,25 @@ class AlertStore:
     ) -> Transition:
         """Resolve the open alert of (rule, scope) because its clear condition holds."""
         async with self._transaction() as cur:
-            now = self._clock()
-            current = await _lock_open(cur, rule_id, scope)
-            if current is None:
-                return Transition(Outcome.NOT_OPEN, None)
-            return await self._resolve(cur, current, by, reason, value, event_ts or now, now)
+            return await self.resolve_in(cur, rule_id, scope, by=by, reason=reason, value=value, event_ts=event_ts)
+
+    async def resolve_in(
+        self,
+        cur: AsyncCursor[DictRow],
+        rule_id: str,
+        scope: str,
+        *,
+        by: str = "system",
+        reason: str = "",
+        value: float | None = None,
+        event_ts: datetime | None = None,
+    ) -> Transition:
+        """`resolve` inside the caller's transaction."""
+        now = self._clock()
+        current = await _lock_open(cur, rule_id, scope)
+        if current is None:
+            return Transition(Outcome.NOT_OPEN, None)
+        return await self._resolve(cur, current, by, reason, value, event_ts or now, now)
 
     # -- actions by hand -----------------------------------------------------------------------
 

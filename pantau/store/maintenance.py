@@ -2,7 +2,9 @@
 
 Plain PostgreSQL: make daily partitions ahead, drop those past retention, and refresh the
 `readings_1m` / `readings_1h` rollups for the minute buckets ingest logged in
-`rollup_invalidations`. Both backends: trim `rejected_messages` past retention. One maintainer
+`rollup_invalidations`. Both backends: trim `rejected_messages` past retention, and drop
+`ingest_batches` that no rule worker claimed for `unclaimed_max_age` (none is running), with a
+warning naming how many. One maintainer
 runs at a time across machines (an advisory lock), so every node may run the job.
 """
 
@@ -32,6 +34,7 @@ class MaintenanceReport:
     minute_buckets_refreshed: int = 0
     hour_buckets_refreshed: int = 0
     rejected_deleted: int = 0
+    unclaimed_dropped: int = 0
     skipped: bool = False
 
 
@@ -90,8 +93,17 @@ async def refresh_rollups(conn: AsyncConnection) -> tuple[int, int]:
     return len(minutes), len(hours)
 
 
+# Default for `maintain_once(unclaimed_max_age=...)`: [rules] unclaimed_max_age_h.
+UNCLAIMED_MAX_AGE = timedelta(hours=24)
+
+
 async def maintain_once(
-    conn: AsyncConnection, backend: Backend, settings: StoreSettings, *, now: datetime | None = None
+    conn: AsyncConnection,
+    backend: Backend,
+    settings: StoreSettings,
+    *,
+    now: datetime | None = None,
+    unclaimed_max_age: timedelta = UNCLAIMED_MAX_AGE,
 ) -> MaintenanceReport:
     """One round of upkeep; skipped when another maintainer holds the lock."""
     now = now or datetime.now(UTC)
@@ -116,12 +128,24 @@ async def maintain_once(
             "DELETE FROM rejected_messages WHERE received_at < %s",
             (now - timedelta(days=settings.retention_days),),
         )
-        return MaintenanceReport(created, dropped, minutes, hours, cur.rowcount)
+        rejected = cur.rowcount
+        cur = await conn.execute(
+            "DELETE FROM ingest_batches WHERE claim IS NULL AND created_at < %s", (now - unclaimed_max_age,)
+        )
+        if cur.rowcount:
+            log.warning(
+                "dropped %d ingest batches no rule worker claimed within %s: is `pantau rules` running?",
+                cur.rowcount,
+                unclaimed_max_age,
+            )
+        return MaintenanceReport(created, dropped, minutes, hours, rejected, cur.rowcount)
     finally:
         await conn.execute(f"SELECT pg_advisory_unlock({_LOCK})")
 
 
-async def run_maintenance(url: str, backend: Backend, settings: StoreSettings) -> None:
+async def run_maintenance(
+    url: str, backend: Backend, settings: StoreSettings, *, unclaimed_max_age: timedelta = UNCLAIMED_MAX_AGE
+) -> None:
     """Run `maintain_once` every `maintenance_interval_s` until cancelled, riding out outages."""
     from pantau.store import connect
 
@@ -131,7 +155,7 @@ async def run_maintenance(url: str, backend: Backend, settings: StoreSettings) -
             try:
                 if conn is None or conn.closed:
                     conn = await connect(url)
-                report = await maintain_once(conn, backend, settings)
+                report = await maintain_once(conn, backend, settings, unclaimed_max_age=unclaimed_max_age)
                 if report.partitions_created or report.partitions_dropped:
                     log.info("partitions: %d created, %d dropped", report.partitions_created, report.partitions_dropped)
             except (StoreUnavailable, psycopg.OperationalError) as exc:
