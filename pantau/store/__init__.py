@@ -54,6 +54,15 @@ async def connect(url: str, *, autocommit: bool = True, timeout_s: float = 10.0)
         raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
 
 
+# Tables `Store.count` may be asked about (the name goes into SQL, so only these).
+_COUNTABLE = frozenset(
+    {
+        "readings", "readings_1m", "readings_1h", "sensors", "rejected_messages", "alerts", "alert_events",
+        "ingest_batches", "rule_claims", "rule_checkpoints",
+    }
+)  # fmt: skip
+
+
 class Store:
     """A connection pool with pantau's queries. Open with `async with Store.open(...)`."""
 
@@ -199,7 +208,7 @@ class Store:
 
     async def count(self, table: str, where: str = "TRUE", params: Sequence[Any] = ()) -> int:
         """Row count of one of pantau's tables (used by tools and tests)."""
-        if table not in ("readings", "readings_1m", "readings_1h", "sensors", "rejected_messages"):
+        if table not in _COUNTABLE:
             raise ValueError(f"unknown table {table!r}")
         async with self.connection() as conn:
             cur = await conn.execute(f"SELECT count(*) FROM {table} WHERE {where}", params)  # noqa: S608

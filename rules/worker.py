@@ -1,0 +1,439 @@
+"""The rule worker (`pantau rules`): committed ingest batches in, alert transitions out, exactly once.
+
+Ingest commits each batch together with an `ingest_batches` row and a `NOTIFY pantau_batches`
+(docs/decisions.md D10). The worker, woken by that NOTIFY (or its absence timer), runs *steps*:
+
+    claim     the waiting batches, oldest first (`FOR UPDATE SKIP LOCKED`), under a new claim number
+    evaluate  their readings and rejections with the in-memory `Engine`, then the absence timer
+              when it is due
+    apply     each Signal as an alert transition (`AlertStore.raise_in` / `resolve_in`)
+    record    a `rule_claims` row (claim, wall-clock time, whether the timer ran)
+
+all in one transaction, so a batch's alert transitions commit exactly when its claim does.
+
+The engine's state (pending `for`s, windows, watermarks, active levels) lives in memory and is
+checkpointed every `checkpoint_interval_s` together with the number of the last claim it reflects;
+the checkpoint's transaction deletes the batches and claims it covers. On start (or after any
+failed step, whose evaluation may have run ahead of what committed) the worker restores the
+checkpoint and replays the claims made since, in claim order, through the engine without applying
+their signals again: they were committed with their claims. The rebuilt state is exactly the state
+of the last commit, so a restart neither loses a pending `for` nor raises an alert twice.
+
+One worker per name runs at a time: it holds a PostgreSQL advisory lock on its own connection for
+as long as it serves (that connection also LISTENs); a second `pantau rules` waits for the lock. If
+that connection drops, the worker stops serving and starts again from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import psycopg
+from psycopg import AsyncConnection, AsyncCursor
+from psycopg.rows import DictRow, dict_row
+
+from ingest.writer import BATCHES_CHANNEL, decode_outbox
+from pantau.domain import Sensor
+from pantau.errors import StoreUnavailable
+from pantau.settings import Settings
+from pantau.store import Store, connect
+from rules.alerts import AlertStore, FlapPolicy, Outcome, Transition
+from rules.config import RuleSet, load_rules
+from rules.engine import Engine, Signal, SignalKind
+
+__all__ = ["DEFAULT_RULES_FILE", "RuleWorker", "WorkerStats", "load_rule_pack"]
+
+log = logging.getLogger(__name__)
+
+# The default pack, shipped beside the code (`[rules] file` overrides it).
+DEFAULT_RULES_FILE = Path(__file__).resolve().parent.parent / "deploy" / "rules.yaml"
+# Who the alert events name as the actor of automatic transitions.
+ACTOR = "rules"
+# Reconnect backoff after the database went away.
+_BACKOFF_START_S = 0.5
+_BACKOFF_MAX_S = 5.0
+# A waiting second worker says so this often.
+_LOCK_WAIT_LOG_S = 30.0
+# The sensor registry is re-read this often so that new sensors get rules without a restart.
+_REGISTRY_REFRESH_S = 30.0
+# A summary line is logged this often.
+_REPORT_EVERY_S = 60.0
+
+_CLAIM = """
+UPDATE ingest_batches SET claim = %(claim)s
+WHERE id IN (SELECT id FROM ingest_batches WHERE claim IS NULL ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
+RETURNING id, payload, extract(epoch FROM created_at)::float8 AS created
+"""
+
+_encode_state = msgspec.msgpack.Encoder().encode
+
+
+class _Stopped(Exception):
+    """Stopped while waiting for another worker's lock."""
+
+
+def load_rule_pack(settings: Settings) -> RuleSet:
+    """The rule pack `[rules] file` names, or the default pack."""
+    return load_rules(settings.rules.file or DEFAULT_RULES_FILE)
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    """Counters since start."""
+
+    steps: int = 0
+    batches: int = 0
+    readings: int = 0
+    rejections: int = 0
+    ticks: int = 0
+    outcomes: Counter[Outcome] = field(default_factory=Counter)
+    replayed_claims: int = 0
+    recoveries: int = 0
+    checkpoints: int = 0
+    # Seconds from a batch's commit by ingest to the commit of its claim, worst since the last report.
+    max_lag_s: float = 0.0
+
+
+class RuleWorker:
+    """Evaluates rules over committed ingest batches. `await run()` until cancelled or `stop()`ped."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        rules: RuleSet,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if settings.database_url is None:
+            raise ValueError("the rule worker needs database_url")
+        self.store = store
+        self.settings = settings
+        self.cfg = settings.rules
+        self.name = self.cfg.worker
+        self.rules = rules
+        flap = FlapPolicy(transitions=self.cfg.flap_transitions, window=timedelta(seconds=self.cfg.flap_window_s))
+        self.alerts = AlertStore(store, flap_policy=flap)
+        self.stats = WorkerStats()
+        self.ready = asyncio.Event()
+        self._clock = clock
+        self._url = settings.database_url
+        self._sensors: dict[str, Sensor] = {}
+        self._engine: Engine | None = None  # None: must be rebuilt from the checkpoint
+        self._last_claim = 0  # the last claim committed by this worker
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Finish the step in hand, checkpoint and return from `run`."""
+        self._stopping.set()
+        self._wake.set()
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve until stopped; ride out database outages by starting again from the checkpoint."""
+        delay = _BACKOFF_START_S
+        while not self._stopping.is_set():
+            try:
+                await self._session()
+                return
+            except _Stopped:
+                return
+            except (StoreUnavailable, psycopg.OperationalError) as exc:
+                self.ready.clear()
+                self._engine = None
+                log.warning("rules: database unavailable (%s); starting again in %.1f s", exc, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                delay = min(delay * 2, _BACKOFF_MAX_S)
+
+    async def _session(self) -> None:
+        async with self._lock_connection() as conn:
+            await conn.execute(f"LISTEN {BATCHES_CHANNEL}")
+            await self._load_sensors()
+            await self._recover()
+            await self._retire_removed_rules()
+            pump = asyncio.create_task(self._pump(conn))
+            self.ready.set()
+            try:
+                await self._serve(pump)
+                await self._checkpoint()
+            finally:
+                pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError, psycopg.Error):
+                    await pump
+
+    @contextlib.asynccontextmanager
+    async def _lock_connection(self) -> AsyncIterator[AsyncConnection]:
+        """A connection holding this worker name's advisory lock (waits while another holds it)."""
+        conn = await connect(self._url)
+        try:
+            key = f"pantau.rules.{self.name}"
+            waited = 0.0
+            while True:
+                cur = await conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,))
+                row = await cur.fetchone()
+                if row and row[0]:
+                    break
+                if waited % _LOCK_WAIT_LOG_S == 0:
+                    log.warning("rules: another worker named %r is running; waiting for it to stop", self.name)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), 1.0)
+                if self._stopping.is_set():
+                    raise _Stopped
+                waited += 1.0
+            yield conn
+        finally:
+            await conn.close()
+
+    async def _pump(self, conn: AsyncConnection) -> None:
+        """Wake the serve loop on every `NOTIFY pantau_batches` (ends when the connection does)."""
+        async for _ in conn.notifies():
+            self._wake.set()
+
+    async def _serve(self, pump: asyncio.Task[None]) -> None:
+        cfg = self.cfg
+        next_tick = self._clock()  # a tick at start: sensors silent while we were away show up
+        next_checkpoint = time.monotonic() + cfg.checkpoint_interval_s
+        next_registry = time.monotonic() + _REGISTRY_REFRESH_S
+        next_report = time.monotonic() + _REPORT_EVERY_S
+        while not self._stopping.is_set():
+            if pump.done():
+                exc = pump.exception() if not pump.cancelled() else None
+                raise StoreUnavailable(f"lock connection lost: {exc or 'closed'}")
+            if self._engine is None:
+                await self._recover()
+            self._wake.clear()
+            now = self._clock()
+            tick = now >= next_tick
+            claimed = await self._step(tick)
+            if tick:
+                next_tick = now + cfg.tick_interval_s
+            mono = time.monotonic()
+            if mono >= next_checkpoint:
+                await self._checkpoint()
+                next_checkpoint = mono + cfg.checkpoint_interval_s
+            if mono >= next_registry:
+                await self._refresh_sensors()
+                next_registry = mono + _REGISTRY_REFRESH_S
+            if mono >= next_report:
+                self._report()
+                next_report = mono + _REPORT_EVERY_S
+            if claimed >= cfg.claim_max_batches:
+                continue  # more are waiting
+            timeout = min(next_tick - self._clock(), next_checkpoint - time.monotonic())
+            if timeout > 0 and not self._wake.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+
+    # -- one step ---------------------------------------------------------------------------------
+
+    async def _step(self, tick: bool) -> int:
+        """Claim, evaluate, apply and record in one transaction; returns the batches claimed."""
+        engine = self._engine
+        assert engine is not None
+        advanced = idle = False
+        try:
+            async with (
+                self.store.connection() as conn,
+                conn.transaction() as tx,
+                conn.cursor(row_factory=dict_row) as cur,
+            ):
+                await cur.execute("SELECT nextval('rule_claim_seq') AS claim")
+                claim = int((await cur.fetchone() or {"claim": 0})["claim"])
+                await cur.execute(_CLAIM, {"claim": claim, "limit": self.cfg.claim_max_batches})
+                batches = sorted(await cur.fetchall(), key=lambda b: int(b["id"]))
+                if not batches and not tick:
+                    idle = True
+                    raise psycopg.Rollback(tx)  # nothing to do: no claim number spent on the record
+                now = self._clock()
+                advanced = True
+                signals = self._evaluate(engine, [b["payload"] for b in batches], now, tick)
+                outcomes = [await self._apply(cur, s) for s in signals]
+                await cur.execute(
+                    "INSERT INTO rule_claims (claim, worker, at, tick) VALUES (%s, %s, %s, %s)",
+                    (claim, self.name, now, tick),
+                )
+        except psycopg.OperationalError as exc:
+            if advanced:
+                self._engine = None  # evaluated ahead of what committed: rebuild from the checkpoint
+            raise StoreUnavailable(str(exc)) from exc
+        except BaseException:
+            if advanced:
+                self._engine = None
+            raise
+        if idle:
+            return 0
+        self._last_claim = claim
+        stats = self.stats
+        stats.steps += 1
+        stats.batches += len(batches)
+        stats.ticks += tick
+        for t in outcomes:
+            stats.outcomes[t.outcome] += 1
+        if batches:
+            stats.max_lag_s = max(stats.max_lag_s, time.time() - min(float(b["created"]) for b in batches))
+        return len(batches)
+
+    def _evaluate(self, engine: Engine, payloads: Sequence[bytes], now: float, tick: bool) -> list[Signal]:
+        """One step's evaluation; the same for live steps and replays."""
+        readings: list[tuple[float, str, str, float]] = []
+        rejections: list[tuple[float, str, str]] = []
+        for payload in payloads:
+            r, x = decode_outbox(payload)
+            readings += r
+            rejections += x
+        self.stats.readings += len(readings)
+        self.stats.rejections += len(rejections)
+        signals = engine.evaluate(readings, rejections, arrived=now) if readings or rejections else []
+        if tick:
+            signals += engine.tick(now)
+        return signals
+
+    async def _apply(self, cur: AsyncCursor[DictRow], signal: Signal) -> Transition:
+        if signal.kind is SignalKind.RAISE:
+            assert signal.severity is not None
+            return await self.alerts.raise_in(
+                cur,
+                signal.rule_id,
+                signal.scope,
+                city=signal.city,
+                sensor_id=signal.sensor_id,
+                severity=signal.severity,
+                value=signal.value,
+                event_ts=signal.event_time,
+                reason=signal.reason,
+                district=signal.district,
+            )
+        return await self.alerts.resolve_in(
+            cur,
+            signal.rule_id,
+            signal.scope,
+            by=ACTOR,
+            reason=signal.reason,
+            value=signal.value,
+            event_ts=signal.event_time,
+        )
+
+    # -- state ------------------------------------------------------------------------------------
+
+    async def _recover(self) -> None:
+        """Restore the checkpoint and replay the claims committed since, without applying them again."""
+        engine = Engine(self.rules, self._sensors)
+        for rule_id, why in engine.unsupported_rules.items():
+            log.warning("rules: %s is not evaluated: %s", rule_id, why)
+        async with self.store.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute("SELECT last_claim, state FROM rule_checkpoints WHERE worker = %s", (self.name,))
+            saved = await cur.fetchone()
+            last = 0
+            if saved is not None:
+                last = int(saved["last_claim"])
+                dropped = engine.restore(msgspec.msgpack.decode(saved["state"]))
+                if dropped:
+                    log.info("rules: state of %s dropped (rule removed or changed kind)", ", ".join(dropped))
+            await cur.execute(
+                "SELECT claim, at, tick FROM rule_claims WHERE worker = %s AND claim > %s ORDER BY claim",
+                (self.name, last),
+            )
+            claims = await cur.fetchall()
+            for c in claims:
+                await cur.execute("SELECT payload FROM ingest_batches WHERE claim = %s ORDER BY id", (c["claim"],))
+                payloads = [b["payload"] for b in await cur.fetchall()]
+                self._evaluate(engine, payloads, float(c["at"]), bool(c["tick"]))
+                last = int(c["claim"])
+        self._engine = engine
+        self._last_claim = last
+        self.stats.recoveries += 1
+        self.stats.replayed_claims += len(claims)
+        log.info(
+            "rules: worker %r ready: %d rules over %d sensors; state %s, %d claims replayed",
+            self.name,
+            len(engine.evaluators),
+            len(self._sensors),
+            "restored" if saved is not None else "new",
+            len(claims),
+        )
+
+    async def _checkpoint(self) -> None:
+        """Save the engine state as of the last claim and drop the batches and claims it covers."""
+        if self._engine is None:
+            return
+        state = _encode_state(self._engine.state())
+        last = self._last_claim
+        async with self.store.connection() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO rule_checkpoints (worker, last_claim, saved_at, state) VALUES (%s, %s, now(), %s)"
+                " ON CONFLICT (worker) DO UPDATE SET last_claim = excluded.last_claim,"
+                " saved_at = excluded.saved_at, state = excluded.state",
+                (self.name, last, state),
+            )
+            await conn.execute(
+                "DELETE FROM ingest_batches b USING rule_claims c"
+                " WHERE b.claim = c.claim AND c.worker = %s AND c.claim <= %s",
+                (self.name, last),
+            )
+            await conn.execute("DELETE FROM rule_claims WHERE worker = %s AND claim <= %s", (self.name, last))
+        self.stats.checkpoints += 1
+
+    async def _retire_removed_rules(self) -> None:
+        """Resolve the open alerts of rules no longer in the pack (or disabled): nothing would clear them."""
+        assert self._engine is not None
+        active = [ev.rule.id for ev in self._engine.evaluators]
+        async with self.store.connection() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                "SELECT rule_id, scope FROM alerts WHERE state <> 'resolved' AND NOT (rule_id = ANY(%s))", (active,)
+            )
+            for row in await cur.fetchall():
+                await self.alerts.resolve_in(
+                    cur,
+                    row["rule_id"],
+                    row["scope"],
+                    by=ACTOR,
+                    reason=f"rule {row['rule_id']} is no longer in the rule pack (removed or disabled)",
+                )
+                log.info("rules: resolved open alert of retired rule %s (%s)", row["rule_id"], row["scope"])
+
+    # -- sensors ----------------------------------------------------------------------------------
+
+    async def _load_sensors(self) -> None:
+        self._sensors = {s.id: s for s in await self.store.sensors()}
+
+    async def _refresh_sensors(self) -> None:
+        """Pick up registry edits: a new engine over the new registry, carrying the state over."""
+        before = _comparable(self._sensors)
+        await self._load_sensors()
+        if _comparable(self._sensors) == before or self._engine is None:
+            return
+        engine = Engine(self.rules, self._sensors)
+        engine.restore(self._engine.state())
+        self._engine = engine
+        log.info("rules: sensor registry changed; now %d sensors", len(self._sensors))
+
+    def _report(self) -> None:
+        s = self.stats
+        log.info(
+            "rules: %d readings in %d batches, %d transitions (%s), worst lag %.3f s",
+            s.readings,
+            s.batches,
+            sum(n for o, n in s.outcomes.items() if o is not Outcome.ALREADY_OPEN),
+            ", ".join(f"{o.value} {n}" for o, n in sorted(s.outcomes.items())) or "none",
+            s.max_lag_s,
+        )
+        s.max_lag_s = 0.0
+
+
+def _comparable(sensors: Mapping[str, Sensor]) -> dict[str, Any]:
+    """The registry without `last_seen`, which ingest moves all the time."""
+    return {sid: dataclasses.replace(s, last_seen=None) for sid, s in sensors.items()}
