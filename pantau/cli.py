@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+from collections import Counter
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -80,14 +81,15 @@ async def cmd_maintain(args: argparse.Namespace, settings: Settings) -> int:
     from pantau.store.maintenance import maintain_once, run_maintenance
 
     url = _need(settings, "database_url")
+    unclaimed = timedelta(hours=settings.rules.unclaimed_max_age_h)
     async with Store.open(url, settings.store) as store:
         backend = await store.backend()
         if args.once:
             async with store.connection() as conn:
-                report = await maintain_once(conn, backend, settings.store)
+                report = await maintain_once(conn, backend, settings.store, unclaimed_max_age=unclaimed)
             print(report)
             return 0
-    task = asyncio.ensure_future(run_maintenance(url, backend, settings.store))
+    task = asyncio.ensure_future(run_maintenance(url, backend, settings.store, unclaimed_max_age=unclaimed))
 
     def _cancel() -> None:
         task.cancel()
@@ -215,6 +217,42 @@ async def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     _install_stop(service.stop)
     await service.run()
     log.info("ingest stopped")
+    return 0
+
+
+# -- rules ------------------------------------------------------------------------------------
+
+
+async def cmd_rules(args: argparse.Namespace, settings: Settings) -> int:
+    from rules.config import load_rules
+    from rules.engine import Engine
+    from rules.worker import DEFAULT_RULES_FILE, RuleWorker
+
+    path = Path(args.file or settings.rules.file or DEFAULT_RULES_FILE)
+    rules = load_rules(path)  # a RuleFileError names the file, rule and field
+    if args.check:
+        kinds = Counter(rule.kind.value for rule in rules)
+        print(f"{path}: {len(rules.rules)} rules ok ({', '.join(f'{k} {n}' for k, n in sorted(kinds.items()))})")
+        for rule_id, why in Engine(rules, {}).unsupported_rules.items():
+            print(f"  {rule_id}: not evaluated: {why}")
+        return 0
+    from rules.notify import AlertNotifier
+
+    from pantau.store import Store
+
+    url = _need(settings, "database_url")
+    async with Store.open(url, settings.store) as store:
+        worker = RuleWorker(store, settings, rules)
+        notifier = AlertNotifier(store, settings)
+        notifying = asyncio.ensure_future(notifier.run())
+        _install_stop(worker.stop)
+        try:
+            await worker.run()
+        finally:
+            notifying.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await notifying
+    log.info("rules stopped")
     return 0
 
 
@@ -413,6 +451,7 @@ async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
             [
                 Component("ingest", ["ingest"], env),
                 Component("maintain", ["maintain"], env),
+                Component("rules", ["rules"], env),
             ]
         )
         _install_stop(supervisor.stop)
@@ -440,6 +479,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ingest", help="run the MQTT → database ingest service")
     p.set_defaults(handler=cmd_ingest)
+
+    p = sub.add_parser("rules", help="run the rule engine and alert notifiers over committed readings")
+    p.add_argument("--file", help="rule pack (default: [rules] file, or the shipped deploy/rules.yaml)")
+    p.add_argument("--check", action="store_true", help="validate the rule pack, print a summary and exit")
+    p.set_defaults(handler=cmd_rules)
 
     p = sub.add_parser("maintain", help="run store upkeep: partitions, rollups, retention")
     p.add_argument("--once", action="store_true", help="one round, then exit")
@@ -520,6 +564,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ingest.bench import add_arguments as add_bench_arguments
 
     add_bench_arguments(bsub.add_parser("ingest", help="ingest throughput, latency and memory vs a naive baseline"))
+    from rules.bench import add_arguments as add_rules_bench_arguments
+
+    add_rules_bench_arguments(bsub.add_parser("rules", help="publish→alert latency with the whole stack under load"))
 
     try:
         from simulators.cli import register as register_simulate

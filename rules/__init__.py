@@ -9,8 +9,9 @@ Built so far:
     rules.alerts     the alert store: lifecycle with named outcomes, one open alert per rule and scope
                      (enforced by the database), escalation, flapping, silences, NOTIFY per event
     rules.engine     the pure evaluation core: readings in event time → RAISE/CLEAR `Signal`s with a
-                     named `Why`; threshold (for, hysteresis, gaps), rate of change, index bands
-                     (ISPU, Siaga, LOS, rain), absence; state export/restore (rules.state, rules.windows)
-Not built yet (see docs/decisions.md D10 for the hand-off from ingest): evaluation wired to
-committed batches, `pantau rules`, data-quality and composite evaluation, MQTT and webhook notifiers.
+                     named `Why`; every rule kind; state export/restore (rules.state, rules.windows)
+    rules.worker     `pantau rules`: committed ingest batches (the outbox of docs/decisions.md D10)
+                     → engine → alert transitions, exactly once; checkpoint and replay
+    rules.notify     alert events → MQTT pantau/v1/{city}/alerts (+ retained snapshot) and webhook
+    rules.bench      `pantau bench rules`: publish→alert latency under load
 """
