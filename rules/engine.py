@@ -1,33 +1,40 @@
 """The rule engine's pure core: batches of readings in, alert transitions out. No I/O, no asyncio.
 
-Everything runs in event time (the readings' timestamps), never the wall clock. A batch goes
-through a pipeline of small stages (after alertmanager's route → group → inhibit → dedup):
+Everything runs in event time (the readings' timestamps); the engine never reads a clock. A batch
+goes through a pipeline of small stages (after alertmanager's route → group → inhibit → dedup):
 
     group     readings → per sensor, per metric, in event-time order
-    order     drop readings at or before the series' watermark (late or duplicate): `Skip`
+    order     drop readings at or before the series' watermark (late or duplicate): `Skip`;
+              record each series' arrival when the caller says when the batch arrived
     route     the evaluators whose rule selects the sensor (cached per sensor)
     evaluate  each `Evaluator` (one per rule; the Protocol below) advances its per-sensor state
               and appends `Signal`s, each with a named `Why`
+    finish    cross-sensor work once every sensor of the batch is fed (composite scopes)
+    reject    the batch's ingest rejections that name a sensor → the out_of_range counters
 
-`tick(now)` drives the absence rules. `state()` exports everything a restart needs (pending `for`s,
-active alerts and levels, windows, watermarks) as JSON; `Engine.restore(state)` loads it into a new
-engine, so a restart neither loses a pending `for` nor fires a duplicate.
+`tick(now)` drives what needs time to pass without readings: absence, out_of_range clearing,
+composite lapses. `state()` exports everything a restart needs (pending `for`s, active alerts and
+levels, windows, watermarks, arrivals, rejection counts, composite scopes) as JSON;
+`Engine.restore(state)` loads it into a new engine, so a restart neither loses a pending `for` nor
+fires a duplicate.
 
 Kinds evaluated: threshold (with aggregate + window), rate_of_change, index_band (ispu, siaga, los,
-rain) and absence. data_quality and composite rules are accepted but not evaluated: they are listed
-in `Engine.unsupported_rules` with the reason. Semantics (gaps, late readings, levels) are in
-docs/rules.md, "Evaluation".
+rain), absence, data_quality (stuck, out_of_range) and composite. A rule this engine cannot evaluate
+is listed in `Engine.unsupported_rules` with the reason (today only an out_of_range check restricted
+to one `metric`: rejections do not say which metric failed). Semantics (gaps, late readings, levels,
+arrivals) are in docs/rules.md, "Evaluation".
 """
 
 from __future__ import annotations
 
+import bisect
 import operator
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -36,6 +43,7 @@ from pantau.domain import Sensor
 from rules.config import (
     AbsenceRule,
     Aggregate,
+    CompositeCondition,
     CompositeRule,
     Condition,
     Direction,
@@ -43,15 +51,19 @@ from rules.config import (
     IndexLevel,
     IspuParams,
     LosParams,
+    Match,
     Op,
     OutOfRangeRule,
     RainParams,
+    RateCondition,
     RateOfChangeRule,
     Rule,
     RuleSet,
+    Scope,
     Severity,
     SiagaParams,
     StuckRule,
+    ThresholdCondition,
     ThresholdRule,
     level_order,
 )
@@ -69,7 +81,16 @@ from rules.indices import (
     siaga_level,
     siaga_thresholds,
 )
-from rules.state import AbsenceState, IndexState, WindowedState
+from rules.state import (
+    AbsenceState,
+    ConditionState,
+    IndexState,
+    RejectionState,
+    Satisfied,
+    ScopeState,
+    StuckState,
+    WindowedState,
+)
 from rules.windows import Window
 
 __all__ = [
@@ -78,6 +99,7 @@ __all__ = [
     "EngineStats",
     "Evaluator",
     "Reading",
+    "Rejection",
     "Series",
     "Signal",
     "SignalKind",
@@ -86,6 +108,9 @@ __all__ = [
 ]
 
 Reading = tuple[float, str, str, float]  # (ts epoch s, sensor id, metric, value): ingest.decode.Row
+# (received_at epoch s, sensor id, reason): an ingest rejection whose topic named a sensor; the
+# reason is a pantau.domain.Reason value ("out_of_range", ...). ingest.writer.decode_outbox.
+Rejection = tuple[float, str, str]
 STATE_VERSION = 1
 # Default shortest data gap that interrupts a pending `for`: three missed reports of the default
 # 5-minute cadence, the same silence the default pack calls a sensor offline (deploy/rules.yaml).
@@ -113,6 +138,12 @@ class Why(StrEnum):
     INDEX_LEVEL_CLEARED = "index_level_cleared"  # back to a level that maps to no severity
     ABSENT = "absent"  # no reading for the absence rule's `for` (on tick)
     READING_RETURNED = "reading_returned"  # the next reading after an absence
+    STUCK = "stuck"  # data_quality/stuck: the value has not changed (within tolerance) for `window`
+    VALUE_CHANGED = "value_changed"  # a stuck sensor's value changed beyond the tolerance
+    REJECTIONS_REACHED = "rejections_reached"  # data_quality/out_of_range: `count` rejections in `window`
+    REJECTIONS_SUBSIDED = "rejections_subsided"  # fewer than `count` rejections left in `window`
+    COMPOSITE_MATCHED = "composite_matched"  # all/any conditions held in one scope within `window`
+    COMPOSITE_LAPSED = "composite_lapsed"  # the combination no longer holds within `window`
 
 
 class Skip(StrEnum):
@@ -121,8 +152,9 @@ class Skip(StrEnum):
     UNKNOWN_SENSOR = "unknown_sensor"  # not in the registry the engine was given
     LATE = "late"  # older than the last reading processed for its sensor and metric
     DUPLICATE = "duplicate"  # same timestamp as one already processed for its sensor and metric
-    BAD_METADATA = "bad_metadata"  # the sensor lacks metadata the rule's index needs
+    BAD_METADATA = "bad_metadata"  # the sensor lacks metadata the rule needs (index thresholds, scope)
     NO_INTERVAL = "no_interval"  # a vehicle_count before any interval_s from that counter
+    EXPIRED = "expired"  # a rejection already outside an out_of_range rule's window when it came in
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -130,10 +162,10 @@ class Signal:
     """One alert transition for the alert store: raise (with severity) or clear, and why."""
 
     rule_id: str
-    scope: str  # the sensor id for per-sensor rules
-    sensor_id: str
+    scope: str  # the sensor id for per-sensor rules; "river:{city}/{river}" or "district:{city}/{district}"
+    sensor_id: str | None  # None for a composite's scope
     city: str
-    district: str
+    district: str  # "" for a river scope
     kind: SignalKind
     why: Why
     event_ts: float  # epoch seconds: the reading (or tick) behind the transition
@@ -175,15 +207,22 @@ class EngineStats:
     readings: int = 0
     evaluated: int = 0  # in-order readings of known sensors
     skipped: Counter[Skip] = field(default_factory=Counter)
+    rejections: int = 0  # rejections given to `evaluate`
+    # Rejections not counted: unknown_sensor (once), expired (once per out_of_range rule).
+    rejections_skipped: Counter[Skip] = field(default_factory=Counter)
 
 
 class Context:
-    """What evaluators share with the engine: settings, last-seen times, problems."""
+    """What evaluators share with the engine: settings, last-seen times and arrivals, problems."""
 
     def __init__(self, *, min_gap_s: float) -> None:
         self.min_gap_s = min_gap_s
         self.watermarks: dict[str, dict[str, float]] = {}  # sensor → metric → last ts processed
         self.origin: float | None = None  # first event time the engine saw (absence of never-seen sensors)
+        # sensor → metric → `arrived` of the last batch that carried an in-order reading of it
+        self.arrivals: dict[str, dict[str, float]] = {}
+        self.first_arrival: float | None = None  # the earliest `arrived` (absence of never-seen sensors)
+        self.arrived: float | None = None  # the batch being evaluated: its `arrived`, if given
         self.stats = EngineStats()
         self.metadata_errors: dict[tuple[str, str], str] = {}  # (rule id, sensor id) → problem
 
@@ -211,8 +250,11 @@ class Evaluator(Protocol):
     def feed(self, sensor: Sensor, series: Mapping[str, Series], out: list[Signal]) -> None:
         """Advance this sensor's state over its in-order readings; append transitions."""
 
+    def finish(self, out: list[Signal]) -> None:
+        """Every sensor of the batch has been fed: cross-sensor work (composite scopes)."""
+
     def tick(self, now: float, out: list[Signal]) -> None:
-        """Event time has reached `now` (absence)."""
+        """Time has reached `now` without readings (absence, out_of_range, composite lapses)."""
 
     def export(self) -> dict[str, Any]:
         """Per-sensor state as JSON."""
@@ -323,6 +365,9 @@ class ThresholdEvaluator:
         held = f" for {_dur(self._clear_for_s)}" if self._clear_for_s > 0 else ""
         return _transition(r, sensor, SignalKind.CLEAR, why, ts, x, None, f"{what} {x:g} {r.clear}{held}")
 
+    def finish(self, out: list[Signal]) -> None:
+        pass
+
     def tick(self, now: float, out: list[Signal]) -> None:
         pass
 
@@ -393,6 +438,9 @@ class RateEvaluator:
                     reason = f"{r.metric} {sign}{change:g} within {window}: below {r.clear_delta:g}{held}"
                     clear = _transition(r, sensor, SignalKind.CLEAR, Why.RATE_SUBSIDED, ts, change, None, reason)
                     out.append(clear)
+
+    def finish(self, out: list[Signal]) -> None:
+        pass
 
     def tick(self, now: float, out: list[Signal]) -> None:
         pass
@@ -554,6 +602,9 @@ class IndexEvaluator:
         cls = rain_class(total, params.period, at_threshold=params.at_threshold)
         return _Level(cls, total, f"rain {total:g} mm {params.period.value}: {cls.value}")
 
+    def finish(self, out: list[Signal]) -> None:
+        pass
+
     def tick(self, now: float, out: list[Signal]) -> None:
         pass
 
@@ -597,7 +648,13 @@ def _index_step(st: IndexState, ts: float, gap: bool, eff: int, for_s: float, cl
 
 
 class AbsenceEvaluator:
-    """No reading from a sensor (or of one metric) for `for` → RAISE on tick; the next reading clears."""
+    """No reading from a sensor (or of one metric) for `for` → RAISE on tick; the next reading clears.
+
+    Silence is measured from the last *arrival* of an in-order reading when the engine was told
+    arrivals (`evaluate(..., arrived=)`, wall clock: then call `tick` with the wall clock), else
+    from the last reading's event time, else `Sensor.last_seen`, else the first arrival (or event
+    time) the engine saw. So a backfill of day-old readings that arrived a minute ago is not silence.
+    """
 
     def __init__(self, rule: AbsenceRule, ctx: Context, sensors: Sequence[Sensor]) -> None:
         self.rule: Rule = rule
@@ -631,16 +688,29 @@ class AbsenceEvaluator:
             )
         )
 
-    def _last_seen(self, sensor: Sensor) -> float | None:
-        marks = self._ctx.watermarks.get(sensor.id)
+    def finish(self, out: list[Signal]) -> None:
+        pass
+
+    def _last_seen(self, sensor: Sensor) -> tuple[float | None, str]:
+        """Since when the sensor (metric) has been silent, and what that time is."""
+        ctx, metric = self._ctx, self._r.metric
+        arrivals = ctx.arrivals.get(sensor.id)
+        if arrivals:
+            if metric is None:
+                return max(arrivals.values()), "last arrived"
+            if metric in arrivals:
+                return arrivals[metric], "last arrived"
+        marks = ctx.watermarks.get(sensor.id)
         if marks:
-            if self._r.metric is None:
-                return max(marks.values())
-            if self._r.metric in marks:
-                return marks[self._r.metric]
+            if metric is None:
+                return max(marks.values()), "last at"
+            if metric in marks:
+                return marks[metric], "last at"
         if sensor.last_seen is not None:
-            return sensor.last_seen.timestamp()
-        return self._ctx.origin
+            return sensor.last_seen.timestamp(), "last seen"
+        if ctx.first_arrival is not None:
+            return ctx.first_arrival, "not seen since"
+        return ctx.origin, "not seen since"
 
     def tick(self, now: float, out: list[Signal]) -> None:
         r = self._r
@@ -649,7 +719,7 @@ class AbsenceEvaluator:
             st = self.states.get(sensor.id)
             if st is not None and st.active:
                 continue
-            last = self._last_seen(sensor)
+            last, since = self._last_seen(sensor)
             if last is None or now - last < self._for_s:
                 continue
             if st is None:
@@ -666,7 +736,7 @@ class AbsenceEvaluator:
                     last + self._for_s,
                     silent,
                     r.severity,
-                    f"{what} for {_dur(silent)} (last at {when})",
+                    f"{what} for {_dur(silent)} ({since} {when})",
                 )
             )
 
@@ -677,16 +747,482 @@ class AbsenceEvaluator:
         self.states = {sid: AbsenceState.load(d) for sid, d in data.items()}
 
 
+# -- data quality: stuck ---------------------------------------------------------------------------
+
+
+class StuckEvaluator:
+    """data_quality/stuck: a sensor repeating one value (within `tolerance`) for `window` of event time.
+
+    A *run* is a stretch of consecutive in-order readings whose values span at most the tolerance
+    (max - min ≤ tolerance). A run that has lasted at least `window` (first to last reading) and
+    holds at least `min_readings` readings raises (`stuck`). A reading that takes the span above
+    the tolerance ends the run (a change: clears with `value_changed`) and starts the next one. A
+    data gap (as for every kind: see rules.state) restarts the run at the reading after it: nothing
+    is known about the value in between; an active alert stays raised unless that reading changed.
+    """
+
+    def __init__(self, rule: StuckRule, ctx: Context) -> None:
+        self.rule: Rule = rule
+        self._r = rule
+        self.tag = f"{rule.kind.value}/{rule.check}"
+        self._ctx = ctx
+        self._window_s = rule.window.total_seconds()
+        self.states: dict[str, StuckState] = {}
+
+    def prepare(self, batch: Batch) -> None:
+        pass
+
+    def feed(self, sensor: Sensor, series: Mapping[str, Series], out: list[Signal]) -> None:
+        s = series.get(self._r.metric)
+        if s is None:
+            return
+        r = self._r
+        st = _state_of(self.states, sensor.id, StuckState)
+        min_gap_s, tolerance, window_s, min_readings = self._ctx.min_gap_s, r.tolerance, self._window_s, r.min_readings
+        for ts, v in zip(s.ts, s.values, strict=True):
+            gap = st.cadence.step(ts, min_gap_s)
+            if st.count:
+                low, high = min(st.low, v), max(st.high, v)
+                changed = high - low > tolerance
+                if not gap and not changed:
+                    st.low, st.high = low, high
+                    st.count += 1
+                    assert st.start is not None
+                    if not st.active and st.count >= min_readings and ts - st.start >= window_s:
+                        st.active = True
+                        out.append(self._stuck(sensor, st, ts, v))
+                    continue
+                if changed and st.active:
+                    st.active = False
+                    out.append(self._changed(sensor, st, ts, v))
+            st.start, st.low, st.high, st.count = ts, v, v, 1
+
+    def _stuck(self, sensor: Sensor, st: StuckState, ts: float, v: float) -> Signal:
+        r = self._r
+        assert st.start is not None
+        spread = f" (spanning {st.high - st.low:g} ≤ {r.tolerance:g})" if r.tolerance > 0 else ""
+        reason = f"{r.metric} unchanged at {v:g} for {_dur(ts - st.start)}, {st.count} readings{spread}"
+        return _transition(r, sensor, SignalKind.RAISE, Why.STUCK, ts, v, r.severity, reason)
+
+    def _changed(self, sensor: Sensor, st: StuckState, ts: float, v: float) -> Signal:
+        r = self._r
+        assert st.start is not None
+        was = f"{st.low:g}" if st.low == st.high else f"{st.low:g}..{st.high:g}"
+        reason = f"{r.metric} changed to {v:g} (was {was} for {_dur(ts - st.start)})"
+        return _transition(r, sensor, SignalKind.CLEAR, Why.VALUE_CHANGED, ts, v, None, reason)
+
+    def finish(self, out: list[Signal]) -> None:
+        pass
+
+    def tick(self, now: float, out: list[Signal]) -> None:
+        pass
+
+    def export(self) -> dict[str, Any]:
+        return {sid: st.export() for sid, st in self.states.items()}
+
+    def load(self, data: Mapping[str, Any]) -> None:
+        self.states = {sid: StuckState.load(d) for sid, d in data.items()}
+
+
+# -- data quality: out of range --------------------------------------------------------------------
+
+
+class OutOfRangeEvaluator:
+    """data_quality/out_of_range: at least `count` of a sensor's ingest rejections (of `reasons`)
+    within `window`, in the rejections' receive time.
+
+    The count at time t is the number of rejections received in (t - window, t]; it is taken at
+    each counted rejection (RAISE `rejections_reached` at the one that brings it to `count`). It
+    falls below `count` at a computable instant (the `count`-th newest rejection + window): the
+    alert clears (`rejections_subsided`, event time that instant) once the rule's clock has passed
+    it. The clock is the latest of the rejections' receive times, the batches' `arrived` and
+    `tick(now)`: receive times are ingest's wall clock, so in production `tick` runs on it too. A
+    rejection received at or before clock - window is outside the window already (`expired`).
+    """
+
+    def __init__(self, rule: OutOfRangeRule, ctx: Context, sensors: Mapping[str, Sensor]) -> None:
+        self.rule: Rule = rule
+        self._r = rule
+        self.tag = f"{rule.kind.value}/{rule.check}"
+        self._ctx = ctx
+        self._sensors = sensors
+        self._window_s = rule.window.total_seconds()
+        self.clock: float | None = None
+        self.states: dict[str, RejectionState] = {}
+
+    def prepare(self, batch: Batch) -> None:
+        pass
+
+    def feed(self, sensor: Sensor, series: Mapping[str, Series], out: list[Signal]) -> None:
+        pass  # not routed readings: rejections come through `reject`
+
+    def finish(self, out: list[Signal]) -> None:
+        pass
+
+    def counts(self, reason: str) -> bool:
+        """Whether rejections of this reason count for the rule."""
+        return reason in self._r.reasons
+
+    def reject(self, sensor: Sensor, received: Sequence[float], out: list[Signal]) -> None:
+        """Count this sensor's rejections of the batch (receive times, ascending)."""
+        r, w = self._r, self._window_s
+        st = self.states.get(sensor.id)
+        for t in received:
+            if self.clock is not None and t <= self.clock - w:
+                self._ctx.stats.rejections_skipped[Skip.EXPIRED] += 1
+                continue
+            if st is None:
+                st = self.states[sensor.id] = RejectionState()
+            times = st.times
+            if not times or t >= times[-1]:
+                self._lapse(sensor, st, t, out, strict=True)
+                times.append(t)
+            else:  # out of order, still inside the window: counts from the newest
+                bisect.insort(times, t)
+            newest = times[-1]
+            cut = bisect.bisect_right(times, newest - w)
+            if cut:
+                del times[:cut]
+            if self.clock is None or newest > self.clock:
+                self.clock = newest
+            if not st.active and len(times) >= r.count:
+                st.active = True
+                reasons = ", ".join(sorted(x.value for x in r.reasons))
+                reason = f"{len(times)} rejections ({reasons}) within {_dur(w)}: limit {r.count}"
+                out.append(
+                    _transition(
+                        r,
+                        sensor,
+                        SignalKind.RAISE,
+                        Why.REJECTIONS_REACHED,
+                        newest,
+                        float(len(times)),
+                        r.severity,
+                        reason,
+                    )
+                )
+
+    def _lapse(self, sensor: Sensor, st: RejectionState, now: float, out: list[Signal], *, strict: bool) -> None:
+        """Clear when the count had fallen below the limit by `now` (strictly before `now` when a new
+        rejection at `now` is about to be counted: it would keep the count up at that instant)."""
+        r, w = self._r, self._window_s
+        if not st.active:
+            return
+        times = st.times
+        ends = times[-r.count] + w if len(times) >= r.count else now
+        if now > ends or (not strict and now >= ends):
+            st.active = False
+            left = len(times) - bisect.bisect_right(times, ends - w)
+            reason = f"{left} rejections within {_dur(w)}: below {r.count}"
+            out.append(
+                _transition(r, sensor, SignalKind.CLEAR, Why.REJECTIONS_SUBSIDED, ends, float(left), None, reason)
+            )
+
+    def tick(self, now: float, out: list[Signal]) -> None:
+        """The clock has reached `now` (a batch's arrival or a tick): clear lapsed counts, forget old ones."""
+        if self.clock is None or now > self.clock:
+            self.clock = now
+        now = self.clock
+        horizon = now - self._window_s
+        for sid in list(self.states):
+            st = self.states[sid]
+            sensor = self._sensors.get(sid)
+            if sensor is not None:  # a sensor gone from the registry keeps its state until it returns
+                self._lapse(sensor, st, now, out, strict=False)
+            cut = bisect.bisect_right(st.times, horizon)
+            if cut:
+                del st.times[:cut]
+            if not st.times and not st.active:
+                del self.states[sid]
+
+    def export(self) -> dict[str, Any]:
+        return {"clock": self.clock, "sensors": {sid: st.export() for sid, st in self.states.items()}}
+
+    def load(self, data: Mapping[str, Any]) -> None:
+        self.clock = data["clock"]
+        self.states = {sid: RejectionState.load(d) for sid, d in data["sensors"].items()}
+
+
+# -- composite -------------------------------------------------------------------------------------
+
+
+class _Member(NamedTuple):
+    """A sensor in a composite: its scope key (None without the metadata the scope needs), the
+    scope's city and district ("" for a river), and the indices of the conditions selecting it."""
+
+    key: str | None
+    city: str
+    district: str
+    conds: tuple[int, ...]
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A composite scope's share of the batch: its newest event time and the satisfactions seen,
+    as (ts, condition index, sensor id, value, reading)."""
+
+    city: str
+    district: str
+    clock: float
+    hits: list[tuple[float, int, str, float, float]] = field(default_factory=list)
+
+
+class CompositeEvaluator:
+    """composite: all (or any) of the named conditions satisfied, each by some sensor of one scope
+    (a district, or a river of a city), within `window` of each other; one alert per scope.
+
+    Each condition is evaluated per sensor as its own kind: a threshold (on the reading or its
+    aggregate over the condition's window, held for the condition's `for`) or a rate of change (as
+    `RateEvaluator`). A sensor satisfies it at each reading where it holds; the scope keeps each
+    condition's latest satisfaction. At the scope's event time t (the newest reading of its
+    sensors) the combination holds when every (`all`) or some (`any`) condition was satisfied in
+    [t - window, t]: RAISE (`composite_matched`) at the satisfaction that completes it. It lapses
+    at the oldest needed satisfaction + window (`all`; the newest for `any`): CLEAR
+    (`composite_lapsed`) with that event time once the scope's time has passed it. The batch's
+    satisfactions are taken in event-time order across the scope's sensors (`finish`); one older
+    than the scope's time (another sensor already reported later) counts as of the scope's time.
+    `tick(now)` lets a silent scope lapse: with arrivals, its time advances by the wall-clock
+    time since its last batch arrived; without, `now` is event time.
+    """
+
+    def __init__(self, rule: CompositeRule, ctx: Context) -> None:
+        self.rule: Rule = rule
+        self._r = rule
+        self.tag = rule.kind.value
+        self._ctx = ctx
+        self._window_s = rule.window.total_seconds()
+        self._conditions = rule.conditions
+        self._cond_window_s = [c.window.total_seconds() if c.window is not None else 0.0 for c in rule.conditions]
+        self._cond_for_s = [
+            c.for_.total_seconds() if isinstance(c, ThresholdCondition) else 0.0 for c in rule.conditions
+        ]
+        self.scopes: dict[str, ScopeState] = {}
+        self.conditions: dict[str, dict[str, ConditionState]] = {c.name: {} for c in rule.conditions}
+        self._members: dict[str, _Member] = {}
+        self._pending: dict[str, _Pending] = {}
+
+    def prepare(self, batch: Batch) -> None:
+        pass
+
+    def _member(self, sensor: Sensor) -> _Member:
+        """The sensor's scope and the conditions that select it (cached); a sensor that lacks what
+        the scope groups by has no scope key, and the problem goes to metadata_errors."""
+        member = self._members.get(sensor.id)
+        if member is not None:
+            return member
+        conds = tuple(i for i, c in enumerate(self._conditions) if c.select.matches(sensor))
+        if self._r.scope is Scope.RIVER:
+            river = sensor.metadata.get("river")
+            if isinstance(river, str) and river:
+                member = _Member(f"river:{sensor.city}/{river}", sensor.city, "", conds)
+            else:
+                problem = "no metadata 'river' (the composite's scope groups sensors by river)"
+        elif sensor.district:
+            member = _Member(f"district:{sensor.city}/{sensor.district}", sensor.city, sensor.district, conds)
+        else:
+            problem = "no district (the composite's scope groups sensors by district)"
+        if member is None:
+            self._ctx.metadata_errors[(self._r.id, sensor.id)] = f"sensor {sensor.id}: {problem}"
+            member = _Member(None, sensor.city, "", conds)
+        self._members[sensor.id] = member
+        return member
+
+    def feed(self, sensor: Sensor, series: Mapping[str, Series], out: list[Signal]) -> None:
+        key, city, district, conds = self._member(sensor)
+        if key is None:
+            if any(self._conditions[i].metric in series for i in conds):
+                self._ctx.stats.skipped[Skip.BAD_METADATA] += 1
+            return
+        pending: _Pending | None = None
+        min_gap_s = self._ctx.min_gap_s
+        for i in conds:
+            c = self._conditions[i]
+            s = series.get(c.metric)
+            if s is None:
+                continue
+            if pending is None:
+                pending = self._pending.get(key)
+                if pending is None:
+                    pending = self._pending[key] = _Pending(city, district, s.ts[-1])
+            if s.ts[-1] > pending.clock:
+                pending.clock = s.ts[-1]
+            st = _state_of(self.conditions[c.name], sensor.id, ConditionState)
+            hits, sid, width = pending.hits, sensor.id, self._cond_window_s[i]
+            if isinstance(c, ThresholdCondition):
+                trigger, aggregate, for_s = c.trigger, c.aggregate, self._cond_for_s[i]
+                for ts, v in zip(s.ts, s.values, strict=True):
+                    if st.cadence.step(ts, min_gap_s):
+                        st.since = None
+                    if aggregate is None:
+                        x = v
+                    else:
+                        st.window.push(ts, v, width)
+                        x = _aggregate(st.window, aggregate)
+                    if not _holds(trigger, x):
+                        st.since = None
+                        continue
+                    if st.since is None:
+                        st.since = ts
+                    if ts - st.since >= for_s:
+                        hits.append((ts, i, sid, x, v))
+            else:
+                rise, delta = c.direction is Direction.RISE, c.delta
+                for ts, v in zip(s.ts, s.values, strict=True):
+                    st.window.push(ts, v, width, closed=True)
+                    change = v - st.window.low if rise else st.window.high - v
+                    if change >= delta:
+                        hits.append((ts, i, sid, change, v))
+
+    def finish(self, out: list[Signal]) -> None:
+        arrived = self._ctx.arrived
+        for key, pending in self._pending.items():
+            sc = self.scopes.get(key)
+            if sc is None:
+                sc = self.scopes[key] = ScopeState(city=pending.city, district=pending.district)
+            if len(pending.hits) > 1:
+                pending.hits.sort()
+            for ts, i, sid, value, reading in pending.hits:
+                t = ts if sc.clock is None else max(sc.clock, ts)
+                self._lapse(key, sc, t, out)
+                name = self._conditions[i].name
+                last = sc.last.get(name)
+                if last is None or ts >= last.ts:
+                    sc.last[name] = Satisfied(ts, sid, value, reading)
+                sc.clock = t
+                ends = self._ends(sc)
+                if not sc.active and ends is not None and t <= ends:
+                    sc.active = True
+                    out.append(self._matched(key, sc, t, value))
+            t = pending.clock if sc.clock is None else max(sc.clock, pending.clock)
+            self._lapse(key, sc, t, out)
+            sc.clock = t
+            if arrived is not None:
+                sc.arrived = arrived
+        self._pending.clear()
+
+    def _recent(self, sc: ScopeState) -> list[tuple[CompositeCondition, Satisfied]]:
+        return [(c, sc.last[c.name]) for c in self._conditions if c.name in sc.last]
+
+    def _ends(self, sc: ScopeState) -> float | None:
+        """The last event time at which the combination holds, or None if it never held."""
+        recent = self._recent(sc)
+        if not recent:
+            return None
+        if self._r.match is Match.ALL:
+            if len(recent) < len(self._conditions):
+                return None
+            return min(s.ts for _, s in recent) + self._window_s
+        return max(s.ts for _, s in recent) + self._window_s
+
+    def _lapse(self, key: str, sc: ScopeState, t: float, out: list[Signal]) -> None:
+        """Clear an active scope whose combination stopped holding before `t`."""
+        if not sc.active:
+            return
+        ends = self._ends(sc)
+        if ends is not None and t <= ends:
+            return
+        sc.active = False
+        recent = self._recent(sc)
+        at = ends if ends is not None else t
+        w = _dur(self._window_s)
+        if self._r.match is Match.ALL and recent:
+            c, s = min(recent, key=lambda cs: cs[1].ts)
+            reason = f"{c.name} not met within {w} (last by {s.sensor_id} at {_iso(s.ts)})"
+            value: float | None = s.value
+        else:
+            reason = f"no condition met within {w}"
+            value = max(recent, key=lambda cs: cs[1].ts)[1].value if recent else None
+        out.append(self._signal(key, sc, SignalKind.CLEAR, Why.COMPOSITE_LAPSED, at, value, None, reason))
+
+    def _matched(self, key: str, sc: ScopeState, t: float, value: float) -> Signal:
+        r = self._r
+        parts = []
+        for c, s in self._recent(sc):
+            if t - s.ts > self._window_s:
+                continue
+            earlier = f", {_dur(t - s.ts)} earlier" if s.ts < t else ""
+            parts.append(f"{c.name} ({s.sensor_id}: {_describe(c, s)}{earlier})")
+        reason = f"{r.match.value} of {', '.join(parts)} within {_dur(self._window_s)}"
+        return self._signal(key, sc, SignalKind.RAISE, Why.COMPOSITE_MATCHED, t, value, r.severity, reason)
+
+    def _signal(
+        self,
+        key: str,
+        sc: ScopeState,
+        kind: SignalKind,
+        why: Why,
+        ts: float,
+        value: float | None,
+        severity: Severity | None,
+        reason: str,
+    ) -> Signal:
+        return Signal(
+            rule_id=self._r.id,
+            scope=key,
+            sensor_id=None,
+            city=sc.city,
+            district=sc.district,
+            kind=kind,
+            why=why,
+            event_ts=ts,
+            value=value,
+            severity=severity,
+            reason=reason,
+        )
+
+    def tick(self, now: float, out: list[Signal]) -> None:
+        for key, sc in self.scopes.items():
+            if not sc.active or sc.clock is None:
+                continue
+            if sc.arrived is not None:
+                t = sc.clock + max(0.0, now - sc.arrived)
+            elif self._ctx.first_arrival is None:
+                t = now  # no arrivals: `now` is event time
+            else:
+                continue  # arrivals in use but none recorded for this scope (older state): wait for a reading
+            self._lapse(key, sc, t, out)
+
+    def export(self) -> dict[str, Any]:
+        return {
+            "scopes": {key: sc.export() for key, sc in self.scopes.items()},
+            "conditions": {
+                name: {sid: st.export() for sid, st in states.items()} for name, states in self.conditions.items()
+            },
+        }
+
+    def load(self, data: Mapping[str, Any]) -> None:
+        self.scopes = {key: ScopeState.load(d) for key, d in data["scopes"].items()}
+        for name, states in data["conditions"].items():
+            if name in self.conditions:  # a condition since removed from the rule is forgotten
+                self.conditions[name] = {sid: ConditionState.load(d) for sid, d in states.items()}
+
+
+def _describe(c: CompositeCondition, s: Satisfied) -> str:
+    if isinstance(c, RateCondition):
+        sign = "+" if c.direction is Direction.RISE else "-"
+        return f"{c.metric} {sign}{s.value:g} within {_dur(c.window.total_seconds())} (at {s.reading:g})"
+    what = (
+        c.metric
+        if c.aggregate is None or c.window is None
+        else f"{c.aggregate.value} {c.metric} over {_dur(c.window.total_seconds())}"
+    )
+    return f"{what} {s.value:g} {c.trigger}"
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
 # -- the engine ------------------------------------------------------------------------------------
 
 
 def _unsupported_reason(rule: Rule) -> str | None:
-    if isinstance(rule, StuckRule):
-        return "data_quality/stuck is not evaluated by this engine yet"
-    if isinstance(rule, OutOfRangeRule):
-        return "data_quality/out_of_range is not evaluated yet: the engine is not fed ingest rejections"
-    if isinstance(rule, CompositeRule):
-        return "composite rules (cross-sensor, per district or river) are not evaluated yet"
+    if isinstance(rule, OutOfRangeRule) and rule.metric is not None:
+        return (
+            f"data_quality/out_of_range with 'metric: {rule.metric}' is not evaluated: ingest's rejections"
+            " (received_at, sensor, reason) do not say which metric was rejected; drop 'metric' to count"
+            " all of the sensor's rejections"
+        )
     return None
 
 
@@ -702,6 +1238,7 @@ class Engine:
         unsupported: dict[str, str] = {}
         disabled: list[str] = []
         evaluators: list[Evaluator] = []
+        counters: list[OutOfRangeEvaluator] = []
         for rule in rules:
             if not rule.enabled:
                 disabled.append(rule.id)
@@ -717,10 +1254,20 @@ class Engine:
                 evaluators.append(IndexEvaluator(rule, self._ctx))
             elif isinstance(rule, AbsenceRule):
                 evaluators.append(AbsenceEvaluator(rule, self._ctx, list(self.sensors.values())))
+            elif isinstance(rule, StuckRule):
+                evaluators.append(StuckEvaluator(rule, self._ctx))
+            elif isinstance(rule, OutOfRangeRule):
+                counters.append(OutOfRangeEvaluator(rule, self._ctx, self.sensors))
+            else:
+                evaluators.append(CompositeEvaluator(rule, self._ctx))
         self.unsupported_rules: Mapping[str, str] = unsupported
         self.disabled_rules: tuple[str, ...] = tuple(disabled)
-        self.evaluators: tuple[Evaluator, ...] = tuple(evaluators)
+        # Readings are routed to `_readers`; rejections to `_counters` (they read no readings).
+        self._readers: tuple[Evaluator, ...] = tuple(evaluators)
+        self._counters: tuple[OutOfRangeEvaluator, ...] = tuple(counters)
+        self.evaluators: tuple[Evaluator, ...] = (*evaluators, *counters)
         self._routes: dict[str, tuple[Evaluator, ...]] = {}
+        self._counter_routes: dict[str, tuple[OutOfRangeEvaluator, ...]] = {}
 
     @property
     def stats(self) -> EngineStats:
@@ -734,18 +1281,37 @@ class Engine:
 
     # -- stages --------------------------------------------------------------------------------
 
-    def evaluate(self, readings: Sequence[Reading]) -> list[Signal]:
-        """Evaluate one batch of readings (any order); the transitions in event-time order."""
+    def evaluate(
+        self, readings: Sequence[Reading], rejections: Sequence[Rejection] = (), *, arrived: float | None = None
+    ) -> list[Signal]:
+        """Evaluate one batch (any order); the transitions in event-time order.
+
+        `rejections` are the same batch's ingest rejections that named a sensor (for out_of_range
+        checks). `arrived` is when ingest committed the batch (wall clock, epoch seconds): given,
+        it becomes the last arrival of every series with an in-order reading, and absence rules
+        measure silence from it (call `tick` with the wall clock then); None in event-time-only use.
+        """
         out: list[Signal] = []
-        n = len(readings)
-        if not n:
-            return out
+        ctx = self._ctx
+        ctx.arrived = arrived
+        if arrived is not None and (ctx.first_arrival is None or arrived < ctx.first_arrival):
+            ctx.first_arrival = arrived
+        if readings:
+            self._readings(readings, out)
+        if rejections or (arrived is not None and self._counters):
+            self._rejections(rejections, arrived, out)
+        ctx.arrived = None
+        out.sort(key=_event_ts)
+        return out
+
+    def _readings(self, readings: Sequence[Reading], out: list[Signal]) -> None:
         stats = self._ctx.stats
-        stats.readings += n
+        stats.readings += len(readings)
         ts_col, sid_col, metric_col, value_col = zip(*readings, strict=True)
         grouped = self._group(sid_col, metric_col)
         batch = Batch(np.asarray(value_col, dtype=np.float64), frozenset(metric_col))
-        for ev in self.evaluators:
+        readers = self._readers
+        for ev in readers:
             ev.prepare(batch)
         for sid, by_metric in grouped.items():
             sensor = self.sensors.get(sid)
@@ -757,8 +1323,32 @@ class Engine:
                 continue
             for ev in self.route(sensor):
                 ev.feed(sensor, series, out)
-        out.sort(key=_event_ts)
-        return out
+        for ev in readers:
+            ev.finish(out)
+
+    def _rejections(self, rejections: Sequence[Rejection], arrived: float | None, out: list[Signal]) -> None:
+        """Route the batch's rejections to the out_of_range counters, then advance their clocks."""
+        stats = self._ctx.stats
+        stats.rejections += len(rejections)
+        by_sensor: dict[str, list[tuple[float, str]]] = {}
+        newest = arrived
+        for received_at, sid, reason in rejections:
+            if sid not in self.sensors:
+                stats.rejections_skipped[Skip.UNKNOWN_SENSOR] += 1
+                continue
+            by_sensor.setdefault(sid, []).append((received_at, reason))
+            if newest is None or received_at > newest:
+                newest = received_at
+        for sid, items in by_sensor.items():
+            sensor = self.sensors[sid]
+            items.sort()
+            for ev in self._counter_route(sensor):
+                received = [t for t, reason in items if ev.counts(reason)]
+                if received:
+                    ev.reject(sensor, received, out)
+        if newest is not None:
+            for ev in self._counters:
+                ev.tick(newest, out)
 
     @staticmethod
     def _group(sids: Sequence[str], metrics: Sequence[str]) -> dict[str, dict[str, list[int]]]:
@@ -775,42 +1365,75 @@ class Engine:
     def _order(
         self, sid: str, by_metric: dict[str, list[int]], ts_col: Sequence[float], value_col: Sequence[float]
     ) -> dict[str, Series]:
-        """Each metric's readings in event-time order, without those at or before its watermark."""
+        """Each metric's readings in event-time order, without those at or before its watermark;
+        records the batch's arrival for each metric with an in-order reading."""
         ctx = self._ctx
         marks = ctx.watermarks.get(sid)
         if marks is None:
             marks = ctx.watermarks[sid] = {}
+        arrivals: dict[str, float] | None = None
+        arrived = 0.0
+        if ctx.arrived is not None:
+            arrived = ctx.arrived
+            arrivals = ctx.arrivals.get(sid)
+            if arrivals is None:
+                arrivals = ctx.arrivals[sid] = {}
+        skipped = ctx.stats.skipped
+        first = ctx.origin
+        evaluated = 0
         out: dict[str, Series] = {}
         for metric, idx in by_metric.items():
-            if len(idx) > 1:
-                idx.sort(key=ts_col.__getitem__)
             last = marks.get(metric)
-            s = Series()
-            for i in idx:
+            if len(idx) == 1:  # the common case (one message per sensor and batch): no sort, no loop
+                i = idx[0]
                 ts = ts_col[i]
                 if last is not None and ts <= last:
-                    ctx.stats.skipped[Skip.LATE if ts < last else Skip.DUPLICATE] += 1
+                    skipped[Skip.LATE if ts < last else Skip.DUPLICATE] += 1
                     continue
-                s.ts.append(ts)
-                s.values.append(value_col[i])
-                s.idx.append(i)
-                last = ts
-            if s.ts:
-                marks[metric] = s.ts[-1]
-                out[metric] = s
-                ctx.stats.evaluated += len(s.ts)
-                ctx.origin = s.ts[0] if ctx.origin is None else min(ctx.origin, s.ts[0])
+                s = Series([ts], [value_col[i]], idx)
+            else:
+                idx.sort(key=ts_col.__getitem__)
+                s = Series()
+                for i in idx:
+                    ts = ts_col[i]
+                    if last is not None and ts <= last:
+                        skipped[Skip.LATE if ts < last else Skip.DUPLICATE] += 1
+                        continue
+                    s.ts.append(ts)
+                    s.values.append(value_col[i])
+                    s.idx.append(i)
+                    last = ts
+                if not s.ts:
+                    continue
+            evaluated += len(s.ts)
+            marks[metric] = s.ts[-1]
+            if arrivals is not None:
+                arrivals[metric] = arrived
+            out[metric] = s
+            if first is None or s.ts[0] < first:
+                first = s.ts[0]
+        ctx.stats.evaluated += evaluated
+        ctx.origin = first
         return out
 
     def route(self, sensor: Sensor) -> tuple[Evaluator, ...]:
-        """The evaluators whose rule selects this sensor (cached)."""
+        """The evaluators that read this sensor's readings: their rule (or a composite's condition)
+        selects it (cached). out_of_range checks read rejections, not readings, and are not here."""
         route = self._routes.get(sensor.id)
         if route is None:
-            route = self._routes[sensor.id] = tuple(ev for ev in self.evaluators if _selects(ev.rule, sensor))
+            route = self._routes[sensor.id] = tuple(ev for ev in self._readers if _selects(ev.rule, sensor))
+        return route
+
+    def _counter_route(self, sensor: Sensor) -> tuple[OutOfRangeEvaluator, ...]:
+        route = self._counter_routes.get(sensor.id)
+        if route is None:
+            route = self._counter_routes[sensor.id] = tuple(ev for ev in self._counters if _selects(ev.rule, sensor))
         return route
 
     def tick(self, now: float) -> list[Signal]:
-        """Event time has reached `now`: raise the absence rules whose `for` has passed."""
+        """Time has reached `now`: absence rules whose `for` has passed raise, out_of_range counts
+        and composite scopes that have lapsed clear. `now` is the wall clock when batches are
+        evaluated with `arrived`, else event time."""
         if self._ctx.origin is None:
             self._ctx.origin = now
         out: list[Signal] = []
@@ -823,10 +1446,13 @@ class Engine:
 
     def state(self) -> dict[str, Any]:
         """Everything a restart needs, as JSON-serialisable data."""
+        ctx = self._ctx
         return {
             "version": STATE_VERSION,
-            "origin": self._ctx.origin,
-            "watermarks": {sid: dict(m) for sid, m in self._ctx.watermarks.items() if m},
+            "origin": ctx.origin,
+            "watermarks": {sid: dict(m) for sid, m in ctx.watermarks.items() if m},
+            "first_arrival": ctx.first_arrival,
+            "arrivals": {sid: dict(m) for sid, m in ctx.arrivals.items() if m},
             "rules": {ev.rule.id: {"tag": ev.tag, "series": ev.export()} for ev in self.evaluators},
         }
 
@@ -838,6 +1464,10 @@ class Engine:
         self._ctx.origin = state["origin"]
         marks = state["watermarks"]
         self._ctx.watermarks = {sid: {m: float(t) for m, t in ms.items()} for sid, ms in marks.items()}
+        # Arrivals came later within state version 1: a state without them restores as "none known".
+        self._ctx.first_arrival = state.get("first_arrival")
+        arrivals = state.get("arrivals", {})
+        self._ctx.arrivals = {sid: {m: float(t) for m, t in ms.items()} for sid, ms in arrivals.items()}
         by_id = {ev.rule.id: ev for ev in self.evaluators}
         dropped: list[str] = []
         for rule_id, saved in state["rules"].items():
@@ -850,8 +1480,9 @@ class Engine:
 
 
 def _selects(rule: Rule, sensor: Sensor) -> bool:
-    select = getattr(rule, "select", None)
-    return select is not None and bool(select.matches(sensor))
+    if isinstance(rule, CompositeRule):
+        return any(c.select.matches(sensor) for c in rule.conditions)
+    return rule.select.matches(sensor)
 
 
 def _event_ts(t: Signal) -> float:

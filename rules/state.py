@@ -1,9 +1,11 @@
 """Per-(rule, series) evaluation state: plain dataclasses that export to JSON and load back.
 
-The engine (rules.engine) keeps one of these per rule and sensor. Everything a restart needs to
-neither lose a pending `for` nor fire a duplicate is here: whether the alert is active (and at
-which index level), since when a pending condition has held, the series' cadence (for data gaps)
-and the trailing windows.
+The engine (rules.engine) keeps one of these per rule and sensor (per rule and scope for
+composites). Everything a restart needs to neither lose a pending `for` nor fire a duplicate is
+here: whether the alert is active (and at which index level), since when a pending condition has
+held, the series' cadence (for data gaps), the trailing windows, a stuck sensor's current run of
+unchanged readings, the rejections counted in a window, and a composite scope's latest
+satisfaction of each condition.
 
 Data gaps: a pending `for` (or clear `for`) is interrupted when two consecutive readings of the
 series are further apart than `gap_tolerance_s`: max(min_gap_s, 3 × the series' typical interval),
@@ -22,8 +24,13 @@ __all__ = [
     "GAP_INTERVALS",
     "AbsenceState",
     "Cadence",
+    "ConditionState",
     "HoldState",
     "IndexState",
+    "RejectionState",
+    "Satisfied",
+    "ScopeState",
+    "StuckState",
     "WindowedState",
     "gap_tolerance_s",
 ]
@@ -172,3 +179,136 @@ class AbsenceState:
     def load(cls, data: dict[str, Any]) -> AbsenceState:
         """The state `export` wrote."""
         return cls(active=bool(data["active"]))
+
+
+@dataclass(slots=True)
+class StuckState:
+    """A stuck check: the current run of readings whose values span at most the tolerance.
+
+    The run starts at `start` (event time of its first reading) and holds `count` readings between
+    `low` and `high`; `active` while the stuck alert is raised.
+    """
+
+    active: bool = False
+    start: float | None = None
+    low: float = 0.0
+    high: float = 0.0
+    count: int = 0
+    cadence: Cadence = field(default_factory=Cadence)
+
+    def export(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return asdict(self)
+
+    @classmethod
+    def load(cls, data: dict[str, Any]) -> StuckState:
+        """The state `export` wrote."""
+        return cls(
+            active=bool(data["active"]),
+            start=data["start"],
+            low=float(data["low"]),
+            high=float(data["high"]),
+            count=int(data["count"]),
+            cadence=Cadence(**data["cadence"]),
+        )
+
+
+@dataclass(slots=True)
+class RejectionState:
+    """An out-of-range check: the receive times of one sensor's counted rejections still inside the
+    window (ascending), and whether the alert is raised."""
+
+    times: list[float] = field(default_factory=list)
+    active: bool = False
+
+    def export(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return {"times": list(self.times), "active": self.active}
+
+    @classmethod
+    def load(cls, data: dict[str, Any]) -> RejectionState:
+        """The state `export` wrote."""
+        return cls(times=[float(t) for t in data["times"]], active=bool(data["active"]))
+
+
+@dataclass(slots=True)
+class ConditionState:
+    """One composite condition on one sensor: since when a threshold's trigger has held (for its
+    `for`), the series' cadence (gaps restart that), and the trailing window (aggregate, rate)."""
+
+    since: float | None = None
+    cadence: Cadence = field(default_factory=Cadence)
+    window: Window = field(default_factory=Window)
+
+    def export(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return {"since": self.since, "cadence": asdict(self.cadence), "window": self.window.export()}
+
+    @classmethod
+    def load(cls, data: dict[str, Any]) -> ConditionState:
+        """The state `export` wrote."""
+        return cls(since=data["since"], cadence=Cadence(**data["cadence"]), window=Window.load(data["window"]))
+
+
+@dataclass(slots=True)
+class Satisfied:
+    """The latest event time at which some sensor of a scope satisfied a composite condition.
+
+    `value` is what the condition compared (the reading, its aggregate, or the change for a rate);
+    `reading` the sensor's reading at that time.
+    """
+
+    ts: float
+    sensor_id: str
+    value: float
+    reading: float
+
+    def export(self) -> list[Any]:
+        """JSON-serialisable form."""
+        return [self.ts, self.sensor_id, self.value, self.reading]
+
+    @classmethod
+    def load(cls, data: list[Any]) -> Satisfied:
+        """The state `export` wrote."""
+        ts, sensor_id, value, reading = data
+        return cls(float(ts), str(sensor_id), float(value), float(reading))
+
+
+@dataclass(slots=True)
+class ScopeState:
+    """A composite rule in one scope (a district or a river of a city).
+
+    `clock` is the latest event time seen from the scope's sensors and `arrived` the arrival time
+    of the batch that carried it (None without arrivals): a wall-clock tick maps to the scope's
+    event time as clock + (now - arrived). `last` maps a condition name to its latest satisfaction.
+    """
+
+    city: str
+    district: str
+    clock: float | None = None
+    arrived: float | None = None
+    active: bool = False
+    last: dict[str, Satisfied] = field(default_factory=dict)
+
+    def export(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return {
+            "city": self.city,
+            "district": self.district,
+            "clock": self.clock,
+            "arrived": self.arrived,
+            "active": self.active,
+            "last": {name: s.export() for name, s in self.last.items()},
+        }
+
+    @classmethod
+    def load(cls, data: dict[str, Any]) -> ScopeState:
+        """The state `export` wrote."""
+        return cls(
+            city=str(data["city"]),
+            district=str(data["district"]),
+            clock=data["clock"],
+            arrived=data["arrived"],
+            active=bool(data["active"]),
+            last={name: Satisfied.load(s) for name, s in data["last"].items()},
+        )

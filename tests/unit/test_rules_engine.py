@@ -241,6 +241,67 @@ def test_absence_of_one_metric_and_of_a_never_seen_sensor() -> None:
     ]  # fmt: skip
 
 
+def test_absence_measures_silence_from_the_last_arrival_not_event_time() -> None:
+    # The worker ticks on the wall clock. A backfill of day-old readings that arrived a minute ago
+    # is not a silent sensor; silence counts from that arrival.
+    e = engine(absence(select={"kind": "air", "sensor": "AQ-1"}))
+    now = T0 + 86400
+    backlog = series("AQ-1", "pm25", [10] * 12, start=T0)  # the first hour of yesterday
+    assert e.evaluate(backlog, arrived=now) == []
+    assert e.tick(now + MIN) == []
+    assert e.tick(now + 14 * MIN) == []
+    (raised,) = e.tick(now + 15 * MIN)
+    assert (raised.why, raised.event_ts, raised.value) == (Why.ABSENT, now + 15 * MIN, 15 * MIN)
+    assert "last arrived" in raised.reason
+    # Without arrivals the same backlog is a day of silence at once (event time: the old behaviour).
+    old = engine(absence(select={"kind": "air", "sensor": "AQ-1"}))
+    old.evaluate(backlog)
+    (stale,) = old.tick(now + MIN)
+    assert stale.event_ts == backlog[-1][0] + 15 * MIN and "last at" in stale.reason
+
+
+def test_arrivals_are_per_metric_and_a_late_reading_is_no_arrival() -> None:
+    rule = {"id": "level-offline", "kind": "absence", "select": {"kind": "flood"}, "metric": "water_level_cm"}
+    e = engine(rule | {"for": "15m", "severity": "warning"})
+    now = T0 + 3600
+    e.evaluate(series("WL-1", "water_level_cm", [50, 51]), arrived=now)
+    # Rain keeps arriving, the level does not: offline for the level measured from its own arrival.
+    for k in range(1, 4):
+        e.evaluate(series("WL-1", "rain_mm", [0.0], start=T0 + k * 10 * MIN), arrived=now + k * 5 * MIN)
+    # A level reading older than the watermark arrives: late, not evidence of a live level series.
+    e.evaluate([(T0, "WL-1", "water_level_cm", 49.0)], arrived=now + 14 * MIN)
+    assert e.stats.skipped[Skip.LATE] == 1
+    (raised,) = e.tick(now + 15 * MIN)
+    assert (raised.rule_id, raised.event_ts) == ("level-offline", now + 15 * MIN)
+
+
+def test_never_seen_sensors_count_from_the_first_arrival_when_arrivals_are_known() -> None:
+    e = engine(absence())  # AQ-1 and AQ-9
+    now = T0 + 86400
+    e.evaluate(series("AQ-1", "pm25", [10], start=T0), arrived=now)  # a backfill: event time T0
+    assert e.tick(now + 10 * MIN) == []  # AQ-9 silent for 10 minutes of the engine's life, not a day
+    out = e.tick(now + 15 * MIN)
+    assert [(t.sensor_id, t.event_ts) for t in out] == [("AQ-1", now + 15 * MIN), ("AQ-9", now + 15 * MIN)]
+
+
+def test_arrivals_survive_a_restart() -> None:
+    rule = absence(select={"kind": "air", "sensor": "AQ-1"})
+    now = T0 + 86400
+    first = engine(rule)
+    first.evaluate(series("AQ-1", "pm25", [10, 10], start=T0), arrived=now)
+    state = roundtrip(first)
+    assert state["arrivals"] == {"AQ-1": {"pm25": now}} and state["first_arrival"] == now
+    second = engine(rule)
+    second.restore(state)
+    assert second.tick(now + 14 * MIN) == []
+    assert [t.event_ts for t in second.tick(now + 16 * MIN)] == [now + 15 * MIN]
+    # A state written before arrivals existed restores as "no arrivals known": event time again.
+    legacy = {k: v for k, v in state.items() if k not in ("arrivals", "first_arrival")}
+    third = engine(rule)
+    third.restore(legacy)
+    assert [t.event_ts for t in third.tick(now)] == [T0 + 5 * MIN + 15 * MIN]
+
+
 def test_absence_survives_a_restart_without_a_second_raise() -> None:
     rule = absence(select={"kind": "air", "sensor": "AQ-1"})
     first = engine(rule)
@@ -404,17 +465,22 @@ def test_ispu_state_round_trips_mid_window() -> None:
 # -- the real rule pack and the simulators ---------------------------------------------------------
 
 
-def test_default_pack_loads_and_names_what_it_does_not_evaluate() -> None:
+def test_what_the_engine_cannot_evaluate_is_listed_with_the_reason() -> None:
+    # Rejections carry no metric, so an out_of_range check restricted to one cannot be counted.
+    rule = {"id": "pm25-rejected", "kind": "data_quality", "check": "out_of_range", "select": {"kind": "air"}}
+    e = engine(rule | {"metric": "pm25", "count": 3, "window": "1h", "severity": "info"}, threshold())
+    assert list(e.unsupported_rules) == ["pm25-rejected"]
+    assert "metric" in e.unsupported_rules["pm25-rejected"]
+    assert [ev.rule.id for ev in e.evaluators] == ["pm25-high"]
+    assert e.evaluate([], [(T0, "AQ-1", "out_of_range")] * 5, arrived=T0) == []
+
+
+def test_default_pack_loads_and_evaluates_every_rule() -> None:
     rules = load_rules(ROOT / "deploy" / "rules.yaml")
     e = Engine(rules, SENSORS)
-    assert set(e.unsupported_rules) == {
-        "flood-early-warning",
-        "air-pm25-stuck",
-        "river-level-stuck",
-        "out-of-range-readings",
-    }
-    assert all(e.unsupported_rules.values())
-    assert len(e.evaluators) + len(e.unsupported_rules) + len(e.disabled_rules) == len(rules)
+    assert e.unsupported_rules == {}
+    assert len(e.evaluators) + len(e.disabled_rules) == len(rules)
+    assert {ev.tag for ev in e.evaluators} >= {"data_quality/stuck", "data_quality/out_of_range", "composite"}
     out = feed(e, series("WL-1", "water_level_cm", [50, 150, 250, 350]))
     assert [(t.rule_id, t.severity) for t in out if t.rule_id == "river-siaga"] == [
         ("river-siaga", Severity.INFO), ("river-siaga", Severity.WARNING), ("river-siaga", Severity.CRITICAL)
