@@ -260,7 +260,10 @@ class RuleWorker:
                     raise psycopg.Rollback(tx)  # nothing to do: no claim number spent on the record
                 now = self._clock()
                 advanced = True
-                signals = self._evaluate(engine, [b["payload"] for b in batches], now, tick)
+                # In a thread: the event loop stays free for the notifier and the LISTEN pump while a
+                # big step evaluates (the engine is touched by one step at a time).
+                payloads = [b["payload"] for b in batches]
+                signals = await asyncio.to_thread(self._evaluate, engine, payloads, now, tick)
                 outcomes = [await self._apply(cur, s) for s in signals]
                 await cur.execute(
                     "INSERT INTO rule_claims (claim, worker, at, tick) VALUES (%s, %s, %s, %s)",

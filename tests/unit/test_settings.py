@@ -36,7 +36,7 @@ def test_defaults_without_file_or_env(tmp_path: Path, monkeypatch: pytest.Monkey
     assert settings.home == Path(".pantau")
     assert settings.ingest == IngestSettings()
     assert settings.ingest.batch_max_rows == 5000
-    assert settings.ingest.batch_max_delay_s == 0.2
+    assert settings.ingest.batch_max_delay_s == 0.05
     assert settings.store == StoreSettings()
     assert settings.store.retention_days == 365
 
