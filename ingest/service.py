@@ -248,7 +248,12 @@ class IngestService:
             if not self._sealed:
                 waiter = asyncio.ensure_future(self._has_data.wait())
                 stopper = asyncio.ensure_future(self._stopping.wait())
-                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                # With `last_seen` times still to write, wake up for them even if traffic stopped.
+                due = last_seen_at + self.cfg.last_seen_interval_s - time.monotonic() if self._seen else None
+                await asyncio.wait(
+                    {waiter, stopper}, timeout=max(due, 0.0) if due is not None else None,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )  # fmt: skip
                 waiter.cancel()
                 stopper.cancel()
                 if self._stopping.is_set() and not self._batch.messages:
