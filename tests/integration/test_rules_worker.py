@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from psycopg.rows import dict_row
@@ -22,7 +23,7 @@ from pantau.store.maintenance import maintain_once
 from pantau.store.migrations import Backend
 from rules.config import RuleSet, parse_rules
 from rules.worker import RuleWorker
-from tests.support import await_until
+from tests.support import TcpProxy, await_until
 
 CITY = "sampit"
 GAUGE = Sensor(id="SPT-FL-01", kind="flood", city=CITY, district="Baamang", metadata={"river": "Mentaya"})
@@ -296,3 +297,31 @@ async def test_maintenance_drops_only_old_unclaimed_batches(
         report = await maintain_once(conn, backend, store.settings, unclaimed_max_age=timedelta(milliseconds=10))
     assert report.unclaimed_dropped == 1
     assert await waiting_batches(store) == 0
+
+
+async def test_lost_database_connection_resumes_from_the_checkpoint(
+    database_url: str, backend: Backend, store: Store, sensors: None, worker_settings: Settings
+) -> None:
+    parts = urlsplit(database_url)
+    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    proxied = urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.port}", f":{proxy.port}")))
+    settings = dataclasses.replace(worker_settings, database_url=proxied)
+    t0 = time.time() - 3600
+    try:
+        async with (
+            Store.open(proxied, store.settings) as through_proxy,
+            running(through_proxy, settings, pack(LEVEL_HIGH)) as (worker, _),
+        ):
+            await write(database_url, backend, levels(GAUGE, t0, [300, 310, 320, 330, 340]))  # pending
+            await await_until(lambda: worker.stats.batches == 1, what="the first batch evaluated")
+            proxy.cut()
+            # Completes the `for` while the worker cannot reach the database.
+            await write(database_url, backend, levels(GAUGE, t0 + 300, [350, 360, 370, 380, 390, 400, 410]))
+            await asyncio.sleep(1.0)
+            assert await events(store) == []
+            proxy.restore()
+            await await_until(lambda: events(store), timeout_s=30, what="the opened event after the outage")
+            assert worker.stats.recoveries >= 2  # rebuilt from the checkpoint and the replayed claim
+    finally:
+        proxy.close()
+    assert await events(store) == [("opened", GAUGE.id)]
