@@ -236,9 +236,8 @@ async def cmd_rules(args: argparse.Namespace, settings: Settings) -> int:
         for rule_id, why in Engine(rules, {}).unsupported_rules.items():
             print(f"  {rule_id}: not evaluated: {why}")
         return 0
-    from rules.notify import AlertNotifier
-
     from pantau.store import Store
+    from rules.notify import AlertNotifier
 
     url = _need(settings, "database_url")
     async with Store.open(url, settings.store) as store:
@@ -354,6 +353,33 @@ async def cmd_alerts_silence(args: argparse.Namespace, settings: Settings) -> in
             comment=args.comment,
         )
     print(f"silence {silence.id}: {silence.describe()} until {_when(silence.ends_at)} by {silence.created_by}")
+    return 0
+
+
+async def cmd_alerts_silences(args: argparse.Namespace, settings: Settings) -> int:
+    from pantau.store import Store
+    from rules.alerts import AlertStore
+
+    async with Store.open(_need(settings, "database_url"), settings.store) as store:
+        silences = await AlertStore(store).silences(active_at=None if args.all else datetime.now(UTC))
+    for s in silences:
+        comment = f" - {s.comment}" if s.comment else ""
+        print(f"{s.id:>5}  {_when(s.starts_at)} → {_when(s.ends_at)}  {s.describe()}  by {s.created_by}{comment}")
+    print(f"{len(silences)} silence{'s' if len(silences) != 1 else ''} ({'all' if args.all else 'active'})")
+    return 0
+
+
+async def cmd_alerts_unsilence(args: argparse.Namespace, settings: Settings) -> int:
+    from pantau.store import Store
+    from rules.alerts import AlertStore
+
+    async with Store.open(_need(settings, "database_url"), settings.store) as store:
+        ended = await AlertStore(store).end_silence(args.id)
+    if ended is None:
+        print(f"no active or future silence {args.id}", file=sys.stderr)
+        return 1
+    print(f"silence {ended.id} ended at {_when(ended.ends_at)}: {ended.describe()} (by {args.by})")
+    log.info("silence %d ended by %s", ended.id, args.by)
     return 0
 
 
@@ -523,7 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.set_defaults(handler=cmd_sensors_import)
 
-    alerts = sub.add_parser("alerts", help="alerts: list, ack, resolve, silence")
+    alerts = sub.add_parser("alerts", help="alerts: list, ack, resolve, silence, silences, unsilence")
     asub = alerts.add_subparsers(dest="alerts_command", metavar="ACTION", required=True)
     p = asub.add_parser("list", help="list alerts, newest first")
     p.add_argument(
@@ -558,6 +584,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--by", required=True, help="who silences")
     p.add_argument("--comment", required=True, help="why (maintenance, known fault, ...)")
     p.set_defaults(handler=cmd_alerts_silence)
+    p = asub.add_parser("silences", help="list active silences (--all: every silence)")
+    p.add_argument("--all", action="store_true", help="include ended and future silences")
+    p.set_defaults(handler=cmd_alerts_silences)
+    p = asub.add_parser("unsilence", help="end a silence now (maintenance finished early)")
+    p.add_argument("id", type=int)
+    p.add_argument("--by", required=True, help="who ends it")
+    p.set_defaults(handler=cmd_alerts_unsilence)
 
     bench = sub.add_parser("bench", help="benchmarks that print figures")
     bsub = bench.add_subparsers(dest="bench_command", metavar="WHAT", required=True)

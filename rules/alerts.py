@@ -645,6 +645,18 @@ class AlertStore:
             )
             return [Silence.from_row(r) for r in await cur.fetchall()]
 
+    async def end_silence(self, silence_id: int) -> Silence | None:
+        """End a silence now (a maintenance window finished early); None when there is no such
+        silence or it has already ended. One that has not started yet ends at its start."""
+        async with self._transaction() as cur:
+            await cur.execute(
+                "UPDATE silences SET ends_at = greatest(%(now)s, starts_at + interval '1 microsecond')"  # noqa: S608
+                f" WHERE id = %(id)s AND ends_at > %(now)s RETURNING {_SILENCE_COLUMNS}",
+                {"id": silence_id, "now": self._clock()},
+            )
+            row = await cur.fetchone()
+        return Silence.from_row(row) if row is not None else None
+
     # -- reading ---------------------------------------------------------------------------------
 
     async def get(self, alert_id: int) -> Alert | None:

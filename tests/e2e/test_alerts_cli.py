@@ -146,3 +146,29 @@ async def test_silence(database_url: str, store: Store) -> None:
         check=False,
     )
     assert both.returncode == 2 and "not allowed with" in both.stderr
+
+
+async def test_list_and_end_silences(database_url: str, store: Store) -> None:
+    env = pantau_env(PANTAU_DATABASE_URL=database_url)
+    alerts = AlertStore(store)
+    pump = await alerts.add_silence(
+        sensor_id="SPT-RV-02", created_by="rina", ends_at=NOW + timedelta(hours=4), comment="pump maintenance"
+    )
+    past = await alerts.add_silence(
+        city="sampit", created_by="budi", starts_at=NOW - timedelta(hours=3), ends_at=NOW - timedelta(hours=2)
+    )
+    listed = pantau("alerts", "silences", env=env).stdout.splitlines()
+    assert listed[-1] == "1 silence (active)"
+    assert listed[0].split()[0] == str(pump.id) and "sensor SPT-RV-02" in listed[0] and "pump maintenance" in listed[0]
+    assert pantau("alerts", "silences", "--all", env=env).stdout.splitlines()[-1] == "2 silences (all)"
+
+    out = pantau("alerts", "unsilence", str(pump.id), "--by", "rina", env=env).stdout
+    assert out.startswith(f"silence {pump.id} ended at ") and "sensor SPT-RV-02" in out
+    assert await alerts.silences(active_at=datetime.now(UTC)) == []
+    result = await alerts.raise_alert(
+        "siaga-gauge", "SPT-RV-02", city="sampit", sensor_id="SPT-RV-02", severity="warning", value=250.0, event_ts=NOW
+    )
+    assert result.notification is Notification.NOTIFY  # the silence no longer holds it back
+    for ended in (pump.id, past.id, 999_999):
+        again = pantau("alerts", "unsilence", str(ended), "--by", "rina", env=env, check=False)
+        assert again.returncode == 1 and f"no active or future silence {ended}" in again.stderr
