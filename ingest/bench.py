@@ -336,16 +336,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_bench(args: argparse.Namespace, settings: Any) -> int:
-    # The benchmark drives processes and waits; it blocks this loop on purpose. SIGTERM unwinds
-    # like Ctrl-C so the private services are always stopped.
-    def _terminate(_sig: int, _frame: Any) -> None:
-        raise KeyboardInterrupt
+    # The benchmark drives processes and waits; it blocks this loop on purpose.
+    from pantau.supervisor import sigterm_as_interrupt
 
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    try:
+    with sigterm_as_interrupt():
         return _run_bench_sync(args)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _run_bench_sync(args: argparse.Namespace) -> int:

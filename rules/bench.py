@@ -127,14 +127,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_bench(args: argparse.Namespace, settings: Any) -> int:
-    def _terminate(_sig: int, _frame: Any) -> None:
-        raise KeyboardInterrupt
+    # The benchmark drives processes and waits; it blocks this loop on purpose.
+    from pantau.supervisor import sigterm_as_interrupt
 
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    try:
+    with sigterm_as_interrupt():
         return _run(args)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 class _Listener:
