@@ -30,7 +30,7 @@ from __future__ import annotations
 import bisect
 import operator
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -84,12 +84,14 @@ from rules.indices import (
 from rules.state import (
     AbsenceState,
     ConditionState,
+    HoldState,
     IndexState,
     RejectionState,
     Satisfied,
     ScopeState,
     StuckState,
     WindowedState,
+    interval_step,
 )
 from rules.windows import Window
 
@@ -111,7 +113,9 @@ Reading = tuple[float, str, str, float]  # (ts epoch s, sensor id, metric, value
 # (received_at epoch s, sensor id, reason): an ingest rejection whose topic named a sensor; the
 # reason is a pantau.domain.Reason value ("out_of_range", ...). ingest.writer.decode_outbox.
 Rejection = tuple[float, str, str]
-STATE_VERSION = 1
+# 2: the series' cadence moved from each rule's state to the engine's (`intervals`), idle series
+# keep no state, per-series state exports as lists, windows as slot entries (rules.windows).
+STATE_VERSION = 2
 # Default shortest data gap that interrupts a pending `for`: three missed reports of the default
 # 5-minute cadence, the same silence the default pack calls a sensor offline (deploy/rules.yaml).
 DEFAULT_MIN_GAP_S = 900.0
@@ -185,19 +189,42 @@ class Signal:
 
 @dataclass(slots=True)
 class Series:
-    """One sensor's in-order readings of one metric in this batch; `idx` indexes the batch arrays."""
+    """One sensor's in-order readings of one metric in this batch; `idx` indexes the batch arrays;
+    `gaps` says which reading follows a data gap in the series (see rules.state); it is kept only
+    for the metrics a threshold, rate of change, stuck check or composite reads (else empty)."""
 
     ts: list[float] = field(default_factory=list)
     values: list[float] = field(default_factory=list)
     idx: list[int] = field(default_factory=list)
+    gaps: list[bool] = field(default_factory=list)
 
 
-@dataclass(slots=True)
 class Batch:
-    """The whole batch as arrays, for evaluators that vectorise across sensors."""
+    """The whole batch as columns, for evaluators that vectorise across sensors in `prepare`."""
 
-    values: NDArray[np.float64]
-    metrics: frozenset[str]
+    __slots__ = ("_metric_col", "_positions", "metrics", "sids", "values")
+
+    def __init__(self, values: NDArray[np.float64], sids: Sequence[str], metrics: Sequence[str]) -> None:
+        self.values = values
+        self.sids = sids
+        self.metrics = frozenset(metrics)
+        self._metric_col: Sequence[str] | NDArray[np.object_] = metrics  # an array once a metric is looked up
+        self._positions: dict[str, NDArray[np.intp]] = {}
+
+    def positions(self, metric: str) -> NDArray[np.intp]:
+        """The batch positions of `metric`'s readings (cached per batch)."""
+        pos = self._positions.get(metric)
+        if pos is None:
+            if self.metrics == {metric}:
+                pos = np.arange(len(self.values))
+            elif metric not in self.metrics:
+                pos = np.empty(0, dtype=np.intp)
+            else:
+                if not isinstance(self._metric_col, np.ndarray):
+                    self._metric_col = np.asarray(self._metric_col, dtype=object)
+                pos = np.flatnonzero(self._metric_col == metric)
+            self._positions[metric] = pos
+        return pos
 
 
 @dataclass(slots=True)
@@ -218,6 +245,10 @@ class Context:
     def __init__(self, *, min_gap_s: float) -> None:
         self.min_gap_s = min_gap_s
         self.watermarks: dict[str, dict[str, float]] = {}  # sensor → metric → last ts processed
+        # sensor → metric → typical interval between readings: the series' cadence (with the
+        # watermark as its last reading), shared by every rule that reads the series
+        self.intervals: dict[str, dict[str, float]] = {}
+        self.gap_metrics: frozenset[str] = frozenset()  # the metrics those cadences are kept for
         self.origin: float | None = None  # first event time the engine saw (absence of never-seen sensors)
         # sensor → metric → `arrived` of the last batch that carried an in-order reading of it
         self.arrivals: dict[str, dict[str, float]] = {}
@@ -243,12 +274,18 @@ class Evaluator(Protocol):
 
     rule: Rule
     tag: str  # kind (and index) the exported state belongs to
+    # The sensors `feed` needs to see in this batch (set by `prepare`), None for every sensor
+    # routed to it: a rule whose readings can change nothing for most sensors (a plain threshold
+    # not met and neither pending nor active) is not called for them at all.
+    wanted: Container[str] | None
 
     def prepare(self, batch: Batch) -> None:
         """Vectorised work over the whole batch before any sensor is fed."""
 
     def feed(self, sensor: Sensor, series: Mapping[str, Series], out: list[Signal]) -> None:
-        """Advance this sensor's state over its in-order readings; append transitions."""
+        """Advance this sensor's state over its in-order readings; append transitions.
+
+        Called for every sensor of the batch that the rule selects and `wanted` admits."""
 
     def finish(self, out: list[Signal]) -> None:
         """Every sensor of the batch has been fed: cross-sensor work (composite scopes)."""
@@ -315,7 +352,14 @@ def _dur(seconds: float) -> str:
 
 
 class ThresholdEvaluator:
-    """`metric OP value` (optionally over a trailing aggregate) held for `for`; clear with hysteresis."""
+    """`metric OP value` (optionally over a trailing aggregate) held for `for`; clear with hysteresis.
+
+    Only series that are pending or active keep a `HoldState` (an idle one is the same as none), and
+    a plain threshold (no aggregate) is only fed the sensors whose readings meet the trigger
+    somewhere in the batch (one numpy comparison in `prepare`) or that are pending or active: for
+    every other sensor its readings can change nothing. An aggregated threshold keeps a window per
+    sensor and is fed every reading.
+    """
 
     def __init__(self, rule: ThresholdRule, ctx: Context) -> None:
         self.rule: Rule = rule
@@ -325,34 +369,65 @@ class ThresholdEvaluator:
         self._for_s = rule.for_.total_seconds()
         self._clear_for_s = rule.clear_for.total_seconds()
         self._window_s = rule.window.total_seconds() if rule.window is not None else 0.0
-        self.states: dict[str, WindowedState] = {}
-        self._trigger: list[bool] = []
-        self._clear: list[bool] = []
+        self._trigger_op, self._trigger_at = _PY_OPS[rule.trigger.op], rule.trigger.value
+        self._clear_op, self._clear_at = _PY_OPS[rule.clear.op], rule.clear.value
+        self.holds: dict[str, HoldState] = {}  # pending or active series only
+        self.windows: dict[str, Window] = {}  # aggregated thresholds: every series seen
+        self.wanted: Container[str] | None = None if rule.aggregate is not None else set()
 
     def prepare(self, batch: Batch) -> None:
-        # Plain thresholds compare each reading: one numpy comparison over the whole batch.
-        if self._r.aggregate is None and self._r.metric in batch.metrics:
-            self._trigger = self._r.trigger.holds_array(batch.values).tolist()
-            self._clear = self._r.clear.holds_array(batch.values).tolist()
+        if self._r.aggregate is not None:
+            return
+        pos = batch.positions(self._r.metric)
+        if not len(pos):
+            self.wanted = ()
+            return
+        values = batch.values if len(pos) == len(batch.values) else batch.values[pos]
+        hits = pos[self._r.trigger.holds_array(values)]
+        sids = batch.sids
+        wanted = {sids[i] for i in hits.tolist()}
+        if self.holds:
+            wanted.update(self.holds)
+        self.wanted = wanted
 
     def feed(self, sensor: Sensor, series: Mapping[str, Series], out: list[Signal]) -> None:
         s = series.get(self._r.metric)
         if s is None:
             return
-        r = self._r
-        st = _state_of(self.states, sensor.id, WindowedState)
-        hold = st.hold
-        aggregate = r.aggregate
-        for ts, v, i in zip(s.ts, s.values, s.idx, strict=True):
-            gap = hold.cadence.step(ts, self._ctx.min_gap_s)
-            if aggregate is None:
-                x, trigger, clear = v, self._trigger[i], self._clear[i]
-            else:
-                st.window.push(ts, v, self._window_s)
-                x = _aggregate(st.window, aggregate)
-                trigger, clear = _holds(r.trigger, x), _holds(r.clear, x)
-            if hold.step(ts, gap=gap, trigger=trigger, clear=clear, for_s=self._for_s, clear_for_s=self._clear_for_s):
+        sid = sensor.id
+        hold = self.holds.get(sid)
+        aggregate = self._r.aggregate
+        window = None
+        if aggregate is not None:
+            window = self.windows.get(sid)
+            if window is None:
+                window = self.windows[sid] = Window()
+        trigger_op, trigger_at, clear_op, clear_at = self._trigger_op, self._trigger_at, self._clear_op, self._clear_at
+        for ts, x, gap in zip(s.ts, s.values, s.gaps, strict=True):
+            if window is not None:
+                assert aggregate is not None
+                window.push(ts, x, self._window_s)
+                x = _aggregate(window, aggregate)
+            if hold is None:
+                if not trigger_op(x, trigger_at):
+                    continue  # idle and stays idle: what `HoldState.step` would do, without the state
+                hold = HoldState()
+            flipped = hold.step(
+                ts,
+                gap=gap,
+                trigger=trigger_op(x, trigger_at),
+                clear=clear_op(x, clear_at),
+                for_s=self._for_s,
+                clear_for_s=self._clear_for_s,
+            )
+            if flipped:
                 out.append(self._flip(sensor, hold.active, ts, x))
+            if hold.idle:
+                hold = None
+        if hold is None:
+            self.holds.pop(sid, None)
+        else:
+            self.holds[sid] = hold
 
     def _flip(self, sensor: Sensor, raised: bool, ts: float, x: float) -> Signal:
         r = self._r
@@ -372,10 +447,20 @@ class ThresholdEvaluator:
         pass
 
     def export(self) -> dict[str, Any]:
-        return {sid: st.export() for sid, st in self.states.items()}
+        """Per sensor [active, since] (pending or active only), plus the window for an aggregate."""
+        if self._r.aggregate is None:
+            return {sid: st.export() for sid, st in self.holds.items()}
+        idle = HoldState()
+        return {sid: [*self.holds.get(sid, idle).export(), w.export()] for sid, w in self.windows.items()}
 
     def load(self, data: Mapping[str, Any]) -> None:
-        self.states = {sid: WindowedState.load(d) for sid, d in data.items()}
+        self.holds, self.windows = {}, {}
+        for sid, d in data.items():
+            hold = HoldState.load(d[:2])
+            if not hold.idle:
+                self.holds[sid] = hold
+            if self._r.aggregate is not None:
+                self.windows[sid] = Window.load(d[2], self._window_s)
 
 
 def _aggregate(window: Window, aggregate: Aggregate) -> float:
@@ -403,6 +488,7 @@ class RateEvaluator:
         self._window_s = rule.window.total_seconds()
         self._clear_for_s = rule.clear_for.total_seconds()
         self.states: dict[str, WindowedState] = {}
+        self.wanted: Container[str] | None = None
 
     def prepare(self, batch: Batch) -> None:
         pass
@@ -414,8 +500,7 @@ class RateEvaluator:
         r = self._r
         st = _state_of(self.states, sensor.id, WindowedState)
         rise = r.direction is Direction.RISE
-        for ts, v in zip(s.ts, s.values, strict=True):
-            gap = st.hold.cadence.step(ts, self._ctx.min_gap_s)
+        for ts, v, gap in zip(s.ts, s.values, s.gaps, strict=True):
             st.window.push(ts, v, self._window_s, closed=True)
             change = v - st.window.low if rise else st.window.high - v
             if st.hold.step(
@@ -449,7 +534,7 @@ class RateEvaluator:
         return {sid: st.export() for sid, st in self.states.items()}
 
     def load(self, data: Mapping[str, Any]) -> None:
-        self.states = {sid: WindowedState.load(d) for sid, d in data.items()}
+        self.states = {sid: WindowedState.load(d, self._window_s) for sid, d in data.items()}
 
 
 # -- index band ------------------------------------------------------------------------------------
@@ -479,11 +564,14 @@ class IndexEvaluator:
         # Effective rank per level: its place in the order if it raises a severity, else -1 (none).
         self._eff = {lv: (i if rule.severity_of(lv) is not None else -1) for i, lv in enumerate(self._order)}
         self.states: dict[str, IndexState] = {}
+        self.wanted: Container[str] | None = None
         self._siaga: dict[str, SiagaThresholds] = {}
         self._capacity: dict[str, float] = {}
         params = rule.params
+        self._widths: dict[str, float] = {}  # the windows' widths by name
         if isinstance(params, IspuParams):
             self._metrics: tuple[str, ...] = params.pollutants
+            self._widths = {p: w.total_seconds() for p, w in params.table.windows.items()}
             self._levels = self._ispu
         elif isinstance(params, SiagaParams):
             self._metrics = ("water_level_cm",)
@@ -494,6 +582,7 @@ class IndexEvaluator:
         else:
             self._metrics = ("rain_mm",)
             self._levels = self._rain
+            self._widths = {"rain_mm": 3600.0 if params.period.value == "hourly" else 86400.0}
 
     def prepare(self, batch: Batch) -> None:
         pass
@@ -593,7 +682,7 @@ class IndexEvaluator:
     def _rain(self, sensor: Sensor, st: IndexState, ts: float, values: dict[str, float]) -> _Level | None:
         params = self._r.params
         assert isinstance(params, RainParams)
-        width = 3600.0 if params.period.value == "hourly" else 86400.0
+        width = self._widths["rain_mm"]
         w = st.windows.get("rain_mm")
         if w is None:
             w = st.windows["rain_mm"] = Window()
@@ -612,7 +701,7 @@ class IndexEvaluator:
         return {sid: st.export() for sid, st in self.states.items()}
 
     def load(self, data: Mapping[str, Any]) -> None:
-        self.states = {sid: IndexState.load(d) for sid, d in data.items()}
+        self.states = {sid: IndexState.load(d, self._widths) for sid, d in data.items()}
 
 
 def _level_label(level: IndexLevel) -> str:
@@ -663,7 +752,8 @@ class AbsenceEvaluator:
         self._ctx = ctx
         self._for_s = rule.for_.total_seconds()
         self._sensors = [s for s in sensors if rule.select.matches(s)]
-        self.states: dict[str, AbsenceState] = {}
+        self.states: dict[str, AbsenceState] = {}  # absent sensors only
+        self.wanted: Container[str] | None = self.states  # a reading only matters to an absent sensor
 
     def prepare(self, batch: Batch) -> None:
         pass
@@ -681,7 +771,7 @@ class AbsenceEvaluator:
         else:
             ts, metric = min((s.ts[0], m) for m, s in series.items())
             value = series[metric].values[0]
-        st.active = False
+        del self.states[sensor.id]
         out.append(
             _transition(
                 self._r, sensor, SignalKind.CLEAR, Why.READING_RETURNED, ts, value, None, f"{metric} reported again"
@@ -744,7 +834,8 @@ class AbsenceEvaluator:
         return {sid: st.export() for sid, st in self.states.items() if st.active}
 
     def load(self, data: Mapping[str, Any]) -> None:
-        self.states = {sid: AbsenceState.load(d) for sid, d in data.items()}
+        self.states.clear()  # the same dict as `wanted`
+        self.states.update((sid, st) for sid, d in data.items() if (st := AbsenceState.load(d)).active)
 
 
 # -- data quality: stuck ---------------------------------------------------------------------------
@@ -768,6 +859,7 @@ class StuckEvaluator:
         self._ctx = ctx
         self._window_s = rule.window.total_seconds()
         self.states: dict[str, StuckState] = {}
+        self.wanted: Container[str] | None = None
 
     def prepare(self, batch: Batch) -> None:
         pass
@@ -778,9 +870,8 @@ class StuckEvaluator:
             return
         r = self._r
         st = _state_of(self.states, sensor.id, StuckState)
-        min_gap_s, tolerance, window_s, min_readings = self._ctx.min_gap_s, r.tolerance, self._window_s, r.min_readings
-        for ts, v in zip(s.ts, s.values, strict=True):
-            gap = st.cadence.step(ts, min_gap_s)
+        tolerance, window_s, min_readings = r.tolerance, self._window_s, r.min_readings
+        for ts, v, gap in zip(s.ts, s.values, s.gaps, strict=True):
             if st.count:
                 low, high = min(st.low, v), max(st.high, v)
                 changed = high - low > tolerance
@@ -849,6 +940,7 @@ class OutOfRangeEvaluator:
         self._window_s = rule.window.total_seconds()
         self.clock: float | None = None
         self.states: dict[str, RejectionState] = {}
+        self.wanted: Container[str] | None = ()  # reads rejections, not readings
 
     def prepare(self, batch: Batch) -> None:
         pass
@@ -1000,6 +1092,7 @@ class CompositeEvaluator:
         self.conditions: dict[str, dict[str, ConditionState]] = {c.name: {} for c in rule.conditions}
         self._members: dict[str, _Member] = {}
         self._pending: dict[str, _Pending] = {}
+        self.wanted: Container[str] | None = None
 
     def prepare(self, batch: Batch) -> None:
         pass
@@ -1034,7 +1127,6 @@ class CompositeEvaluator:
                 self._ctx.stats.skipped[Skip.BAD_METADATA] += 1
             return
         pending: _Pending | None = None
-        min_gap_s = self._ctx.min_gap_s
         for i in conds:
             c = self._conditions[i]
             s = series.get(c.metric)
@@ -1050,8 +1142,8 @@ class CompositeEvaluator:
             hits, sid, width = pending.hits, sensor.id, self._cond_window_s[i]
             if isinstance(c, ThresholdCondition):
                 trigger, aggregate, for_s = c.trigger, c.aggregate, self._cond_for_s[i]
-                for ts, v in zip(s.ts, s.values, strict=True):
-                    if st.cadence.step(ts, min_gap_s):
+                for ts, v, gap in zip(s.ts, s.values, s.gaps, strict=True):
+                    if gap:
                         st.since = None
                     if aggregate is None:
                         x = v
@@ -1194,7 +1286,8 @@ class CompositeEvaluator:
         self.scopes = {key: ScopeState.load(d) for key, d in data["scopes"].items()}
         for name, states in data["conditions"].items():
             if name in self.conditions:  # a condition since removed from the rule is forgotten
-                self.conditions[name] = {sid: ConditionState.load(d) for sid, d in states.items()}
+                width = self._cond_window_s[[c.name for c in self._conditions].index(name)]
+                self.conditions[name] = {sid: ConditionState.load(d, width) for sid, d in states.items()}
 
 
 def _describe(c: CompositeCondition, s: Satisfied) -> str:
@@ -1267,6 +1360,9 @@ class Engine:
         self._counters: tuple[OutOfRangeEvaluator, ...] = tuple(counters)
         self.evaluators: tuple[Evaluator, ...] = (*evaluators, *counters)
         self._routes: dict[str, tuple[Evaluator, ...]] = {}
+        # The metrics whose series some rule reads with `Series.gaps`: only theirs keep a cadence
+        # (a sampit air station reports a dozen metrics; most are read by no such rule).
+        self._ctx.gap_metrics = frozenset(m for ev in evaluators for m in _gap_metrics(ev.rule))
         self._counter_routes: dict[str, tuple[OutOfRangeEvaluator, ...]] = {}
 
     @property
@@ -1309,7 +1405,7 @@ class Engine:
         stats.readings += len(readings)
         ts_col, sid_col, metric_col, value_col = zip(*readings, strict=True)
         grouped = self._group(sid_col, metric_col)
-        batch = Batch(np.asarray(value_col, dtype=np.float64), frozenset(metric_col))
+        batch = Batch(np.asarray(value_col, dtype=np.float64), sid_col, metric_col)
         readers = self._readers
         for ev in readers:
             ev.prepare(batch)
@@ -1322,7 +1418,9 @@ class Engine:
             if not series:
                 continue
             for ev in self.route(sensor):
-                ev.feed(sensor, series, out)
+                wanted = ev.wanted
+                if wanted is None or sid in wanted:
+                    ev.feed(sensor, series, out)
         for ev in readers:
             ev.finish(out)
 
@@ -1371,6 +1469,11 @@ class Engine:
         marks = ctx.watermarks.get(sid)
         if marks is None:
             marks = ctx.watermarks[sid] = {}
+        intervals = ctx.intervals.get(sid)
+        if intervals is None:
+            intervals = ctx.intervals[sid] = {}
+        min_gap_s = ctx.min_gap_s
+        gap_metrics = ctx.gap_metrics
         arrivals: dict[str, float] | None = None
         arrived = 0.0
         if ctx.arrived is not None:
@@ -1384,13 +1487,19 @@ class Engine:
         out: dict[str, Series] = {}
         for metric, idx in by_metric.items():
             last = marks.get(metric)
+            interval = intervals.get(metric)
+            cadence = metric in gap_metrics
             if len(idx) == 1:  # the common case (one message per sensor and batch): no sort, no loop
                 i = idx[0]
                 ts = ts_col[i]
                 if last is not None and ts <= last:
                     skipped[Skip.LATE if ts < last else Skip.DUPLICATE] += 1
                     continue
-                s = Series([ts], [value_col[i]], idx)
+                if cadence:
+                    gap, interval = interval_step(last, interval, ts, min_gap_s)
+                    s = Series([ts], [value_col[i]], idx, [gap])
+                else:
+                    s = Series([ts], [value_col[i]], idx)
             else:
                 idx.sort(key=ts_col.__getitem__)
                 s = Series()
@@ -1399,12 +1508,17 @@ class Engine:
                     if last is not None and ts <= last:
                         skipped[Skip.LATE if ts < last else Skip.DUPLICATE] += 1
                         continue
+                    if cadence:
+                        gap, interval = interval_step(last, interval, ts, min_gap_s)
+                        s.gaps.append(gap)
                     s.ts.append(ts)
                     s.values.append(value_col[i])
                     s.idx.append(i)
                     last = ts
                 if not s.ts:
                     continue
+            if interval is not None:
+                intervals[metric] = interval
             evaluated += len(s.ts)
             marks[metric] = s.ts[-1]
             if arrivals is not None:
@@ -1451,6 +1565,7 @@ class Engine:
             "version": STATE_VERSION,
             "origin": ctx.origin,
             "watermarks": {sid: dict(m) for sid, m in ctx.watermarks.items() if m},
+            "intervals": {sid: dict(m) for sid, m in ctx.intervals.items() if m},
             "first_arrival": ctx.first_arrival,
             "arrivals": {sid: dict(m) for sid, m in ctx.arrivals.items() if m},
             "rules": {ev.rule.id: {"tag": ev.tag, "series": ev.export()} for ev in self.evaluators},
@@ -1464,7 +1579,10 @@ class Engine:
         self._ctx.origin = state["origin"]
         marks = state["watermarks"]
         self._ctx.watermarks = {sid: {m: float(t) for m, t in ms.items()} for sid, ms in marks.items()}
-        # Arrivals came later within state version 1: a state without them restores as "none known".
+        intervals = state["intervals"]
+        self._ctx.intervals = {sid: {m: float(t) for m, t in ms.items()} for sid, ms in intervals.items()}
+        # Arrivals came later within state version 1 (and are kept in version 2): a state without
+        # them restores as "none known".
         self._ctx.first_arrival = state.get("first_arrival")
         arrivals = state.get("arrivals", {})
         self._ctx.arrivals = {sid: {m: float(t) for m, t in ms.items()} for sid, ms in arrivals.items()}
@@ -1477,6 +1595,15 @@ class Engine:
                 continue
             ev.load(saved["series"])
         return dropped
+
+
+def _gap_metrics(rule: Rule) -> tuple[str, ...]:
+    """The metrics a rule reads per reading with their series' data gaps (`Series.gaps`)."""
+    if isinstance(rule, ThresholdRule | RateOfChangeRule | StuckRule):
+        return (rule.metric,)
+    if isinstance(rule, CompositeRule):
+        return tuple(c.metric for c in rule.conditions)
+    return ()
 
 
 def _selects(rule: Rule, sensor: Sensor) -> bool:

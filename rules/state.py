@@ -3,9 +3,11 @@
 The engine (rules.engine) keeps one of these per rule and sensor (per rule and scope for
 composites). Everything a restart needs to neither lose a pending `for` nor fire a duplicate is
 here: whether the alert is active (and at which index level), since when a pending condition has
-held, the series' cadence (for data gaps), the trailing windows, a stuck sensor's current run of
-unchanged readings, the rejections counted in a window, and a composite scope's latest
-satisfaction of each condition.
+held, the trailing windows, a stuck sensor's current run of unchanged readings, the rejections
+counted in a window, and a composite scope's latest satisfaction of each condition. A series'
+cadence (for data gaps) is the engine's, one per sensor and metric (`interval_step`); only index
+alerts, which merge several metrics into steps, keep their own (`Cadence`). Each exports as a
+short list, and an idle threshold (neither pending nor active) keeps no state at all.
 
 Data gaps: a pending `for` (or clear `for`) is interrupted when two consecutive readings of the
 series are further apart than `gap_tolerance_s`: max(min_gap_s, 3 × the series' typical interval),
@@ -15,6 +17,7 @@ that one long outage does not teach the series that outages are normal).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -33,6 +36,7 @@ __all__ = [
     "StuckState",
     "WindowedState",
     "gap_tolerance_s",
+    "interval_step",
 ]
 
 # Three missed reports in a row: one lost message is noise, three mean we do not know what happened.
@@ -58,29 +62,39 @@ class Cadence:
 
     def step(self, ts: float, min_gap_s: float) -> bool:
         """Record a reading at ts (not older than the last); True when the step to it is a data gap."""
-        if self.last_ts is None:
-            self.last_ts = ts
-            return False
-        dt = ts - self.last_ts
+        gap, self.interval_s = interval_step(self.last_ts, self.interval_s, ts, min_gap_s)
         self.last_ts = ts
-        if dt <= 0:  # same timestamp as the last (several metrics of one message)
-            return False
-        tolerance = gap_tolerance_s(self.interval_s, min_gap_s)
-        sample = min(dt, tolerance)
-        self.interval_s = (
-            sample if self.interval_s is None else self.interval_s + _INTERVAL_ALPHA * (sample - self.interval_s)
-        )
-        return dt > tolerance
+        return gap
+
+
+def interval_step(
+    last_ts: float | None, interval_s: float | None, ts: float, min_gap_s: float
+) -> tuple[bool, float | None]:
+    """A series' next reading at ts (after last_ts): whether the step is a data gap, and the new
+    typical interval. `Cadence.step` without the object, for the engine's per-series cadences."""
+    if last_ts is None:
+        return False, interval_s
+    dt = ts - last_ts
+    if dt <= 0:
+        return False, interval_s
+    tolerance = min_gap_s if interval_s is None else max(min_gap_s, GAP_INTERVALS * interval_s)
+    sample = dt if dt < tolerance else tolerance
+    return dt > tolerance, sample if interval_s is None else interval_s + _INTERVAL_ALPHA * (sample - interval_s)
 
 
 @dataclass(slots=True)
 class HoldState:
     """A two-state alert (threshold, rate of change): active or not, and since when the pending
-    condition (the trigger while inactive, the clear while active) has held."""
+    condition (the trigger while inactive, the clear while active) has held. Idle (neither) is the
+    state of a series that never met its trigger: the engine keeps none for it."""
 
     active: bool = False
     since: float | None = None
-    cadence: Cadence = field(default_factory=Cadence)
+
+    @property
+    def idle(self) -> bool:
+        """Inactive with nothing pending: the same as no state at all."""
+        return not self.active and self.since is None
 
     def step(self, ts: float, *, gap: bool, trigger: bool, clear: bool, for_s: float, clear_for_s: float) -> bool:
         """Advance by one reading; True when the alert flips (raise or clear) at this reading."""
@@ -98,14 +112,15 @@ class HoldState:
             return True
         return False
 
-    def export(self) -> dict[str, Any]:
-        """JSON-serialisable form."""
-        return asdict(self)
+    def export(self) -> list[Any]:
+        """JSON-serialisable form: [active, since]."""
+        return [self.active, self.since]
 
     @classmethod
-    def load(cls, data: dict[str, Any]) -> HoldState:
+    def load(cls, data: Sequence[Any]) -> HoldState:
         """The state `export` wrote."""
-        return cls(active=bool(data["active"]), since=data["since"], cadence=Cadence(**data["cadence"]))
+        active, since = data
+        return cls(active=bool(active), since=None if since is None else float(since))
 
 
 @dataclass(slots=True)
@@ -115,14 +130,15 @@ class WindowedState:
     hold: HoldState = field(default_factory=HoldState)
     window: Window = field(default_factory=Window)
 
-    def export(self) -> dict[str, Any]:
-        """JSON-serialisable form."""
-        return {"hold": self.hold.export(), "window": self.window.export()}
+    def export(self) -> list[Any]:
+        """JSON-serialisable form: [active, since, window]."""
+        return [self.hold.active, self.hold.since, self.window.export()]
 
     @classmethod
-    def load(cls, data: dict[str, Any]) -> WindowedState:
-        """The state `export` wrote."""
-        return cls(HoldState.load(data["hold"]), Window.load(data["window"]))
+    def load(cls, data: Sequence[Any], width_s: float) -> WindowedState:
+        """The state `export` wrote, for a window `width_s` wide."""
+        active, since, window = data
+        return cls(HoldState.load([active, since]), Window.load(window, width_s))
 
 
 @dataclass(slots=True)
@@ -141,27 +157,29 @@ class IndexState:
     windows: dict[str, Window] = field(default_factory=dict)  # ISPU per pollutant, rain: "rain_mm"
     interval_s: float | None = None  # LOS: the counting interval last reported
 
-    def export(self) -> dict[str, Any]:
-        """JSON-serialisable form."""
-        return {
-            "rank": self.rank,
-            "since": self.since,
-            "bound": self.bound,
-            "cadence": asdict(self.cadence),
-            "windows": {k: w.export() for k, w in self.windows.items()},
-            "interval_s": self.interval_s,
-        }
+    def export(self) -> list[Any]:
+        """JSON-serialisable form: [rank, since, bound, last ts, typical interval, windows, LOS interval]."""
+        return [
+            self.rank,
+            self.since,
+            self.bound,
+            self.cadence.last_ts,
+            self.cadence.interval_s,
+            {k: w.export() for k, w in self.windows.items()},
+            self.interval_s,
+        ]
 
     @classmethod
-    def load(cls, data: dict[str, Any]) -> IndexState:
-        """The state `export` wrote."""
+    def load(cls, data: Sequence[Any], widths: Mapping[str, float]) -> IndexState:
+        """The state `export` wrote; `widths` are the windows' widths by name (unknown names are dropped)."""
+        rank, since, bound, last_ts, cadence_s, windows, interval_s = data
         return cls(
-            rank=int(data["rank"]),
-            since=data["since"],
-            bound=data["bound"],
-            cadence=Cadence(**data["cadence"]),
-            windows={k: Window.load(w) for k, w in data["windows"].items()},
-            interval_s=data["interval_s"],
+            rank=int(rank),
+            since=since,
+            bound=bound,
+            cadence=Cadence(last_ts, cadence_s),
+            windows={k: Window.load(w, widths[k]) for k, w in windows.items() if k in widths},
+            interval_s=interval_s,
         )
 
 
@@ -194,23 +212,16 @@ class StuckState:
     low: float = 0.0
     high: float = 0.0
     count: int = 0
-    cadence: Cadence = field(default_factory=Cadence)
 
-    def export(self) -> dict[str, Any]:
-        """JSON-serialisable form."""
-        return asdict(self)
+    def export(self) -> list[Any]:
+        """JSON-serialisable form: [active, start, low, high, count]."""
+        return [self.active, self.start, self.low, self.high, self.count]
 
     @classmethod
-    def load(cls, data: dict[str, Any]) -> StuckState:
+    def load(cls, data: Sequence[Any]) -> StuckState:
         """The state `export` wrote."""
-        return cls(
-            active=bool(data["active"]),
-            start=data["start"],
-            low=float(data["low"]),
-            high=float(data["high"]),
-            count=int(data["count"]),
-            cadence=Cadence(**data["cadence"]),
-        )
+        active, start, low, high, count = data
+        return cls(active=bool(active), start=start, low=float(low), high=float(high), count=int(count))
 
 
 @dataclass(slots=True)
@@ -234,20 +245,20 @@ class RejectionState:
 @dataclass(slots=True)
 class ConditionState:
     """One composite condition on one sensor: since when a threshold's trigger has held (for its
-    `for`), the series' cadence (gaps restart that), and the trailing window (aggregate, rate)."""
+    `for`; the series' data gaps restart that), and the trailing window (aggregate, rate)."""
 
     since: float | None = None
-    cadence: Cadence = field(default_factory=Cadence)
     window: Window = field(default_factory=Window)
 
-    def export(self) -> dict[str, Any]:
-        """JSON-serialisable form."""
-        return {"since": self.since, "cadence": asdict(self.cadence), "window": self.window.export()}
+    def export(self) -> list[Any]:
+        """JSON-serialisable form: [since, window]."""
+        return [self.since, self.window.export()]
 
     @classmethod
-    def load(cls, data: dict[str, Any]) -> ConditionState:
-        """The state `export` wrote."""
-        return cls(since=data["since"], cadence=Cadence(**data["cadence"]), window=Window.load(data["window"]))
+    def load(cls, data: Sequence[Any], width_s: float) -> ConditionState:
+        """The state `export` wrote, for a window `width_s` wide."""
+        since, window = data
+        return cls(since=since, window=Window.load(window, width_s))
 
 
 @dataclass(slots=True)

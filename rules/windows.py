@@ -1,81 +1,225 @@
 """Trailing event-time windows of one series: the readings in (t - width, t], with mean/sum/min/max.
 
-A window is plain data (two deques) so the engine can export and restore it as JSON lists. The sum
-is kept running (O(1) per reading for ISPU's 24 h means) and recomputed exactly now and then so
-float error cannot build up over months.
+A window holds *entries* in event-time order, each the count, sum, min and max of the readings of
+one time slot of `resolution_s(width)` (the width / 64, at most 60 s), stamped with the slot's
+first reading. A reading joins the newest entry when it falls into the same slot, else it starts
+a new entry: so a series reporting no faster than the resolution keeps one entry per reading and
+every aggregate is exact (a 5-minute sensor in a 24 h window: 288 single readings), while one
+reporting faster keeps at most width / resolution + 1 entries (a 1 Hz sensor in a 24 h window:
+1,441 entries, not 86,400 readings). An entry leaves the window with its first reading, so for a
+fast series the window's far edge is exact to within one resolution: the readings that shared a
+slot with the oldest leave with it, up to one resolution early.
+
+Entries live in flat `array('d')` columns with a moving head (no float object per reading, one
+`del` now and then) and export as plain float lists (msgpack and JSON). The sum is kept running
+(O(1) per reading for ISPU's 24 h means) and recomputed exactly now and then so float error cannot
+build up over months; min and max are cached and recomputed only when the entry holding them
+leaves.
 """
 
 from __future__ import annotations
 
-from collections import deque
+import math
+from array import array
+from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["Window"]
+__all__ = ["MAX_RESOLUTION_S", "SLOTS_PER_WINDOW", "Window", "resolution_s"]
 
 # A running sum drifts by about one ulp per add/subtract; recomputing it every 512 pushes keeps the
 # error far below any threshold's resolution at the cost of one pass over the window.
 _RESUM_EVERY = 512
+# Slots per window width: 64 keeps the edge error of a fast series under 2 % of the width (23 s of
+# a 10-minute window) while bounding the entries of any window of up to an hour to 65.
+SLOTS_PER_WINDOW = 64
+# No slot longer than a minute: a series reporting every minute or slower (the default cadence is
+# 5 minutes) stays exact in windows of any width, ISPU's 24 h included (at most 1,441 entries).
+MAX_RESOLUTION_S = 60.0
+# Dead head entries tolerated before the columns are compacted: amortises `del` over many pops.
+_COMPACT_AT = 64
+
+
+def resolution_s(width_s: float) -> float:
+    """The slot width of a window `width_s` wide: readings closer than this may share an entry."""
+    return min(width_s / SLOTS_PER_WINDOW, MAX_RESOLUTION_S) if width_s > 0 else MAX_RESOLUTION_S
 
 
 class Window:
-    """The (ts, value) readings of one series within a trailing event-time width."""
+    """The readings of one series within a trailing event-time width, as slot entries."""
 
-    __slots__ = ("_pushes", "_total", "ts", "values")
+    __slots__ = (
+        "_head",
+        "_hi",
+        "_lo",
+        "_pushes",
+        "_readings",
+        "_res",
+        "_slot_end",
+        "_total",
+        "_width",
+        "hi",
+        "lo",
+        "n",
+        "sums",
+        "ts",
+    )
 
-    def __init__(self, ts: list[float] | None = None, values: list[float] | None = None) -> None:
-        self.ts: deque[float] = deque(ts or ())
-        self.values: deque[float] = deque(values or ())
-        if len(self.ts) != len(self.values):
-            raise ValueError("window: ts and values differ in length")
-        self._total = sum(self.values)
+    def __init__(self) -> None:
+        self.ts = array("d")  # each entry's first reading
+        self.sums = array("d")
+        # Readings, min and max per entry: empty while every entry is a single reading (its sum),
+        # so a series at normal cadence costs two columns.
+        self.n = array("d")
+        self.lo = array("d")
+        self.hi = array("d")
+        self._head = 0  # entries before it have left the window
+        self._slot_end = -math.inf  # where the newest entry's slot ends: a later reading starts another
+        self._total = 0.0
+        self._readings = 0
+        self._lo: float | None = None  # cached min/max over the live entries; None: recompute
+        self._hi: float | None = None
         self._pushes = 0
+        self._width = math.nan  # the width last pushed with, and its resolution
+        self._res = MAX_RESOLUTION_S
 
     def push(self, ts: float, value: float, width_s: float, *, closed: bool = False) -> None:
         """Add a reading (ts not older than the last) and trim to `width_s` before ts (see `trim`)."""
-        self.ts.append(ts)
-        self.values.append(value)
+        if ts >= self._slot_end or width_s != self._width:
+            if width_s != self._width:
+                self._width, self._res = width_s, resolution_s(width_s)
+            res = self._res
+            self._slot_end = (ts // res + 1.0) * res
+            self.ts.append(ts)
+            self.sums.append(value)
+            if self.n:  # some slot has held several readings: every entry keeps count, min, max
+                self.n.append(1.0)
+                self.lo.append(value)
+                self.hi.append(value)
+        else:
+            if not self.n:
+                self._split()
+            self.n[-1] += 1.0
+            self.sums[-1] += value
+            if value < self.lo[-1]:
+                self.lo[-1] = value
+            elif value > self.hi[-1]:
+                self.hi[-1] = value
         self._total += value
-        self.trim(ts, width_s, closed=closed)
+        self._readings += 1
+        if self._lo is not None and value < self._lo:
+            self._lo = value
+        if self._hi is not None and value > self._hi:
+            self._hi = value
+        if self.ts[self._head] < ts - width_s or (not closed and self.ts[self._head] == ts - width_s):
+            self.trim(ts, width_s, closed=closed)
         self._pushes += 1
         if self._pushes >= _RESUM_EVERY:
             self._pushes = 0
-            self._total = sum(self.values)
+            self._total = math.fsum(self.sums[self._head :])
+
+    def _split(self) -> None:
+        """From single readings (count 1, min = max = sum) to full entries."""
+        self.n.extend(1.0 for _ in self.ts)
+        self.lo.extend(self.sums)
+        self.hi.extend(self.sums)
 
     def trim(self, now: float, width_s: float, *, closed: bool = False) -> None:
-        """Keep the readings in (now - width_s, now], or [now - width_s, now] when `closed`."""
+        """Keep the entries whose first reading is in (now - width_s, now], or [now - width_s, now]
+        when `closed`."""
         horizon = now - width_s
-        while self.ts and (self.ts[0] < horizon if closed else self.ts[0] <= horizon):
-            self.ts.popleft()
-            self._total -= self.values.popleft()
+        ts, head, end = self.ts, self._head, len(self.ts)
+        if head == end or (ts[head] >= horizon if closed else ts[head] > horizon):
+            return
+        single = not self.n
+        lo, hi = (self.sums, self.sums) if single else (self.lo, self.hi)
+        while head < end and (ts[head] < horizon if closed else ts[head] <= horizon):
+            self._total -= self.sums[head]
+            self._readings -= 1 if single else int(self.n[head])
+            if self._lo is not None and lo[head] <= self._lo:
+                self._lo = None
+            if self._hi is not None and hi[head] >= self._hi:
+                self._hi = None
+            head += 1
+        if head == end:
+            self._clear()
+        elif head >= _COMPACT_AT and head * 2 >= end:
+            for col in (self.ts, self.n, self.sums, self.lo, self.hi):
+                if col:
+                    del col[:head]
+            self._head = 0
+        else:
+            self._head = head
+
+    def _clear(self) -> None:
+        for col in (self.ts, self.n, self.sums, self.lo, self.hi):
+            del col[:]
+        self._head = 0
+        self._slot_end = -math.inf
+        self._total = 0.0
+        self._readings = 0
+        self._lo = self._hi = None
 
     def __len__(self) -> int:
-        return len(self.values)
+        """Readings in the window."""
+        return self._readings
+
+    @property
+    def entries(self) -> int:
+        """Entries (slots with readings) held: the window's memory, bounded by width / resolution + 1."""
+        return len(self.ts) - self._head
 
     @property
     def total(self) -> float:
         """Sum of the values in the window (0 when empty)."""
-        return self._total if self.values else 0.0
+        return self._total if self._readings else 0.0
 
     @property
     def mean(self) -> float:
         """Mean of the values; NaN when empty."""
-        return self._total / len(self.values) if self.values else float("nan")
+        return self._total / self._readings if self._readings else math.nan
 
     @property
     def low(self) -> float:
         """Smallest value; NaN when empty."""
-        return min(self.values) if self.values else float("nan")
+        if not self._readings:
+            return math.nan
+        if self._lo is None:
+            self._lo = min((self.lo if self.n else self.sums)[self._head :])
+        return self._lo
 
     @property
     def high(self) -> float:
         """Largest value; NaN when empty."""
-        return max(self.values) if self.values else float("nan")
+        if not self._readings:
+            return math.nan
+        if self._hi is None:
+            self._hi = max((self.hi if self.n else self.sums)[self._head :])
+        return self._hi
 
-    def export(self) -> dict[str, Any]:
-        """JSON-serialisable form."""
-        return {"ts": list(self.ts), "values": list(self.values)}
+    def export(self) -> list[list[float]]:
+        """JSON-serialisable form: [first ts, sum] per entry, plus [count, min, max] once any entry
+        holds more than one reading."""
+        h = self._head
+        out = [self.ts[h:].tolist(), self.sums[h:].tolist()]
+        if self._readings != len(self.ts) - h:
+            out += [self.n[h:].tolist(), self.lo[h:].tolist(), self.hi[h:].tolist()]
+        return out
 
     @classmethod
-    def load(cls, data: dict[str, Any]) -> Window:
-        """The window `export` wrote."""
-        return cls([float(t) for t in data["ts"]], [float(v) for v in data["values"]])
+    def load(cls, data: Sequence[Any], width_s: float) -> Window:
+        """The window `export` wrote (for a window `width_s` wide)."""
+        if len(data) not in (2, 5) or len({len(col) for col in data}) != 1:
+            raise ValueError("window: expected 2 or 5 columns of equal length")
+        w = cls()
+        w.ts.extend(float(t) for t in data[0])
+        w.sums.extend(float(v) for v in data[1])
+        if len(data) == 5:
+            w.n.extend(float(c) for c in data[2])
+            w.lo.extend(float(v) for v in data[3])
+            w.hi.extend(float(v) for v in data[4])
+        w._width, w._res = width_s, resolution_s(width_s)
+        if w.ts:
+            w._slot_end = (w.ts[-1] // w._res + 1.0) * w._res
+        w._readings = int(sum(w.n)) if w.n else len(w.ts)
+        w._total = math.fsum(w.sums)
+        return w
