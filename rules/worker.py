@@ -132,6 +132,7 @@ class RuleWorker:
         self._sensors: dict[str, Sensor] = {}
         self._engine: Engine | None = None  # None: must be rebuilt from the checkpoint
         self._last_claim = 0  # the last claim committed by this worker
+        self._reset_rules: set[str] = set()  # rules whose saved state could not be restored
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
 
@@ -164,7 +165,7 @@ class RuleWorker:
             await conn.execute(f"LISTEN {BATCHES_CHANNEL}")
             await self._load_sensors()
             await self._recover()
-            await self._retire_removed_rules()
+            await self._reconcile_alerts()
             pump = asyncio.create_task(self._pump(conn))
             self.ready.set()
             try:
@@ -343,9 +344,22 @@ class RuleWorker:
             last = 0
             if saved is not None:
                 last = int(saved["last_claim"])
-                dropped = engine.restore(msgspec.msgpack.decode(saved["state"]))
+                try:
+                    dropped = engine.restore(msgspec.msgpack.decode(saved["state"]))
+                except (ValueError, KeyError, TypeError, msgspec.DecodeError) as exc:
+                    # A checkpoint of another engine version: start from fresh state. The open
+                    # alerts of every rule are resolved at start, so none is left that nothing clears.
+                    log.warning(
+                        "rules: checkpoint of worker %r not usable (%s); starting from fresh state", self.name, exc
+                    )
+                    engine = Engine(self.rules, self._sensors)
+                    dropped = [ev.rule.id for ev in engine.evaluators]
+                active = {ev.rule.id for ev in engine.evaluators}
+                self._reset_rules |= {rule_id for rule_id in dropped if rule_id in active}
                 if dropped:
-                    log.info("rules: state of %s dropped (rule removed or changed kind)", ", ".join(dropped))
+                    log.info(
+                        "rules: state of %s dropped (rule removed, changed kind or engine upgraded)", ", ".join(dropped)
+                    )
             await cur.execute(
                 "SELECT claim, at, tick FROM rule_claims WHERE worker = %s AND claim > %s ORDER BY claim",
                 (self.name, last),
@@ -390,23 +404,27 @@ class RuleWorker:
             await conn.execute("DELETE FROM rule_claims WHERE worker = %s AND claim <= %s", (self.name, last))
         self.stats.checkpoints += 1
 
-    async def _retire_removed_rules(self) -> None:
-        """Resolve the open alerts of rules no longer in the pack (or disabled): nothing would clear them."""
+    async def _reconcile_alerts(self) -> None:
+        """Resolve the open alerts that nothing would clear: those of rules no longer in the pack (or
+        disabled), and those of rules whose state could not be restored (the rule changed kind, or
+        a checkpoint of another engine version). The latter raise again if their condition holds."""
         assert self._engine is not None
         active = [ev.rule.id for ev in self._engine.evaluators]
+        reset, self._reset_rules = sorted(self._reset_rules), set()
         async with self.store.connection() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
-                "SELECT rule_id, scope FROM alerts WHERE state <> 'resolved' AND NOT (rule_id = ANY(%s))", (active,)
+                "SELECT rule_id, scope FROM alerts WHERE state <> 'resolved'"
+                " AND (NOT (rule_id = ANY(%s)) OR rule_id = ANY(%s))",
+                (active, reset),
             )
             for row in await cur.fetchall():
-                await self.alerts.resolve_in(
-                    cur,
-                    row["rule_id"],
-                    row["scope"],
-                    by=ACTOR,
-                    reason=f"rule {row['rule_id']} is no longer in the rule pack (removed or disabled)",
-                )
-                log.info("rules: resolved open alert of retired rule %s (%s)", row["rule_id"], row["scope"])
+                rule_id = row["rule_id"]
+                if rule_id in reset:
+                    why = f"rule {rule_id}: its evaluation state was reset; it is raised again if the condition holds"
+                else:
+                    why = f"rule {rule_id} is no longer in the rule pack (removed or disabled)"
+                await self.alerts.resolve_in(cur, rule_id, row["scope"], by=ACTOR, reason=why)
+                log.info("rules: resolved open alert %s (%s): %s", rule_id, row["scope"], why)
 
     # -- sensors ----------------------------------------------------------------------------------
 

@@ -210,6 +210,11 @@ async def test_flash_flood_raises_siaga_upstream_first_escalates_and_resolves(
             assert ("escalated", "critical") in kinds, s.id
             assert kinds[-1][0] == "resolved", s.id
     assert any(r["rule_id"] == "river-rising-fast" for r in recorded)
+    # The composite early warning (heavy rain upstream and the level rising downstream), once per river.
+    warning = by_scope([r for r in recorded if r["rule_id"] == "flood-early-warning"])
+    rivers = {s.metadata["river"] for s in gauges}
+    assert set(warning) == {("flood-early-warning", f"river:sampit/{river}") for river in rivers}
+    assert all(kinds[0][0] == "opened" and kinds[-1][0] == "resolved" for kinds in warning.values())
     assert not [r for r in recorded if r["rule_id"].endswith("-offline")]  # no faults: nobody went silent
     assert {r["state"] for r in recorded if r["rule_id"] == "river-siaga"} == {"resolved"}
 

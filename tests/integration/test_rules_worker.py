@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import msgspec
 import pytest
 from psycopg.rows import dict_row
 
@@ -325,3 +326,24 @@ async def test_lost_database_connection_resumes_from_the_checkpoint(
     finally:
         proxy.close()
     assert await events(store) == [("opened", GAUGE.id)]
+
+
+async def test_a_checkpoint_of_another_engine_version_starts_fresh_and_resolves_what_it_held(
+    database_url: str, backend: Backend, store: Store, sensors: None, worker_settings: Settings
+) -> None:
+    t0 = time.time() - 3600
+    rules = pack(LEVEL_HIGH)
+    async with running(store, worker_settings, rules):
+        await write(database_url, backend, levels(GAUGE, t0, [300 + i for i in range(12)]))
+        await await_until(lambda: events(store), what="the opened event")
+    async with store.connection() as conn:  # as if written by an older release
+        await conn.execute("UPDATE rule_checkpoints SET state = %s", (msgspec.msgpack.encode({"version": 0}),))
+    async with running(store, worker_settings, rules):
+        [alert] = await rows_of(store, "SELECT state FROM alerts")
+        assert alert["state"] == "resolved"  # nothing would have cleared it
+        [resolved] = await rows_of(store, "SELECT reason FROM alert_events WHERE kind = 'resolved'")
+        assert "evaluation state was reset" in resolved["reason"]
+        # Still high for another `for`: raised again, as a new alert.
+        await write(database_url, backend, levels(GAUGE, t0 + 720, [400 + i for i in range(12)]))
+        await await_until(lambda: _count_kind(store, "opened", 2), what="the alert raised again")
+    assert await events(store) == [("opened", GAUGE.id), ("resolved", GAUGE.id), ("opened", GAUGE.id)]

@@ -1,0 +1,26 @@
+"""`pantau rules --check` through the real command: a good pack is summarised, a bad one named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.e2e.test_cli import pantau
+from tests.support import REPO, pantau_env
+
+
+def test_check_summarises_the_default_pack() -> None:
+    out = pantau("rules", "--check", env=pantau_env()).stdout
+    assert out.startswith(f"{REPO / 'deploy' / 'rules.yaml'}: 14 rules ok (")
+    assert "composite 1" in out and "index_band 4" in out and "not evaluated" not in out
+
+
+def test_check_names_the_file_rule_and_field_of_a_mistake(tmp_path: Path) -> None:
+    bad = tmp_path / "rules.yaml"
+    bad.write_text(
+        "version: 1\nrules:\n- id: too-high\n  kind: threshold\n  select: {kind: flood}\n"
+        "  metric: water_level_cm\n  op: '>'\n  value: 300\n  for: 5x\n  severity: warning\n"
+    )
+    proc = pantau("rules", "--check", "--file", str(bad), env=pantau_env(), check=False)
+    assert proc.returncode != 0
+    assert str(bad) in proc.stderr and "too-high" in proc.stderr and "for" in proc.stderr
+    assert "Traceback" not in proc.stderr
