@@ -347,3 +347,23 @@ async def test_a_checkpoint_of_another_engine_version_starts_fresh_and_resolves_
         await write(database_url, backend, levels(GAUGE, t0 + 720, [400 + i for i in range(12)]))
         await await_until(lambda: _count_kind(store, "opened", 2), what="the alert raised again")
     assert await events(store) == [("opened", GAUGE.id), ("resolved", GAUGE.id), ("opened", GAUGE.id)]
+
+
+async def test_a_sensor_registered_while_running_gets_its_rules(
+    database_url: str,
+    backend: Backend,
+    store: Store,
+    sensors: None,
+    worker_settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("rules.worker._REGISTRY_REFRESH_S", 0.2)
+    late = Sensor(id="SPT-FL-09", kind="flood", city=CITY, district="Baamang", metadata={"river": "Mentaya"})
+    t0 = time.time() - 3600
+    async with running(store, worker_settings, pack(LEVEL_HIGH)) as (worker, _):
+        await store.upsert_sensors([late])
+        await await_until(lambda: late.id in worker._sensors, what="the registry refresh")
+        await write(database_url, backend, levels(late, t0, [300 + i for i in range(12)]))
+        await await_until(lambda: events(store), what="the new sensor's alert")
+        assert worker.stats.recoveries == 1  # the state was carried over, not rebuilt
+    assert await events(store) == [("opened", late.id)]
