@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,9 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from ingest.decode import Decoder, Row
 from ingest.writer import WriterRow
+from pantau.metrics import SensorKind
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -247,3 +249,18 @@ def assert_rollups(rollups: list[dict[str, Any]], expected: dict[datetime, tuple
     assert list(found) == list(expected)
     for bucket, want in expected.items():
         assert found[bucket] == pytest.approx(want), bucket
+
+
+def decoded_ticks(ticks: Iterable[Any]) -> Iterator[tuple[float, list[Row]]]:
+    """A simulation's ticks (`Simulation.ticks()`) as ingest decodes them: (tick time, readings).
+
+    Asserts that nothing is rejected (callers simulate without faults)."""
+    decoder = Decoder(max_payload_bytes=65536, max_future_s=300, retention_s=3650 * 86400)
+    for tick in ticks:
+        rows: list[Row] = []
+        rejections: list[Any] = []
+        for topic, payload in tick.messages:
+            _, _, _city, kind, sensor_id = topic.split("/")
+            decoder.decode(payload, sensor_id, SensorKind(kind), tick.t + 1, rows, rejections)
+        assert rejections == []
+        yield tick.t, rows

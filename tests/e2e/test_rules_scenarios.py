@@ -21,17 +21,16 @@ from typing import Any
 
 from psycopg.rows import dict_row
 
-from ingest.decode import Decoder
 from pantau.embedded import EmbeddedMosquitto
 from pantau.metrics import SensorKind
 from pantau.settings import Settings
 from pantau.store import Store
 from rules.config import Severity, load_rules
-from rules.engine import Engine, Reading, Signal, SignalKind
+from rules.engine import Engine, Signal, SignalKind
 from simulators.engine import SimConfig, Simulation
 from simulators.fleet import Fleet, load_fleet
 from simulators.scenarios import load_scenario
-from tests.support import REPO, Subscriber, await_until, ingest_env, wait_until
+from tests.support import REPO, Subscriber, await_until, decoded_ticks, ingest_env, wait_until
 
 WIB = timezone(timedelta(hours=7))
 RANK = {Severity.INFO.value: 0, Severity.WARNING.value: 1, Severity.CRITICAL.value: 2}
@@ -55,16 +54,9 @@ def simulate(fleet: Fleet, episode: Episode, start: float) -> tuple[Simulation, 
     """The episode's readings through the pure engine and the default pack: the expected signals."""
     config = SimConfig(start=start, duration_s=episode.days * 86400, seed=episode.seed)
     sim = Simulation(fleet, load_scenario(episode.scenario), config, faults={})
-    decoder = Decoder(max_payload_bytes=65536, max_future_s=300, retention_s=3650 * 86400)
     engine = Engine(load_rules(REPO / "deploy" / "rules.yaml"), {s.id: s for s in fleet.sensors})
     signals: list[Signal] = []
-    for tick in sim.ticks():
-        rows: list[Reading] = []
-        rejections: list[Any] = []
-        for topic, payload in tick.messages:
-            _, _, _city, kind, sensor_id = topic.split("/")
-            decoder.decode(payload, sensor_id, SensorKind(kind), tick.t + 1, rows, rejections)
-        assert rejections == []
+    for _, rows in decoded_ticks(sim.ticks()):
         signals += engine.evaluate(rows)
     return sim, signals
 

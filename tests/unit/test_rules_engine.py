@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from ingest.decode import Decoder
 from pantau.domain import Sensor
 from pantau.metrics import SensorKind
 from rules.config import Severity, load_rules, parse_rules
@@ -18,6 +17,7 @@ from rules.engine import Engine, Reading, Signal, SignalKind, Skip, Why
 from simulators.engine import SimConfig, Simulation
 from simulators.fleet import load_fleet
 from simulators.scenarios import load_scenario
+from tests.support import decoded_ticks
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_700_000_000.0
@@ -494,19 +494,12 @@ def test_flash_flood_day_raises_siaga_upstream_first_and_clears() -> None:
     sim = Simulation(
         fleet, load_scenario("flash-flood"), SimConfig(start=start, duration_s=3 * 86400, step_s=300, seed=1), faults={}
     )
-    decoder = Decoder(max_payload_bytes=65536, max_future_s=300, retention_s=3650 * 86400)
     sensors = {s.id: s for s in fleet.sensors}
     e = Engine(load_rules(ROOT / "deploy" / "rules.yaml"), sensors)
     out: list[Signal] = []
-    for tick in sim.ticks():
-        rows: list[Reading] = []
-        rejections: list[Any] = []
-        for topic, payload in tick.messages:
-            _, _, _city, kind, sensor_id = topic.split("/")
-            decoder.decode(payload, sensor_id, SensorKind(kind), tick.t + 1, rows, rejections)
-        assert rejections == []
+    for t, rows in decoded_ticks(sim.ticks()):
         out += e.evaluate(rows)
-        out += e.tick(tick.t)
+        out += e.tick(t)
     siaga = [t for t in out if t.rule_id == "river-siaga"]
     first_raise: dict[str, float] = {}
     for t in siaga:
