@@ -49,7 +49,7 @@ from pantau.settings import Settings
 from pantau.store import Store, connect
 from rules.alerts import AlertStore, FlapPolicy, Outcome, Transition
 from rules.config import RuleSet, load_rules
-from rules.engine import Engine, Signal, SignalKind
+from rules.engine import Engine, EngineStats, Signal, SignalKind
 
 __all__ = ["DEFAULT_RULES_FILE", "RuleWorker", "WorkerStats", "load_rule_pack"]
 
@@ -76,6 +76,8 @@ RETURNING id, payload, extract(epoch FROM created_at)::float8 AS created
 """
 
 _encode_state = msgspec.msgpack.Encoder().encode
+# One outbox payload, decoded: (readings, rejections that name a sensor).
+_Decoded = tuple[list[tuple[float, str, str, float]], list[tuple[float, str, str]]]
 
 # Changes when a sensor is added, removed or edited (`last_seen` left out: ingest moves it).
 _REGISTRY_DIGEST = """
@@ -137,11 +139,17 @@ class RuleWorker:
         self._url = settings.database_url
         self._sensors: dict[str, Sensor] = {}
         self._registry_digest = ""
+        self._registry_checked = 0.0  # monotonic time of the last refresh forced by an unknown sensor
         self._engine: Engine | None = None  # None: must be rebuilt from the checkpoint
         self._last_claim = 0  # the last claim committed by this worker
         self._reset_rules: set[str] = set()  # rules whose saved state could not be restored
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
+
+    @property
+    def engine_stats(self) -> EngineStats | None:
+        """The current engine's counters (readings evaluated, skipped by reason), None while rebuilding."""
+        return self._engine.stats if self._engine is not None else None
 
     def stop(self) -> None:
         """Finish the step in hand, checkpoint and return from `run`."""
@@ -277,12 +285,16 @@ class RuleWorker:
                 if not batches and not tick:
                     idle = True
                     raise psycopg.Rollback(tx)  # nothing to do: no claim number spent on the record
+                decoded = [decode_outbox(b["payload"]) for b in batches]
+                if self._unknown_sensors(decoded):  # registered since the last refresh
+                    await self._refresh_sensors()
+                    engine = self._engine
+                    assert engine is not None
                 now = self._clock()
                 advanced = True
                 # In a thread: the event loop stays free for the notifier and the LISTEN pump while a
                 # big step evaluates (the engine is touched by one step at a time).
-                payloads = [b["payload"] for b in batches]
-                signals = await asyncio.to_thread(self._evaluate, engine, payloads, now, tick)
+                signals = await asyncio.to_thread(self._evaluate, engine, decoded, now, tick)
                 outcomes = [await self._apply(cur, s) for s in signals]
                 await cur.execute(
                     "INSERT INTO rule_claims (claim, worker, at, tick) VALUES (%s, %s, %s, %s)",
@@ -309,12 +321,23 @@ class RuleWorker:
             stats.max_lag_s = max(stats.max_lag_s, time.time() - min(float(b["created"]) for b in batches))
         return len(batches)
 
-    def _evaluate(self, engine: Engine, payloads: Sequence[bytes], now: float, tick: bool) -> list[Signal]:
+    def _unknown_sensors(self, decoded: Sequence[_Decoded]) -> bool:
+        """Whether a batch names a sensor the engine does not know (at most once per refresh
+        interval's tenth, so a stream of readings from a deleted sensor cannot force a reload each step)."""
+        if time.monotonic() - self._registry_checked < _REGISTRY_REFRESH_S / 10:
+            return False
+        known = self._sensors
+        for rows, rejections in decoded:
+            if any(r[1] not in known for r in rows) or any(x[1] not in known for x in rejections):
+                self._registry_checked = time.monotonic()
+                return True
+        return False
+
+    def _evaluate(self, engine: Engine, decoded: Sequence[_Decoded], now: float, tick: bool) -> list[Signal]:
         """One step's evaluation; the same for live steps and replays."""
         readings: list[tuple[float, str, str, float]] = []
         rejections: list[tuple[float, str, str]] = []
-        for payload in payloads:
-            r, x = decode_outbox(payload)
+        for r, x in decoded:
             readings += r
             rejections += x
         self.stats.readings += len(readings)
@@ -385,8 +408,8 @@ class RuleWorker:
             claims = await cur.fetchall()
             for c in claims:
                 await cur.execute("SELECT payload FROM ingest_batches WHERE claim = %s ORDER BY id", (c["claim"],))
-                payloads = [b["payload"] for b in await cur.fetchall()]
-                self._evaluate(engine, payloads, float(c["at"]), bool(c["tick"]))
+                decoded = [decode_outbox(b["payload"]) for b in await cur.fetchall()]
+                self._evaluate(engine, decoded, float(c["at"]), bool(c["tick"]))
                 last = int(c["claim"])
         self._engine = engine
         self._last_claim = last

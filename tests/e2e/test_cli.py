@@ -29,7 +29,7 @@ def pantau(*args: str, env: dict[str, str], check: bool = True) -> subprocess.Co
 
 def test_help_lists_every_subcommand() -> None:
     out = pantau("--help", env=pantau_env()).stdout
-    for command in ("up", "ingest", "maintain", "db", "sensors", "bench", "simulate"):
+    for command in ("up", "ingest", "rules", "maintain", "db", "sensors", "alerts", "bench", "simulate"):
         assert f"    {command} " in out, f"{command} missing from --help"
 
 
@@ -161,6 +161,19 @@ def test_up_runs_the_stack_and_lands_readings(up_home: Path) -> None:
 
         # Ingest may still be starting (it is a supervised child process): retry the publish.
         wait_until(lambda: landed(1), timeout_s=60, interval_s=1.0, what="a reading and a rejection via `up`")
+
+        # The rules component raises an alert from the default pack: haze-level PM2.5 lifts the
+        # station's 24 h mean into an ISPU band that alerts.
+        mosquitto_pub(json.dumps({"ts": time.time(), "pm25": 1900.0}))
+
+        def ispu_alert() -> bool:
+            with psycopg.connect(db) as conn:
+                row = conn.execute(
+                    "SELECT count(*) FROM alerts WHERE rule_id = 'air-ispu' AND scope = 'KTG-AQ-07' AND state = 'open'"
+                ).fetchone()
+            return bool(row and row[0] == 1)
+
+        wait_until(ispu_alert, timeout_s=60, interval_s=0.5, what="an ISPU alert raised under `up`")
 
         # The supervisor restarts a crashed component.
         ingest_pid = _child_running(up.pid, b"ingest")

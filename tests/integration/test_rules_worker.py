@@ -367,3 +367,17 @@ async def test_a_sensor_registered_while_running_gets_its_rules(
         await await_until(lambda: events(store), what="the new sensor's alert")
         assert worker.stats.recoveries == 1  # the state was carried over, not rebuilt
     assert await events(store) == [("opened", late.id)]
+
+
+async def test_the_first_readings_of_a_just_registered_sensor_are_evaluated(
+    database_url: str, backend: Backend, store: Store, sensors: None, worker_settings: Settings
+) -> None:
+    late = Sensor(id="SPT-FL-10", kind="flood", city=CITY, district="Baamang", metadata={"river": "Mentaya"})
+    t0 = time.time() - 3600
+    async with running(store, worker_settings, pack(LEVEL_HIGH)) as (worker, _):
+        await store.upsert_sensors([late])  # long before the periodic registry refresh
+        await write(database_url, backend, levels(late, t0, [300 + i for i in range(12)]))
+        await await_until(lambda: events(store), what="the new sensor's alert")
+        assert worker.engine_stats is not None
+        assert worker.engine_stats.skipped == {}  # nothing was skipped as an unknown sensor
+    assert await events(store) == [("opened", late.id)]
