@@ -45,6 +45,11 @@ WriterRow = tuple[float, str, str, float]
 # A rejection row: (received_at epoch s, topic, payload or None, reason, detail).
 RejectRow = tuple[float, str, bytes | None, str, str]
 
+# A rejection as the rule engine sees it: (received_at epoch s, sensor id, reason).
+NamedRejection = tuple[float, str, str]
+# One decoded `ingest_batches.payload`: the batch's readings and its rejections that name a sensor.
+OutboxBatch = tuple[list[WriterRow], list[NamedRejection]]
+
 # Channel the rule workers LISTEN on: a batch is waiting in `ingest_batches`.
 BATCHES_CHANNEL = "pantau_batches"
 _encode_outbox = msgspec.msgpack.Encoder().encode
@@ -55,7 +60,7 @@ def outbox_payload(rows: list[WriterRow], rejections: list[RejectRow]) -> bytes:
 
     msgpack {"r": [[ts, sensor_id, metric, value], ...], "x": [[received_at, sensor_id, reason], ...]}.
     """
-    named: list[tuple[float, str, str]] = []
+    named: list[NamedRejection] = []
     for received_at, topic, _payload, reason, _detail in rejections:
         parts = topic.split("/")
         if len(parts) == 5 and parts[0] == "pantau" and parts[4]:
@@ -63,7 +68,7 @@ def outbox_payload(rows: list[WriterRow], rejections: list[RejectRow]) -> bytes:
     return _encode_outbox({"r": rows, "x": named})
 
 
-def decode_outbox(payload: bytes) -> tuple[list[WriterRow], list[tuple[float, str, str]]]:
+def decode_outbox(payload: bytes) -> OutboxBatch:
     """The readings and named rejections of an `ingest_batches.payload`."""
     doc = msgspec.msgpack.decode(payload)
     return [tuple(r) for r in doc["r"]], [tuple(x) for x in doc["x"]]

@@ -226,9 +226,9 @@ async def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 async def cmd_rules(args: argparse.Namespace, settings: Settings) -> int:
     from rules.config import load_rules
     from rules.engine import Engine
-    from rules.worker import DEFAULT_RULES_FILE, RuleWorker
+    from rules.worker import RuleWorker, rule_pack_path
 
-    path = Path(args.file or settings.rules.file or DEFAULT_RULES_FILE)
+    path = rule_pack_path(settings, args.file)
     rules = load_rules(path)  # a RuleFileError names the file, rule and field
     if args.check:
         kinds = Counter(rule.kind.value for rule in rules)

@@ -42,16 +42,16 @@ import psycopg
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import DictRow, dict_row
 
-from ingest.writer import BATCHES_CHANNEL, decode_outbox
+from ingest.writer import BATCHES_CHANNEL, NamedRejection, OutboxBatch, WriterRow, decode_outbox
 from pantau.domain import Sensor
 from pantau.errors import StoreUnavailable
 from pantau.settings import Settings
 from pantau.store import Store, connect
 from rules.alerts import AlertStore, FlapPolicy, Outcome, Transition
-from rules.config import RuleSet, load_rules
+from rules.config import RuleSet
 from rules.engine import Engine, EngineStats, Signal, SignalKind
 
-__all__ = ["DEFAULT_RULES_FILE", "RuleWorker", "WorkerStats", "load_rule_pack"]
+__all__ = ["DEFAULT_RULES_FILE", "RuleWorker", "WorkerStats", "rule_pack_path"]
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,6 @@ RETURNING id, payload, extract(epoch FROM created_at)::float8 AS created
 """
 
 _encode_state = msgspec.msgpack.Encoder().encode
-# One outbox payload, decoded: (readings, rejections that name a sensor).
-_Decoded = tuple[list[tuple[float, str, str, float]], list[tuple[float, str, str]]]
 
 # Changes when a sensor is added, removed or edited (`last_seen` left out: ingest moves it).
 _REGISTRY_DIGEST = """
@@ -91,9 +89,9 @@ class _Stopped(Exception):
     """Stopped while waiting for another worker's lock."""
 
 
-def load_rule_pack(settings: Settings) -> RuleSet:
-    """The rule pack `[rules] file` names, or the default pack."""
-    return load_rules(settings.rules.file or DEFAULT_RULES_FILE)
+def rule_pack_path(settings: Settings, override: str | None = None) -> Path:
+    """The rule pack to load: `override` (a command-line --file), `[rules] file`, or the default pack."""
+    return Path(override or settings.rules.file or DEFAULT_RULES_FILE)
 
 
 @dataclass(slots=True)
@@ -321,7 +319,7 @@ class RuleWorker:
             stats.max_lag_s = max(stats.max_lag_s, time.time() - min(float(b["created"]) for b in batches))
         return len(batches)
 
-    def _unknown_sensors(self, decoded: Sequence[_Decoded]) -> bool:
+    def _unknown_sensors(self, decoded: Sequence[OutboxBatch]) -> bool:
         """Whether a batch names a sensor the engine does not know (at most once per refresh
         interval's tenth, so a stream of readings from a deleted sensor cannot force a reload each step)."""
         if time.monotonic() - self._registry_checked < _REGISTRY_REFRESH_S / 10:
@@ -333,10 +331,10 @@ class RuleWorker:
                 return True
         return False
 
-    def _evaluate(self, engine: Engine, decoded: Sequence[_Decoded], now: float, tick: bool) -> list[Signal]:
+    def _evaluate(self, engine: Engine, decoded: Sequence[OutboxBatch], now: float, tick: bool) -> list[Signal]:
         """One step's evaluation; the same for live steps and replays."""
-        readings: list[tuple[float, str, str, float]] = []
-        rejections: list[tuple[float, str, str]] = []
+        readings: list[WriterRow] = []
+        rejections: list[NamedRejection] = []
         for r, x in decoded:
             readings += r
             rejections += x
@@ -475,8 +473,9 @@ class RuleWorker:
 
     # -- sensors ----------------------------------------------------------------------------------
 
-    async def _load_sensors(self) -> None:
-        self._registry_digest = await self._registry_fingerprint()
+    async def _load_sensors(self, digest: str | None = None) -> None:
+        """Read the registry; `digest` is its fingerprint when the caller has just computed it."""
+        self._registry_digest = digest if digest is not None else await self._registry_fingerprint()
         self._sensors = {s.id: s for s in await self.store.sensors()}
 
     async def _registry_fingerprint(self) -> str:
@@ -489,9 +488,10 @@ class RuleWorker:
 
     async def _refresh_sensors(self) -> None:
         """Pick up registry edits: a new engine over the new registry, carrying the state over."""
-        if await self._registry_fingerprint() == self._registry_digest or self._engine is None:
+        digest = await self._registry_fingerprint()
+        if digest == self._registry_digest or self._engine is None:
             return
-        await self._load_sensors()
+        await self._load_sensors(digest)
         engine = Engine(self.rules, self._sensors)
         engine.restore(self._engine.state())
         self._engine = engine
