@@ -21,10 +21,19 @@ from __future__ import annotations
 
 import math
 from array import array
+from bisect import bisect_right
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
-__all__ = ["MAX_RESOLUTION_S", "SLOTS_PER_WINDOW", "Window", "resolution_s"]
+__all__ = [
+    "MAX_RESOLUTION_S",
+    "SLOTS_PER_WINDOW",
+    "History",
+    "Summary",
+    "Window",
+    "history_resolution",
+    "resolution_s",
+]
 
 # A running sum drifts by about one ulp per add/subtract; recomputing it every 512 pushes keeps the
 # error far below any threshold's resolution at the cost of one pass over the window.
@@ -44,10 +53,28 @@ def resolution_s(width_s: float) -> float:
     return min(width_s / SLOTS_PER_WINDOW, MAX_RESOLUTION_S) if width_s > 0 else MAX_RESOLUTION_S
 
 
+def history_resolution(width_s: float) -> float:
+    """The slot width of the shared `History` a window `width_s` wide reads: its own resolution
+    rounded down to a power of two (so windows of nearby widths share one history, each within
+    its own resolution), or the cap for windows so wide that their resolution is the cap."""
+    res = resolution_s(width_s)
+    return res if res >= MAX_RESOLUTION_S else 2.0 ** math.floor(math.log2(res))
+
+
+class Summary(NamedTuple):
+    """Readings, sum, min and max of part of a window (min/max are ±inf when not asked for or empty)."""
+
+    readings: int
+    total: float
+    low: float
+    high: float
+
+
 class Window:
     """The readings of one series within a trailing event-time width, as slot entries."""
 
     __slots__ = (
+        "_fixed_res",
         "_head",
         "_hi",
         "_lo",
@@ -64,7 +91,7 @@ class Window:
         "ts",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, resolution: float | None = None) -> None:
         self.ts = array("d")  # each entry's first reading
         self.sums = array("d")
         # Readings, min and max per entry: empty while every entry is a single reading (its sum),
@@ -80,13 +107,15 @@ class Window:
         self._hi: float | None = None
         self._pushes = 0
         self._width = math.nan  # the width last pushed with, and its resolution
-        self._res = MAX_RESOLUTION_S
+        self._res = MAX_RESOLUTION_S if resolution is None else resolution
+        self._fixed_res = resolution  # given: the slot width whatever the width (a `History`)
 
     def push(self, ts: float, value: float, width_s: float, *, closed: bool = False) -> None:
         """Add a reading (ts not older than the last) and trim to `width_s` before ts (see `trim`)."""
         if ts >= self._slot_end or width_s != self._width:
             if width_s != self._width:
-                self._width, self._res = width_s, resolution_s(width_s)
+                self._width = width_s
+                self._res = resolution_s(width_s) if self._fixed_res is None else self._fixed_res
             res = self._res
             self._slot_end = (ts // res + 1.0) * res
             self.ts.append(ts)
@@ -196,6 +225,23 @@ class Window:
             self._hi = max((self.hi if self.n else self.sums)[self._head :])
         return self._hi
 
+    def summary(self, horizon: float, *, extremes: bool = False) -> Summary:
+        """The entries whose first reading is after `horizon`: readings, sum, and (with `extremes`)
+        min and max. A window wider than the one asked about answers for the narrower one."""
+        ts, head = self.ts, self._head
+        j = bisect_right(ts, horizon, head)
+        if j == len(ts):
+            return Summary(0, 0.0, math.inf, -math.inf)
+        if j == head and not extremes:
+            return Summary(self._readings, self.total, math.inf, -math.inf)
+        single = not self.n
+        count = len(ts) - j if single else int(sum(self.n[j:]))
+        total = math.fsum(self.sums[j:])
+        if not extremes:
+            return Summary(count, total, math.inf, -math.inf)
+        lo, hi = (self.sums, self.sums) if single else (self.lo, self.hi)
+        return Summary(count, total, min(lo[j:]), max(hi[j:]))
+
     def export(self) -> list[list[float]]:
         """JSON-serialisable form: [first ts, sum] per entry, plus [count, min, max] once any entry
         holds more than one reading."""
@@ -206,20 +252,60 @@ class Window:
         return out
 
     @classmethod
-    def load(cls, data: Sequence[Any], width_s: float) -> Window:
-        """The window `export` wrote (for a window `width_s` wide)."""
+    def load(cls, data: Sequence[Any], width_s: float, resolution: float | None = None) -> Window:
+        """The window `export` wrote (for a window `width_s` wide; `resolution` as for `Window`)."""
         if len(data) not in (2, 5) or len({len(col) for col in data}) != 1:
             raise ValueError("window: expected 2 or 5 columns of equal length")
-        w = cls()
+        w = cls(resolution)
         w.ts.extend(float(t) for t in data[0])
         w.sums.extend(float(v) for v in data[1])
         if len(data) == 5:
             w.n.extend(float(c) for c in data[2])
             w.lo.extend(float(v) for v in data[3])
             w.hi.extend(float(v) for v in data[4])
-        w._width, w._res = width_s, resolution_s(width_s)
+        w._width, w._res = width_s, resolution_s(width_s) if resolution is None else resolution
         if w.ts:
             w._slot_end = (w.ts[-1] // w._res + 1.0) * w._res
         w._readings = int(sum(w.n)) if w.n else len(w.ts)
         w._total = math.fsum(w.sums)
         return w
+
+
+class History:
+    """One metric's trailing window per sensor, shared by every aggregated threshold that reads
+    the metric over a window of about the same width (the same `history_resolution`).
+
+    It holds the widest of its readers' windows; a reader asks for its own width with
+    `Window.summary`. Each reader's far edge is exact to within the history's resolution, which is
+    no coarser than the reader's own (`resolution_s`). Readings are pushed once per reading, not
+    once per rule, and a rule that cannot fire need not look at them at all (the engine's
+    ThresholdEvaluator): the history is what lets it skip a sensor without losing the window.
+    """
+
+    __slots__ = ("metric", "resolution", "width_s", "windows")
+
+    def __init__(self, metric: str, resolution: float) -> None:
+        self.metric = metric
+        self.resolution = resolution
+        self.width_s = 0.0  # the widest reader's window
+        self.windows: dict[str, Window] = {}  # sensor id → its window
+
+    @property
+    def key(self) -> str:
+        """The name the engine's state keeps this history under."""
+        return f"{self.metric}@{self.resolution:g}"
+
+    def push(self, sid: str, ts: Sequence[float], values: Sequence[float]) -> None:
+        """Add a sensor's in-order readings (newer than any it holds)."""
+        w = self.windows.get(sid)
+        if w is None:
+            w = self.windows[sid] = Window(self.resolution)
+        width = self.width_s
+        for t, v in zip(ts, values, strict=True):
+            w.push(t, v, width)
+
+    def export(self) -> dict[str, list[list[float]]]:
+        return {sid: w.export() for sid, w in self.windows.items()}
+
+    def load(self, data: dict[str, Any]) -> None:
+        self.windows = {sid: Window.load(d, self.width_s, self.resolution) for sid, d in data.items()}

@@ -146,9 +146,9 @@ def test_series_cadence_is_shared_and_survives_a_restart() -> None:
 
 def test_a_state_of_another_version_is_refused() -> None:
     e = engine(high())
-    assert STATE_VERSION == 2
-    with pytest.raises(ValueError, match="version 1 is not 2"):
-        e.restore({**e.state(), "version": 1})
+    assert STATE_VERSION == 3
+    with pytest.raises(ValueError, match="version 2 is not 3"):
+        e.restore({**e.state(), "version": 2})
 
 
 def test_aggregated_threshold_at_1hz_matches_the_exact_mean_within_the_resolution() -> None:
