@@ -39,6 +39,21 @@ Rejection = tuple[Reason, str]
 Row = tuple[float, str, str, float]
 
 
+# The details of value rejections: "[record N: ]<metric>=<value> ..." (out of range), "<metric> is
+# not finite" and "<metric> is too large for a double" (non_finite).
+_VALUE_DETAIL_RE = re.compile(r"^(?:record \d+: )?([a-z][a-z0-9_]*)(?:=| is not finite\Z| is too large for a double\Z)")
+
+
+def rejected_metric(reason: str, detail: str) -> str | None:
+    """The metric a value rejection (out_of_range, or non_finite) was about, from its detail; None
+    for other rejections. The rule engine's out_of_range checks count a sensor's rejections per
+    metric with it."""
+    if reason not in (Reason.OUT_OF_RANGE, Reason.NON_FINITE):
+        return None
+    m = _VALUE_DETAIL_RE.match(detail)
+    return m.group(1) if m is not None and m.group(1) in METRICS else None
+
+
 class SenMLRecord(msgspec.Struct, omit_defaults=True):
     """One SenML record in its JSON form; unknown fields are ignored as RFC 8428 says."""
 
@@ -117,6 +132,7 @@ class Decoder:
 
     @staticmethod
     def _check_value(metric: Metric, value: float, where: str) -> Rejection | None:
+        # The detail starts with `where` and the metric name: `rejected_metric` reads it back.
         if not math.isfinite(value):
             return Reason.NON_FINITE, f"{where}{metric.name} is not finite"
         if not metric.low <= value <= metric.high:
@@ -216,7 +232,7 @@ class Decoder:
             try:
                 value = float(value)
             except OverflowError:  # an integer literal too large for a double
-                rejections.append((Reason.NON_FINITE, f"{name} is too large for a double"))
+                rejections.append((Reason.NON_FINITE, f"{name} is too large for a double"))  # rejected_metric
                 continue
             bad = self._check_value(metric, value, "")
             if bad is not None:

@@ -24,6 +24,7 @@ import numpy as np
 import psycopg
 from psycopg import AsyncConnection, errors
 
+from ingest.decode import rejected_metric
 from pantau.errors import StoreError, StoreUnavailable
 from pantau.store import connect
 from pantau.store.maintenance import ensure_partitions
@@ -45,8 +46,9 @@ WriterRow = tuple[float, str, str, float]
 # A rejection row: (received_at epoch s, topic, payload or None, reason, detail).
 RejectRow = tuple[float, str, bytes | None, str, str]
 
-# A rejection as the rule engine sees it: (received_at epoch s, sensor id, reason).
-NamedRejection = tuple[float, str, str]
+# A rejection as the rule engine sees it: (received_at epoch s, sensor id, reason, metric): the
+# metric of a value rejection (ingest.decode.rejected_metric), else None.
+NamedRejection = tuple[float, str, str, str | None]
 # One decoded `ingest_batches.payload`: the batch's readings and its rejections that name a sensor.
 OutboxBatch = tuple[list[WriterRow], list[NamedRejection]]
 
@@ -58,20 +60,22 @@ _encode_outbox = msgspec.msgpack.Encoder().encode
 def outbox_payload(rows: list[WriterRow], rejections: list[RejectRow]) -> bytes:
     """The `ingest_batches.payload` of one batch: its readings, and its rejections that name a sensor.
 
-    msgpack {"r": [[ts, sensor_id, metric, value], ...], "x": [[received_at, sensor_id, reason], ...]}.
+    msgpack {"r": [[ts, sensor_id, metric, value], ...],
+             "x": [[received_at, sensor_id, reason, metric or nil], ...]}.
     """
     named: list[NamedRejection] = []
-    for received_at, topic, _payload, reason, _detail in rejections:
+    for received_at, topic, _payload, reason, detail in rejections:
         parts = topic.split("/")
         if len(parts) == 5 and parts[0] == "pantau" and parts[4]:
-            named.append((received_at, parts[4], reason))
+            named.append((received_at, parts[4], reason, rejected_metric(reason, detail)))
     return _encode_outbox({"r": rows, "x": named})
 
 
 def decode_outbox(payload: bytes) -> OutboxBatch:
-    """The readings and named rejections of an `ingest_batches.payload`."""
+    """The readings and named rejections of an `ingest_batches.payload` (a rejection written
+    before rejections carried their metric reads as one without)."""
     doc = msgspec.msgpack.decode(payload)
-    return [tuple(r) for r in doc["r"]], [tuple(x) for x in doc["x"]]
+    return [tuple(r) for r in doc["r"]], [(x[0], x[1], x[2], x[3] if len(x) > 3 else None) for x in doc["x"]]
 
 
 @dataclass(frozen=True, slots=True)

@@ -225,7 +225,6 @@ async def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 async def cmd_rules(args: argparse.Namespace, settings: Settings) -> int:
     from rules.config import load_rules
-    from rules.engine import Engine
     from rules.worker import RuleWorker, rule_pack_path
 
     path = rule_pack_path(settings, args.file)
@@ -233,8 +232,6 @@ async def cmd_rules(args: argparse.Namespace, settings: Settings) -> int:
     if args.check:
         kinds = Counter(rule.kind.value for rule in rules)
         print(f"{path}: {len(rules.rules)} rules ok ({', '.join(f'{k} {n}' for k, n in sorted(kinds.items()))})")
-        for rule_id, why in Engine(rules, {}).unsupported_rules.items():
-            print(f"  {rule_id}: not evaluated: {why}")
         return 0
     from pantau.store import Store
     from rules.notify import AlertNotifier

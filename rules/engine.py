@@ -19,10 +19,8 @@ levels, windows, watermarks, arrivals, rejection counts, composite scopes) as JS
 fires a duplicate.
 
 Kinds evaluated: threshold (with aggregate + window), rate_of_change, index_band (ispu, siaga, los,
-rain), absence, data_quality (stuck, out_of_range) and composite. A rule this engine cannot evaluate
-is listed in `Engine.unsupported_rules` with the reason (today only an out_of_range check restricted
-to one `metric`: rejections do not say which metric failed). Semantics (gaps, late readings, levels,
-arrivals) are in docs/rules.md, "Evaluation".
+rain), absence, data_quality (stuck, out_of_range, also of one `metric`) and composite. Semantics
+(gaps, late readings, levels, arrivals, windows) are in docs/rules.md, "Evaluation".
 """
 
 from __future__ import annotations
@@ -111,9 +109,10 @@ __all__ = [
 ]
 
 Reading = tuple[float, str, str, float]  # (ts epoch s, sensor id, metric, value): ingest.decode.Row
-# (received_at epoch s, sensor id, reason): an ingest rejection whose topic named a sensor; the
-# reason is a pantau.domain.Reason value ("out_of_range", ...). ingest.writer.decode_outbox.
-Rejection = tuple[float, str, str]
+# (received_at epoch s, sensor id, reason, metric): an ingest rejection whose topic named a sensor;
+# the reason is a pantau.domain.Reason value ("out_of_range", ...), the metric that of a value
+# rejection, else None (ingest.decode.rejected_metric). ingest.writer.decode_outbox.
+Rejection = tuple[float, str, str, str | None]
 # 2: the series' cadence moved from each rule's state to the engine's (`intervals`), idle series
 # keep no state, per-series state exports as lists, windows as slot entries (rules.windows).
 # 3: aggregated thresholds read shared histories (the engine's "histories"), keep `recent`.
@@ -1040,9 +1039,9 @@ class OutOfRangeEvaluator:
     def finish(self, out: list[Signal]) -> None:
         pass
 
-    def counts(self, reason: str) -> bool:
-        """Whether rejections of this reason count for the rule."""
-        return reason in self._r.reasons
+    def counts(self, reason: str, metric: str | None) -> bool:
+        """Whether a rejection of this reason (about this metric, if a value's) counts for the rule."""
+        return reason in self._r.reasons and (self._r.metric is None or metric == self._r.metric)
 
     def reject(self, sensor: Sensor, received: Sequence[float], out: list[Signal]) -> None:
         """Count this sensor's rejections of the batch (receive times, ascending)."""
@@ -1404,16 +1403,6 @@ def _iso(ts: float) -> str:
 # -- the engine ------------------------------------------------------------------------------------
 
 
-def _unsupported_reason(rule: Rule) -> str | None:
-    if isinstance(rule, OutOfRangeRule) and rule.metric is not None:
-        return (
-            f"data_quality/out_of_range with 'metric: {rule.metric}' is not evaluated: ingest's rejections"
-            " (received_at, sensor, reason) do not say which metric was rejected; drop 'metric' to count"
-            " all of the sensor's rejections"
-        )
-    return None
-
-
 class Engine:
     """Evaluates a RuleSet over batches of readings from a sensor registry, in event time."""
 
@@ -1423,7 +1412,6 @@ class Engine:
         self.rules = rules
         self.sensors = dict(sensors)
         self._ctx = Context(min_gap_s=min_gap_s)
-        unsupported: dict[str, str] = {}
         disabled: list[str] = []
         evaluators: list[Evaluator] = []
         counters: list[OutOfRangeEvaluator] = []
@@ -1431,10 +1419,7 @@ class Engine:
             if not rule.enabled:
                 disabled.append(rule.id)
                 continue
-            reason = _unsupported_reason(rule)
-            if reason is not None:
-                unsupported[rule.id] = reason
-            elif isinstance(rule, ThresholdRule):
+            if isinstance(rule, ThresholdRule):
                 evaluators.append(ThresholdEvaluator(rule, self._ctx))
             elif isinstance(rule, RateOfChangeRule):
                 evaluators.append(RateEvaluator(rule, self._ctx))
@@ -1448,7 +1433,6 @@ class Engine:
                 counters.append(OutOfRangeEvaluator(rule, self._ctx, self.sensors))
             else:
                 evaluators.append(CompositeEvaluator(rule, self._ctx))
-        self.unsupported_rules: Mapping[str, str] = unsupported
         self.disabled_rules: tuple[str, ...] = tuple(disabled)
         # Readings are routed to `_readers`; rejections to `_counters` (they read no readings).
         self._readers: tuple[Evaluator, ...] = tuple(evaluators)
@@ -1540,20 +1524,20 @@ class Engine:
         """Route the batch's rejections to the out_of_range counters, then advance their clocks."""
         stats = self._ctx.stats
         stats.rejections += len(rejections)
-        by_sensor: dict[str, list[tuple[float, str]]] = {}
+        by_sensor: dict[str, list[tuple[float, str, str | None]]] = {}
         newest = arrived
-        for received_at, sid, reason in rejections:
+        for received_at, sid, reason, metric in rejections:
             if sid not in self.sensors:
                 stats.rejections_skipped[Skip.UNKNOWN_SENSOR] += 1
                 continue
-            by_sensor.setdefault(sid, []).append((received_at, reason))
+            by_sensor.setdefault(sid, []).append((received_at, reason, metric))
             if newest is None or received_at > newest:
                 newest = received_at
         for sid, items in by_sensor.items():
             sensor = self.sensors[sid]
-            items.sort()
+            items.sort(key=_received_at)
             for ev in self._counter_route(sensor):
-                received = [t for t, reason in items if ev.counts(reason)]
+                received = [t for t, reason, metric in items if ev.counts(reason, metric)]
                 if received:
                     ev.reject(sensor, received, out)
         if newest is not None:
@@ -1739,3 +1723,7 @@ def _selects(rule: Rule, sensor: Sensor) -> bool:
 
 def _event_ts(t: Signal) -> float:
     return t.event_ts
+
+
+def _received_at(item: tuple[float, str, str | None]) -> float:
+    return item[0]

@@ -382,8 +382,6 @@ class RuleWorker:
     async def _recover(self) -> None:
         """Restore the checkpoint and replay the claims committed since, without applying them again."""
         engine = Engine(self.rules, self._sensors)
-        for rule_id, why in engine.unsupported_rules.items():
-            log.warning("rules: %s is not evaluated: %s", rule_id, why)
         async with self.store.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             await cur.execute("SELECT last_claim, state FROM rule_checkpoints WHERE worker = %s", (self.name,))
             saved = await cur.fetchone()

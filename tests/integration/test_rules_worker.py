@@ -114,10 +114,15 @@ async def waiting_batches(store: Store) -> int:
 def test_outbox_payload_round_trip() -> None:
     rows: list[WriterRow] = [(1.5, "A", "pm25", 3.0), (2.0, "B", "co", 4.25)]
     rejections: list[RejectRow] = [
-        (9.0, "pantau/v1/sampit/air/A", b"{}", "out_of_range", "pm25=-3"),
+        (9.0, "pantau/v1/sampit/air/A", b"{}", "out_of_range", "pm25=-3 µg/m³ outside 0..2000"),
+        (9.2, "pantau/v1/sampit/air/A", b"{", "malformed_json", "expected '}'"),
         (9.5, "not/a/sensor/topic", b"", "bad_topic", ""),  # names no sensor: not handed over
     ]
-    assert decode_outbox(outbox_payload(rows, rejections)) == (rows, [(9.0, "A", "out_of_range")])
+    named = [(9.0, "A", "out_of_range", "pm25"), (9.2, "A", "malformed_json", None)]
+    assert decode_outbox(outbox_payload(rows, rejections)) == (rows, named)
+    # A payload written before rejections carried their metric reads as one without.
+    old = msgspec.msgpack.encode({"r": rows, "x": [[9.0, "A", "out_of_range"]]})
+    assert decode_outbox(old) == (rows, [(9.0, "A", "out_of_range", None)])
 
 
 async def test_batch_commits_with_its_outbox_row(

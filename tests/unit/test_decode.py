@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from ingest.decode import SENML_RELATIVE_LIMIT, Decoder, Rejection, Row
+from ingest.decode import SENML_RELATIVE_LIMIT, Decoder, Rejection, Row, rejected_metric
 from pantau.domain import Reason
-from pantau.metrics import SensorKind
+from pantau.metrics import METRICS, SensorKind
 
 # 2023-11-14T22:13:20Z: a round receive time that makes expected timestamps easy to read.
 NOW = 1_700_000_000.0
@@ -326,6 +326,26 @@ def test_object_value_exactly_at_a_bound_is_accepted(metric: str, value: float) 
 )
 def test_object_value_out_of_range(metric: str, value: float, detail: str) -> None:
     assert only_reason({metric: value}) == (Reason.OUT_OF_RANGE, detail)
+    assert rejected_metric(Reason.OUT_OF_RANGE, detail) == metric
+
+
+def test_value_rejections_name_their_metric_for_the_rule_engine() -> None:
+    # Every metric, out of range and non-finite, in a JSON object and in a SenML pack.
+    for name, metric in METRICS.items():
+        kind, sid = next(iter(metric.kinds)), AIR_ID
+        for value in (metric.high + 1, metric.low - 1):
+            (reason, detail) = only_reason({name: value}, sensor_id=sid, kind=kind)
+            assert (reason, rejected_metric(reason, detail)) == (Reason.OUT_OF_RANGE, name)
+        pack = [{"bn": f"{sid}:", "bt": 1.7e9}, {"n": "x"}, {"n": name, "v": metric.high + 1}]
+        problems = [p for p in decode(pack, sensor_id=sid, kind=kind)[1] if p[0] is Reason.OUT_OF_RANGE]
+        assert [rejected_metric(*p) for p in problems] == [name], problems
+    assert rejected_metric(Reason.NON_FINITE, "record 3: pm25 is not finite") == "pm25"
+    (reason, detail) = only_reason(b'{"pm10": 1' + b"0" * 400 + b"}")
+    assert (reason, rejected_metric(reason, detail)) == (Reason.NON_FINITE, "pm10")
+    # Other rejections name none, nor does a detail that is not a value's.
+    assert rejected_metric(Reason.UNKNOWN_METRIC, "unknown metric 'pm26'") is None
+    assert rejected_metric(Reason.OUT_OF_RANGE, "record 8") is None
+    assert rejected_metric(Reason.NON_FINITE, "NaN and Infinity are not numbers in JSON") is None
 
 
 def test_object_traffic_and_flood_kinds() -> None:

@@ -465,20 +465,9 @@ def test_ispu_state_round_trips_mid_window() -> None:
 # -- the real rule pack and the simulators ---------------------------------------------------------
 
 
-def test_what_the_engine_cannot_evaluate_is_listed_with_the_reason() -> None:
-    # Rejections carry no metric, so an out_of_range check restricted to one cannot be counted.
-    rule = {"id": "pm25-rejected", "kind": "data_quality", "check": "out_of_range", "select": {"kind": "air"}}
-    e = engine(rule | {"metric": "pm25", "count": 3, "window": "1h", "severity": "info"}, threshold())
-    assert list(e.unsupported_rules) == ["pm25-rejected"]
-    assert "metric" in e.unsupported_rules["pm25-rejected"]
-    assert [ev.rule.id for ev in e.evaluators] == ["pm25-high"]
-    assert e.evaluate([], [(T0, "AQ-1", "out_of_range")] * 5, arrived=T0) == []
-
-
 def test_default_pack_loads_and_evaluates_every_rule() -> None:
     rules = load_rules(ROOT / "deploy" / "rules.yaml")
     e = Engine(rules, SENSORS)
-    assert e.unsupported_rules == {}
     assert len(e.evaluators) + len(e.disabled_rules) == len(rules)
     assert {ev.tag for ev in e.evaluators} >= {"data_quality/stuck", "data_quality/out_of_range", "composite"}
     out = feed(e, series("WL-1", "water_level_cm", [50, 150, 250, 350]))

@@ -222,8 +222,11 @@ def oor(**fields: Any) -> dict[str, Any]:
     return rule | {"count": 3, "window": "1h", "severity": "warning"} | fields
 
 
-def rejected(sensor: str, minutes: list[float], reason: str = "out_of_range") -> list[Rejection]:
-    return [(T0 + m * MIN, sensor, reason) for m in minutes]
+def rejected(
+    sensor: str, minutes: list[float], reason: str = "out_of_range", metric: str | None = "pm25"
+) -> list[Rejection]:
+    about = metric if reason in ("out_of_range", "non_finite") else None  # only value rejections name one
+    return [(T0 + m * MIN, sensor, reason, about) for m in minutes]
 
 
 def test_out_of_range_raises_exactly_at_the_count() -> None:
@@ -337,3 +340,13 @@ def test_default_pack_counts_rejections_of_any_sensor() -> None:
     (cleared,) = [t for t in e.tick(T0 + 2 * 3600) if t.rule_id == "out-of-range-readings"]
     assert (cleared.sensor_id, cleared.event_ts, cleared.value) == ("WL-1", T0 + 3600, 4.0)  # 0 left the window
     assert datetime.fromtimestamp(cleared.event_ts, UTC) == cleared.event_time
+
+
+def test_out_of_range_of_one_metric_counts_only_that_metrics_rejections() -> None:
+    e = engine(oor(id="pm25-rejected", metric="pm25", reasons=["out_of_range", "non_finite"]), oor())
+    batch = rejected("AQ-1", [0, 1], metric="pm10") + rejected("AQ-1", [2], "malformed_json")
+    batch += rejected("AQ-1", [3], "non_finite") + rejected("AQ-1", [4], metric="pm25")
+    # The sensor-wide rule counts out_of_range of any metric (0, 1, 4); the pm25 one only 3 and 4.
+    assert [(t.rule_id, at(t)) for t in e.evaluate([], batch)] == [("out-of-range", 4.0)]
+    (raised,) = e.evaluate([], rejected("AQ-1", [5], metric="pm25") + rejected("AQ-1", [6], metric="o3"))
+    assert (raised.rule_id, at(raised)) == ("pm25-rejected", 5.0)
