@@ -33,6 +33,7 @@ from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from functools import partial
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 import numpy as np
@@ -69,6 +70,7 @@ from rules.config import (
 from rules.durations import format_duration
 from rules.errors import SensorMetadataError
 from rules.indices import (
+    IspuCategories,
     SiagaLevel,
     SiagaThresholds,
     capacity_pcu_h,
@@ -618,13 +620,14 @@ class RateEvaluator:
 # -- index band ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Level:
-    """An index evaluated at one event time."""
+class _Level(NamedTuple):
+    """An index evaluated at one event time; `describe` gives its value and reason text, asked for
+    only when the alert moves (an ISPU station's index and critical pollutant cost far more than
+    its category, which is all a reading that moves nothing needs). A NamedTuple: made for every
+    reading, and a frozen dataclass costs several times as much to make."""
 
     level: IndexLevel
-    value: float
-    text: str
+    describe: Callable[[], tuple[float, str]]
 
 
 class IndexEvaluator:
@@ -647,9 +650,11 @@ class IndexEvaluator:
         self._capacity: dict[str, float] = {}
         params = rule.params
         self._widths: dict[str, float] = {}  # the windows' widths by name
+        self._categories: IspuCategories | None = None
         if isinstance(params, IspuParams):
             self._metrics: tuple[str, ...] = params.pollutants
             self._widths = {p: w.total_seconds() for p, w in params.table.windows.items()}
+            self._categories = IspuCategories(params.table)
             self._levels = self._ispu
         elif isinstance(params, SiagaParams):
             self._metrics = ("water_level_cm",)
@@ -661,24 +666,31 @@ class IndexEvaluator:
             self._metrics = ("rain_mm",)
             self._levels = self._rain
             self._widths = {"rain_mm": 3600.0 if params.period.value == "hourly" else 86400.0}
+        self._metric_set = frozenset(self._metrics)
 
     def prepare(self, batch: Batch) -> None:
         pass
 
     def feed(self, sensor: Sensor, series: Mapping[str, Series], out: list[Signal]) -> None:
-        mine = {m: series[m] for m in self._metrics if m in series}
+        mine = [(m, s) for m, s in series.items() if m in self._metric_set]
         if not mine:
             return
         st = _state_of(self.states, sensor.id, IndexState)
-        # Merge the metrics this index reads into event-time steps: {ts: {metric: value}}.
-        steps: dict[float, dict[str, float]] = {}
-        for m, s in mine.items():
-            for ts, v in zip(s.ts, s.values, strict=True):
-                steps.setdefault(ts, {})[m] = v
-        for ts in sorted(steps) if len(steps) > 1 else steps:
+        # The metrics this index reads as event-time steps: (ts, {metric: value}) in time order.
+        steps: Sequence[tuple[float, dict[str, float]]]
+        if len(mine) == 1:  # one metric (the usual batch of an air station): already in order
+            m, s = mine[0]
+            steps = [(ts, {m: v}) for ts, v in zip(s.ts, s.values, strict=True)]
+        else:
+            merged: dict[float, dict[str, float]] = {}
+            for m, s in mine:
+                for ts, v in zip(s.ts, s.values, strict=True):
+                    merged.setdefault(ts, {})[m] = v
+            steps = sorted(merged.items())
+        for ts, values in steps:
             gap = st.cadence.step(ts, self._ctx.min_gap_s)
             try:
-                got = self._levels(sensor, st, ts, steps[ts])
+                got = self._levels(sensor, st, ts, values)
             except SensorMetadataError as exc:
                 self._ctx.metadata_errors[(self._r.id, sensor.id)] = str(exc)
                 self._ctx.stats.skipped[Skip.BAD_METADATA] += 1
@@ -691,17 +703,18 @@ class IndexEvaluator:
 
     def _moved(self, sensor: Sensor, previous: int, rank: int, ts: float, got: _Level) -> Signal:
         r = self._r
+        value, text = got.describe()
         if rank < 0:
             return _transition(
-                r, sensor, SignalKind.CLEAR, Why.INDEX_LEVEL_CLEARED, ts, got.value, None, f"{got.text}: no alert"
+                r, sensor, SignalKind.CLEAR, Why.INDEX_LEVEL_CLEARED, ts, value, None, f"{text}: no alert"
             )
         level = self._order[rank]
         severity = r.severity_of(level)
         assert severity is not None
         why = Why.INDEX_LEVEL_REACHED if previous < 0 else Why.INDEX_LEVEL_CHANGED
         label = _level_label(level)
-        reason = got.text if level == got.level else f"{label} held ({got.text} now)"
-        return _transition(r, sensor, SignalKind.RAISE, why, ts, got.value, severity, reason)
+        reason = text if level == got.level else f"{label} held ({text} now)"
+        return _transition(r, sensor, SignalKind.RAISE, why, ts, value, severity, reason)
 
     # Level functions: the index at one event time, or None when this step has nothing to score.
 
@@ -713,7 +726,7 @@ class IndexEvaluator:
         params = self._r.params
         assert isinstance(params, SiagaParams)
         level = siaga_level(v, th, at_threshold=params.at_threshold)
-        return _Level(level, v, f"water level {v:g} cm: {level.label}")
+        return _Level(level, lambda: (v, f"water level {v:g} cm: {level.label}"))
 
     def _los(self, sensor: Sensor, st: IndexState, ts: float, values: dict[str, float]) -> _Level | None:
         interval = values.get("interval_s")
@@ -732,29 +745,38 @@ class IndexEvaluator:
         assert isinstance(params, LosParams)
         ds = degree_of_saturation(flow_pcu_h(count, st.interval_s, pcu_factor=params.pcu_factor), capacity)
         los = level_of_service(ds)
-        return _Level(los, ds, f"LOS {los.value}: degree of saturation {ds:.2f}")
+        return _Level(los, lambda: (ds, f"LOS {los.value}: degree of saturation {ds:.2f}"))
 
     def _ispu(self, sensor: Sensor, st: IndexState, ts: float, values: dict[str, float]) -> _Level | None:
-        params = self._r.params
-        assert isinstance(params, IspuParams)
-        table = params.table
+        # The station's category from each pollutant's window mean (rules.indices.IspuCategories);
+        # the index and critical pollutant only if the alert moves (`_ispu_detail`).
+        widths, categories = self._widths, self._categories
+        assert categories is not None
         for p, v in values.items():
             w = st.windows.get(p)
             if w is None:
                 w = st.windows[p] = Window()
-            w.push(ts, v, table.windows[p].total_seconds())
-        concentrations: dict[str, float | None] = {}
+            w.push(ts, v, widths[p])
+        rank = -1
         for p, w in st.windows.items():
-            w.trim(ts, table.windows[p].total_seconds())
+            w.trim(ts, widths[p])
             if len(w):
-                concentrations[p] = w.mean
-        station = ispu_station(concentrations, table=table)
-        if station is None:
+                r = categories.rank(p, w.mean)
+                if r > rank:
+                    rank = r
+        if rank < 0:
             return None
-        return _Level(
-            station.category,
-            float(station.index),
-            f"ISPU {station.index} ({station.category.label}), critical pollutant {station.critical}",
+        return _Level(categories.order[rank], partial(self._ispu_detail, st))
+
+    def _ispu_detail(self, st: IndexState) -> tuple[float, str]:
+        params = self._r.params
+        assert isinstance(params, IspuParams)
+        # A running mean of readings ≥ 0 may dip a hair below zero after evictions.
+        concentrations: dict[str, float | None] = {p: max(w.mean, 0.0) for p, w in st.windows.items() if len(w)}
+        station = ispu_station(concentrations, table=params.table)
+        assert station is not None
+        return float(station.index), (
+            f"ISPU {station.index} ({station.category.label}), critical pollutant {station.critical}"
         )
 
     def _rain(self, sensor: Sensor, st: IndexState, ts: float, values: dict[str, float]) -> _Level | None:
@@ -767,7 +789,7 @@ class IndexEvaluator:
         w.push(ts, values["rain_mm"], width)
         total = max(w.total, 0.0)  # a running sum may dip a hair below zero after evictions
         cls = rain_class(total, params.period, at_threshold=params.at_threshold)
-        return _Level(cls, total, f"rain {total:g} mm {params.period.value}: {cls.value}")
+        return _Level(cls, lambda: (total, f"rain {total:g} mm {params.period.value}: {cls.value}"))
 
     def finish(self, out: list[Signal]) -> None:
         pass

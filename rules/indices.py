@@ -25,6 +25,8 @@ here and in `docs/rules.md`, and each is a parameter:
 from __future__ import annotations
 
 import math
+import struct
+import sys
 from bisect import bisect_left, bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -51,6 +53,7 @@ __all__ = [
     "AqiCategory",
     "AtThreshold",
     "EpaAqi",
+    "IspuCategories",
     "IspuCategory",
     "IspuSubIndex",
     "IspuSubIndexArray",
@@ -327,6 +330,60 @@ def ispu_subindex_array(
     beyond = x > xs[-1]  # NaN compares False
     value = np.where(beyond, table.top_index, value)
     return IspuSubIndexArray(pollutant, value, _round_half_up_array(value), beyond)
+
+
+class IspuCategories:
+    """A table's categories straight from averaged concentrations, for the per-reading path.
+
+    The rule engine needs a station's *category* at every reading and its index and critical
+    pollutant only when an alert moves. A sub-index's category is a non-decreasing function of the
+    concentration (the interpolation is monotone, and so are rounding and banding: the property
+    tests in tests/unit/test_rules_indices.py), so for each pollutant it steps up at fixed
+    concentrations: `edges[pollutant][k - 1]` is the smallest double whose category is the k-th
+    or worse. They are found once per table by bisecting over the doubles themselves (ordered
+    like their bit patterns when not negative) with `ispu_subindex` as the oracle, so
+    `rank(pollutant, c)` agrees with `ispu_subindex(pollutant, c).category` for every c ≥ 0 by
+    construction, not to within a tolerance. A station's category is the worst of its pollutants'
+    (`ispu_station` takes the highest sub-index, and the category is monotone in it).
+    """
+
+    __slots__ = ("edges", "order")
+
+    def __init__(self, table: IspuTable = ISPU_P14_2020) -> None:
+        self.order: tuple[IspuCategory, ...] = _ISPU_CATEGORIES
+        self.edges: Mapping[str, tuple[float, ...]] = MappingProxyType(
+            {p: tuple(_lowest_at(p, k, table) for k in range(1, len(self.order))) for p in table.pollutants}
+        )
+
+    def rank(self, pollutant: str, concentration: float) -> int:
+        """The index in `order` of the pollutant's sub-index category at this concentration (≥ 0)."""
+        return bisect_right(self.edges[pollutant], concentration)
+
+
+def _bits(x: float) -> int:
+    return int.from_bytes(struct.pack("<d", x), "little")
+
+
+def _double(bits: int) -> float:
+    return float(struct.unpack("<d", bits.to_bytes(8, "little"))[0])
+
+
+def _lowest_at(pollutant: str, k: int, table: IspuTable) -> float:
+    """The smallest double ≥ 0 whose sub-index category is the k-th or worse (inf if none is)."""
+
+    def reaches(x: float) -> bool:
+        return _ISPU_CATEGORIES.index(ispu_subindex(pollutant, x, table=table).category) >= k
+
+    lo, hi = _bits(0.0), _bits(sys.float_info.max)  # reaches(lo) is False for k ≥ 1 (0 is Baik)
+    if not reaches(_double(hi)):
+        return math.inf
+    while hi - lo > 1:  # invariant: not reaches(lo), reaches(hi)
+        mid = (lo + hi) // 2
+        if reaches(_double(mid)):
+            hi = mid
+        else:
+            lo = mid
+    return _double(hi)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,9 @@ from rules.indices import (
     ISPU_POLLUTANTS,
     AqiCategory,
     AtThreshold,
+    IspuCategories,
     IspuCategory,
+    IspuTable,
     LevelOfService,
     RainClass,
     SiagaLevel,
@@ -277,6 +279,50 @@ def test_ispu_scalar_equals_vectorised(pollutant: str, values: list[float]) -> N
     for i, x in enumerate(values):
         sub = ispu_subindex(pollutant, x)
         assert (arr.value[i], arr.index[i], bool(arr.beyond[i])) == (sub.value, sub.index, sub.beyond)
+
+
+CUSTOM_TABLE = IspuTable(
+    index_bounds=(0, 40, 90, 180, 310, 450),
+    breakpoints={"pm25": (0, 9.3, 35.1, 120.7, 255.5, 400), "so2": (0, 61, 137, 999, 1001, 1500)},
+    windows={},
+)
+
+
+@pytest.mark.parametrize("table", [ISPU_P14_2020, CUSTOM_TABLE], ids=["p14-2020", "custom"])
+def test_ispu_categories_from_concentrations_equal_the_sub_index_category(table: IspuTable) -> None:
+    # The fast path the rule engine takes per reading: exact at every edge, either side of it, at
+    # the breakpoints, at zero, beyond the table and at many random concentrations.
+    cats = IspuCategories(table)
+    rng = np.random.default_rng(11)
+    order = list(IspuCategory)
+    for p, row in table.breakpoints.items():
+        edges = cats.edges[p]
+        assert len(edges) == len(order) - 1 and list(edges) == sorted(edges)
+        probes = [0.0, row[-1] * 10, 1e300]
+        for x in [*edges, *row]:
+            probes += [x, math.nextafter(x, 0.0), math.nextafter(x, math.inf)]
+        probes += rng.uniform(0, row[-1] * 1.2, 5000).tolist()
+        for x in probes:
+            assert order[cats.rank(p, x)] is ispu_subindex(p, x, table=table).category, (p, x)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    row=st.fixed_dictionaries(
+        {
+            p: st.none() | st.floats(min_value=0, max_value=1200) | st.sampled_from([15.5, 55.4, 500.0])
+            for p in ISPU_POLLUTANTS
+        }
+    )
+)
+def test_station_category_is_the_worst_pollutant_category(row: dict[str, float | None]) -> None:
+    cats = IspuCategories()
+    station = ispu_station(row)
+    ranks = [cats.rank(p, x) for p, x in row.items() if x is not None]
+    if station is None:
+        assert ranks == []
+    else:
+        assert cats.order[max(ranks)] is station.category
 
 
 @settings(max_examples=100, deadline=None)
