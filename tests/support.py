@@ -1,9 +1,11 @@
-"""Test helpers: a cuttable TCP proxy, a QoS 1 publisher, polling, and running ingest."""
+"""Test helpers: a cuttable TCP proxy, a QoS 1 publisher, polling, running ingest, and the rule
+engine tests' event-time origin and restarts."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -23,6 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from ingest.decode import Decoder, Row
 from ingest.writer import WriterRow
 from pantau.metrics import SensorKind
+from rules.engine import Engine, Signal
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -264,3 +267,26 @@ def decoded_ticks(ticks: Iterable[Any]) -> Iterator[tuple[float, list[Row]]]:
             decoder.decode(payload, sensor_id, SensorKind(kind), tick.t + 1, rows, rejections)
         assert rejections == []
         yield tick.t, rows
+
+
+# -- rule engine unit tests ------------------------------------------------------------------------
+
+T0 = 1_700_000_000.0  # the engine tests' event-time origin
+MIN = 60.0
+
+
+def minutes(signal: Signal) -> float:
+    """A signal's event time in minutes after T0."""
+    return (signal.event_ts - T0) / MIN
+
+
+def engine_state(e: Engine) -> dict[str, Any]:
+    """`e.state()` through JSON, as the rule worker stores it."""
+    state: dict[str, Any] = json.loads(json.dumps(e.state()))
+    return state
+
+
+def continued(old: Engine, fresh: Engine) -> Engine:
+    """`fresh` carrying on from `old`'s state (a restart), with nothing dropped."""
+    assert fresh.restore(engine_state(old)) == []
+    return fresh

@@ -17,9 +17,8 @@ from pantau.metrics import SensorKind
 from rules.config import parse_rules
 from rules.engine import Engine, Reading, Signal, SignalKind, Skip
 from rules.windows import History, Window, history_resolution, resolution_s
+from tests.support import T0, continued
 
-T0 = 1_700_000_000.0
-MIN = 60.0
 SIDS = [f"AQ-{i}" for i in range(6)]
 AIR = {sid: Sensor(id=sid, kind=SensorKind.AIR, city="testkota", district="Barat") for sid in SIDS}
 
@@ -99,9 +98,7 @@ def run(e: Engine, readings: list[Reading], sizes: list[int], *, restart_every: 
         out += e.evaluate(readings[i : i + size])
         i, k = i + size, k + 1
         if restart_every and k % restart_every == 0:
-            fresh = Engine(e.rules, e.sensors)
-            assert fresh.restore(json.loads(json.dumps(e.state()))) == []
-            e = fresh
+            e = continued(e, Engine(e.rules, e.sensors))
     return out
 
 

@@ -14,10 +14,10 @@ from pantau.metrics import SensorKind
 from rules.config import Severity, load_rules, parse_rules
 from rules.engine import Engine, Reading, Signal, SignalKind, Skip, Why
 from simulators.fleet import load_fleet
+from tests.support import MIN, T0, continued
+from tests.support import minutes as at
 
 ROOT = Path(__file__).resolve().parents[2]
-T0 = 1_700_000_000.0
-MIN = 60.0
 RIVER = "river:testkota/Sungai Uji"
 
 
@@ -87,16 +87,6 @@ def live(e: Engine, readings: list[Reading], **kw: Any) -> list[Signal]:
     for ts in sorted(by_ts):
         out += e.evaluate(by_ts[ts], **kw)
     return out
-
-
-def at(t: Signal) -> float:
-    return (t.event_ts - T0) / MIN
-
-
-def restarted(e: Engine, *rules: dict[str, Any]) -> Engine:
-    fresh = engine(*rules)
-    assert fresh.restore(json.loads(json.dumps(e.state()))) == []
-    return fresh
 
 
 # Rain at RG-1: 3 mm per 5 minutes for 20 minutes: the hourly sum reaches 12 at 15 min and holds
@@ -215,9 +205,9 @@ def test_restart_while_pending_and_while_raised() -> None:
     # Up to 70 min: the rain condition held (15..55), the rise not yet (at 70: +10).
     split = live(first, [r for r in SCENARIO if r[0] <= T0 + 70 * MIN])
     assert split == []
-    second = restarted(first, warning())
+    second = continued(first, engine(warning()))
     split += live(second, [r for r in SCENARIO if T0 + 70 * MIN < r[0] <= T0 + 120 * MIN])
-    third = restarted(second, warning())
+    third = continued(second, engine(warning()))
     split += live(third, [r for r in SCENARIO if r[0] > T0 + 120 * MIN])
     assert split == whole and [t.kind for t in whole] == [SignalKind.RAISE, SignalKind.CLEAR]
 

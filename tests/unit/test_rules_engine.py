@@ -17,11 +17,10 @@ from rules.engine import Engine, Reading, Signal, SignalKind, Skip, Why
 from simulators.engine import SimConfig, Simulation
 from simulators.fleet import load_fleet
 from simulators.scenarios import load_scenario
-from tests.support import decoded_ticks
+from tests.support import MIN, T0, decoded_ticks, engine_state
+from tests.support import minutes as at
 
 ROOT = Path(__file__).resolve().parents[2]
-T0 = 1_700_000_000.0
-MIN = 60.0
 
 AIR = Sensor(id="AQ-1", kind=SensorKind.AIR, city="testkota", district="Barat")
 AIR_ELSEWHERE = Sensor(id="AQ-9", kind=SensorKind.AIR, city="lainkota", district="Timur")
@@ -55,16 +54,6 @@ def feed(e: Engine, readings: list[Reading]) -> list[Signal]:
     for r in readings:
         out.extend(e.evaluate([r]))
     return out
-
-
-def at(t: Signal) -> float:
-    """Minutes after T0."""
-    return (t.event_ts - T0) / MIN
-
-
-def roundtrip(e: Engine) -> dict[str, Any]:
-    state: dict[str, Any] = json.loads(json.dumps(e.state()))
-    return state
 
 
 # -- threshold -------------------------------------------------------------------------------------
@@ -149,12 +138,12 @@ def test_restart_while_pending_raises_once_at_the_right_time() -> None:
     first = engine(rule)
     assert feed(first, series("AQ-1", "pm25", [60, 60])) == []
     second = engine(rule)
-    assert second.restore(roundtrip(first)) == []
+    assert second.restore(engine_state(first)) == []
     out = feed(second, series("AQ-1", "pm25", [60, 60, 60], start=T0 + 10 * MIN))
     assert [at(t) for t in out] == [15.0]
     # Restart again after the raise: the alert is active, nothing is raised twice.
     third = engine(rule)
-    third.restore(roundtrip(second))
+    third.restore(engine_state(second))
     assert feed(third, series("AQ-1", "pm25", [70, 80], start=T0 + 25 * MIN)) == []
     # Replayed readings (already processed before the restart) are duplicates, not new evidence.
     assert third.evaluate(series("AQ-1", "pm25", [60, 60, 60], start=T0 + 10 * MIN)) == []
@@ -164,7 +153,7 @@ def test_restart_while_pending_raises_once_at_the_right_time() -> None:
 def test_restore_drops_state_of_rules_that_are_gone_or_changed_kind() -> None:
     first = engine(threshold())
     feed(first, series("AQ-1", "pm25", [60]))
-    state = roundtrip(first)
+    state = engine_state(first)
     other = engine({"id": "pm25-high", "kind": "absence", "select": {"kind": "air"}, "for": "15m", "severity": "info"})
     assert other.restore(state) == ["pm25-high"]
     with pytest.raises(ValueError, match="version"):
@@ -289,7 +278,7 @@ def test_arrivals_survive_a_restart() -> None:
     now = T0 + 86400
     first = engine(rule)
     first.evaluate(series("AQ-1", "pm25", [10, 10], start=T0), arrived=now)
-    state = roundtrip(first)
+    state = engine_state(first)
     assert state["arrivals"] == {"AQ-1": {"pm25": now}} and state["first_arrival"] == now
     second = engine(rule)
     second.restore(state)
@@ -308,7 +297,7 @@ def test_absence_survives_a_restart_without_a_second_raise() -> None:
     feed(first, series("AQ-1", "pm25", [10]))
     assert len(first.tick(T0 + 16 * MIN)) == 1
     second = engine(rule)
-    second.restore(roundtrip(first))
+    second.restore(engine_state(first))
     assert second.tick(T0 + 30 * MIN) == []
     assert [t.why for t in second.evaluate(series("AQ-1", "pm25", [10], start=T0 + 31 * MIN))] == [Why.READING_RETURNED]
 
@@ -457,7 +446,7 @@ def test_ispu_state_round_trips_mid_window() -> None:
     first = engine(rule)
     split = feed(first, series("AQ-1", "pm25", values[:8]))
     second = engine(rule)
-    second.restore(roundtrip(first))
+    second.restore(engine_state(first))
     split += feed(second, series("AQ-1", "pm25", values[8:], start=T0 + 8 * 5 * MIN))
     assert split == whole and len(whole) >= 2
 

@@ -18,10 +18,10 @@ from simulators.engine import SimConfig, Simulation
 from simulators.faults import FaultLog
 from simulators.fleet import load_fleet
 from simulators.scenarios import load_scenario
+from tests.support import MIN, T0, continued
+from tests.support import minutes as at
 
 ROOT = Path(__file__).resolve().parents[2]
-T0 = 1_700_000_000.0
-MIN = 60.0
 
 AIR = Sensor(id="AQ-1", kind=SensorKind.AIR, city="testkota", district="Barat")
 AIR2 = Sensor(id="AQ-2", kind=SensorKind.AIR, city="testkota", district="Timur")
@@ -42,18 +42,6 @@ def feed(e: Engine, readings: list[Reading]) -> list[Signal]:
     for r in readings:
         out.extend(e.evaluate([r]))
     return out
-
-
-def at(t: Signal) -> float:
-    """Minutes after T0."""
-    return (t.event_ts - T0) / MIN
-
-
-def restarted(e: Engine, *rules: dict[str, Any]) -> Engine:
-    """A new engine continuing from `e`'s state, through JSON as the worker stores it."""
-    fresh = engine(*rules)
-    assert fresh.restore(json.loads(json.dumps(e.state()))) == []
-    return fresh
 
 
 # -- stuck -----------------------------------------------------------------------------------------
@@ -162,11 +150,11 @@ def test_stuck_restart_while_pending_raises_once_at_the_same_time() -> None:
     whole = feed(engine(stuck()), series("AQ-1", "pm25", values))
     first = engine(stuck())
     split = feed(first, series("AQ-1", "pm25", values[:4]))
-    second = restarted(first, stuck())
+    second = continued(first, engine(stuck()))
     split += feed(second, series("AQ-1", "pm25", values[4:], start=T0 + 20 * MIN))
     assert split == whole and [at(t) for t in whole] == [30.0]
     # A restart while raised: no second raise; the change still clears.
-    third = restarted(second, stuck())
+    third = continued(second, engine(stuck()))
     tail = feed(third, series("AQ-1", "pm25", [6.0, 6.0, 6.5], start=T0 + 60 * MIN))
     assert [(at(t), t.why) for t in tail] == [(70.0, Why.VALUE_CHANGED)]
 
@@ -322,10 +310,10 @@ def test_rejections_of_unknown_sensors_are_counted_not_evaluated() -> None:
 def test_out_of_range_restart_while_pending_and_while_raised() -> None:
     first = engine(oor())
     assert first.evaluate([], rejected("AQ-1", [0, 10])) == []
-    second = restarted(first, oor())
+    second = continued(first, engine(oor()))
     (raised,) = second.evaluate([], rejected("AQ-1", [20]))
     assert at(raised) == 20.0
-    third = restarted(second, oor())
+    third = continued(second, engine(oor()))
     assert third.evaluate([], rejected("AQ-1", [30])) == []  # still raised: no duplicate
     (cleared,) = third.tick(T0 + 90 * MIN)
     assert at(cleared) == 70.0  # the 3rd newest (10) + 1h: 20 and 30 left
