@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,7 +25,7 @@ from pantau.store import Store
 from pantau.store.maintenance import maintain_once
 from pantau.store.migrations import Backend
 from rules.config import RuleSet, parse_rules
-from rules.worker import RuleWorker
+from rules.worker import RuleWorker, _lowest_priority
 from tests.support import TcpProxy, await_until
 
 CITY = "sampit"
@@ -203,6 +205,45 @@ async def test_restart_after_checkpoint_and_after_a_raise(
         await write(database_url, backend, levels(GAUGE, t0 + 720, [420, 200]))
         await await_until(lambda: _has(store, ("resolved", GAUGE.id)), what="the resolve")
     assert await events(store) == [("opened", GAUGE.id), ("resolved", GAUGE.id)]
+
+
+async def test_the_engine_is_frozen_out_of_the_collector_and_checkpoints_go_on(
+    database_url: str, backend: Backend, store: Store, sensors: None, worker_settings: Settings
+) -> None:
+    # A full collection over a large engine paused evaluation (docs/decisions.md D13): after its
+    # recovery the worker's objects are in the permanent generation, and each checkpoint freezes
+    # what was made since.
+    gc.unfreeze()
+    fast = dataclasses.replace(
+        worker_settings, rules=dataclasses.replace(worker_settings.rules, checkpoint_interval_s=0.1)
+    )
+    try:
+        async with running(store, fast, pack(LEVEL_HIGH)) as (worker, _):
+            frozen = gc.get_freeze_count()
+            assert frozen > 0
+            await write(database_url, backend, levels(GAUGE, time.time() - 3600, [300 + 10 * k for k in range(12)]))
+            await await_until(lambda: events(store), what="the opened event")
+            await await_until(lambda: worker.stats.checkpoints >= 2, what="checkpoints")
+            assert gc.get_freeze_count() > frozen
+    finally:
+        gc.unfreeze()
+    assert await events(store) == [("opened", GAUGE.id)]
+
+
+def test_the_checkpoint_child_takes_only_idle_cpu() -> None:
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _lowest_priority()
+            os.write(write_fd, b"%d %d" % (os.sched_getscheduler(0), os.nice(0)))
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        policy, nice = map(int, pipe.read().split())
+    os.waitpid(pid, 0)
+    assert policy == os.SCHED_IDLE or nice == 19
 
 
 async def test_batches_committed_while_no_worker_runs_are_evaluated_in_order(
