@@ -623,8 +623,7 @@ class RateEvaluator:
 class _Level(NamedTuple):
     """An index evaluated at one event time; `describe` gives its value and reason text, asked for
     only when the alert moves (an ISPU station's index and critical pollutant cost far more than
-    its category, which is all a reading that moves nothing needs). A NamedTuple: made for every
-    reading, and a frozen dataclass costs several times as much to make."""
+    its category, which is all a reading that moves nothing needs). One is made per reading."""
 
     level: IndexLevel
     describe: Callable[[], tuple[float, str]]
