@@ -102,6 +102,19 @@ def _parse_time(raw: Any) -> float | str:
     return f"ts must be a number or an RFC 3339 string, got {type(raw).__name__}"
 
 
+def _parse_error(payload: bytes, exc: Exception) -> str:
+    """What msgspec could not parse, with bad UTF-8 named in pantau's words (byte and position).
+
+    msgspec's own message for bad UTF-8 changed between releases (older ones raised UnicodeDecodeError,
+    0.23 a DecodeError "Invalid UTF-8 encoded string"); only a payload that failed pays for this look.
+    """
+    try:
+        payload.decode()
+    except UnicodeDecodeError as bad:
+        return f"payload is not valid UTF-8 ({bad})"
+    return str(exc)
+
+
 class Decoder:
     """Decodes and validates payloads; one instance per ingest worker."""
 
@@ -192,8 +205,8 @@ class Decoder:
         except msgspec.ValidationError as exc:  # a number too large for a double
             rejections.append((Reason.NON_FINITE, str(exc)))
             return
-        except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec raises the latter for bad UTF-8
-            self._malformed(payload, rejections, str(exc))
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # older msgspec raises the latter for bad UTF-8
+            self._malformed(payload, rejections, _parse_error(payload, exc))
             return
         if not isinstance(obj, dict):  # pragma: no cover - guarded by the first byte
             rejections.append((Reason.WRONG_TYPE, "expected a JSON object"))
@@ -260,7 +273,7 @@ class Decoder:
             except msgspec.ValidationError:
                 records = None  # a type problem in some record: go record by record
             except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-                self._malformed(payload, rejections, str(exc))
+                self._malformed(payload, rejections, _parse_error(payload, exc))
                 return
         if records is None:
             records = self._records_one_by_one(payload, rejections)
@@ -280,7 +293,7 @@ class Decoder:
             rejections.append((Reason.NON_FINITE, str(exc)))
             return None
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-            Decoder._malformed(payload, rejections, str(exc))
+            Decoder._malformed(payload, rejections, _parse_error(payload, exc))
             return None
         if not isinstance(raw, list):  # pragma: no cover - guarded by the first byte
             rejections.append((Reason.WRONG_TYPE, "expected a SenML array"))
