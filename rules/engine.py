@@ -620,13 +620,11 @@ class RateEvaluator:
 # -- index band ------------------------------------------------------------------------------------
 
 
-class _Level(NamedTuple):
-    """An index evaluated at one event time; `describe` gives its value and reason text, asked for
-    only when the alert moves (an ISPU station's index and critical pollutant cost far more than
-    its category, which is all a reading that moves nothing needs). One is made per reading."""
-
-    level: IndexLevel
-    describe: Callable[[], tuple[float, str]]
+# An index evaluated at one event time: (level, describe). `describe()` gives its value and reason
+# text, asked for only when the alert moves (an ISPU station's index and critical pollutant cost far
+# more than its category, which is all a reading that moves nothing needs). A plain tuple because
+# one is made per reading, and a NamedTuple's constructor costs several times a tuple's.
+_Level = tuple[IndexLevel, Callable[[], tuple[float, str]]]
 
 
 class IndexEvaluator:
@@ -675,34 +673,41 @@ class IndexEvaluator:
         if not mine:
             return
         st = _state_of(self.states, sensor.id, IndexState)
-        # The metrics this index reads as event-time steps: (ts, {metric: value}) in time order.
-        steps: Sequence[tuple[float, dict[str, float]]]
-        if len(mine) == 1:  # one metric (the usual batch of an air station): already in order
+        # The metrics this index reads, as event-time steps {metric: value} in time order. One
+        # metric (the usual batch of an air station) is already in order: no list of steps to build.
+        if len(mine) == 1:
             m, s = mine[0]
-            steps = [(ts, {m: v}) for ts, v in zip(s.ts, s.values, strict=True)]
-        else:
-            merged: dict[float, dict[str, float]] = {}
-            for m, s in mine:
-                for ts, v in zip(s.ts, s.values, strict=True):
-                    merged.setdefault(ts, {})[m] = v
-            steps = sorted(merged.items())
-        for ts, values in steps:
-            gap = st.cadence.step(ts, self._ctx.min_gap_s)
-            try:
-                got = self._levels(sensor, st, ts, values)
-            except SensorMetadataError as exc:
-                self._ctx.metadata_errors[(self._r.id, sensor.id)] = str(exc)
-                self._ctx.stats.skipped[Skip.BAD_METADATA] += 1
+            for ts, v in zip(s.ts, s.values, strict=True):
+                if not self._step(sensor, st, ts, {m: v}, out):
+                    return
+            return
+        merged: dict[float, dict[str, float]] = {}
+        for m, s in mine:
+            for ts, v in zip(s.ts, s.values, strict=True):
+                merged.setdefault(ts, {})[m] = v
+        for ts, values in sorted(merged.items()):
+            if not self._step(sensor, st, ts, values, out):
                 return
-            if got is None:
-                continue
+
+    def _step(self, sensor: Sensor, st: IndexState, ts: float, values: dict[str, float], out: list[Signal]) -> bool:
+        """Score one event time; False when the sensor's metadata stops this rule for it."""
+        gap = st.cadence.step(ts, self._ctx.min_gap_s)
+        try:
+            got = self._levels(sensor, st, ts, values)
+        except SensorMetadataError as exc:
+            self._ctx.metadata_errors[(self._r.id, sensor.id)] = str(exc)
+            self._ctx.stats.skipped[Skip.BAD_METADATA] += 1
+            return False
+        if got is not None:
             previous = st.rank
-            if _index_step(st, ts, gap, self._eff[got.level], self._for_s, self._clear_for_s):
+            if _index_step(st, ts, gap, self._eff[got[0]], self._for_s, self._clear_for_s):
                 out.append(self._moved(sensor, previous, st.rank, ts, got))
+        return True
 
     def _moved(self, sensor: Sensor, previous: int, rank: int, ts: float, got: _Level) -> Signal:
         r = self._r
-        value, text = got.describe()
+        now, describe = got
+        value, text = describe()
         if rank < 0:
             return _transition(
                 r, sensor, SignalKind.CLEAR, Why.INDEX_LEVEL_CLEARED, ts, value, None, f"{text}: no alert"
@@ -712,7 +717,7 @@ class IndexEvaluator:
         assert severity is not None
         why = Why.INDEX_LEVEL_REACHED if previous < 0 else Why.INDEX_LEVEL_CHANGED
         label = _level_label(level)
-        reason = text if level == got.level else f"{label} held ({text} now)"
+        reason = text if level == now else f"{label} held ({text} now)"
         return _transition(r, sensor, SignalKind.RAISE, why, ts, value, severity, reason)
 
     # Level functions: the index at one event time, or None when this step has nothing to score.
@@ -725,7 +730,7 @@ class IndexEvaluator:
         params = self._r.params
         assert isinstance(params, SiagaParams)
         level = siaga_level(v, th, at_threshold=params.at_threshold)
-        return _Level(level, lambda: (v, f"water level {v:g} cm: {level.label}"))
+        return level, lambda: (v, f"water level {v:g} cm: {level.label}")
 
     def _los(self, sensor: Sensor, st: IndexState, ts: float, values: dict[str, float]) -> _Level | None:
         interval = values.get("interval_s")
@@ -744,7 +749,7 @@ class IndexEvaluator:
         assert isinstance(params, LosParams)
         ds = degree_of_saturation(flow_pcu_h(count, st.interval_s, pcu_factor=params.pcu_factor), capacity)
         los = level_of_service(ds)
-        return _Level(los, lambda: (ds, f"LOS {los.value}: degree of saturation {ds:.2f}"))
+        return los, lambda: (ds, f"LOS {los.value}: degree of saturation {ds:.2f}")
 
     def _ispu(self, sensor: Sensor, st: IndexState, ts: float, values: dict[str, float]) -> _Level | None:
         # The station's category from each pollutant's window mean (rules.indices.IspuCategories);
@@ -760,12 +765,14 @@ class IndexEvaluator:
         for p, w in st.windows.items():
             w.trim(ts, widths[p])
             if len(w):
-                r = categories.rank(p, w.mean)
-                if r > rank:
-                    rank = r
+                mean = w.mean
+                if mean == mean:  # a NaN mean (a NaN reading in the window) is skipped, as ispu_station does
+                    r = categories.rank(p, mean)
+                    if r > rank:
+                        rank = r
         if rank < 0:
             return None
-        return _Level(categories.order[rank], partial(self._ispu_detail, st))
+        return categories.order[rank], partial(self._ispu_detail, st)
 
     def _ispu_detail(self, st: IndexState) -> tuple[float, str]:
         params = self._r.params
@@ -788,7 +795,7 @@ class IndexEvaluator:
         w.push(ts, values["rain_mm"], width)
         total = max(w.total, 0.0)  # a running sum may dip a hair below zero after evictions
         cls = rain_class(total, params.period, at_threshold=params.at_threshold)
-        return _Level(cls, lambda: (total, f"rain {total:g} mm {params.period.value}: {cls.value}"))
+        return cls, lambda: (total, f"rain {total:g} mm {params.period.value}: {cls.value}")
 
     def finish(self, out: list[Signal]) -> None:
         pass

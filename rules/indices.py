@@ -356,7 +356,11 @@ class IspuCategories:
         )
 
     def rank(self, pollutant: str, concentration: float) -> int:
-        """The index in `order` of the pollutant's sub-index category at this concentration (≥ 0)."""
+        """The index in `order` of the pollutant's sub-index category at this concentration (≥ 0).
+
+        A negative concentration ranks as 0 would (Baik). NaN is not checked (a bisection puts it
+        at the top): leave it out first, as `ispu_station` does.
+        """
         return bisect_right(self.edges[pollutant], concentration)
 
 

@@ -8,12 +8,15 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from pantau.domain import Sensor
 from pantau.metrics import SensorKind
 from rules.config import Severity, load_rules, parse_rules
-from rules.engine import Engine, Reading, Signal, SignalKind, Skip, Why
+from rules.engine import Engine, IndexEvaluator, Reading, Signal, SignalKind, Skip, Why
+from rules.indices import ISPU_P14_2020, ISPU_POLLUTANTS, IspuCategories, ispu_station
+from rules.state import IndexState
 from simulators.engine import SimConfig, Simulation
 from simulators.fleet import load_fleet
 from simulators.scenarios import load_scenario
@@ -449,6 +452,70 @@ def test_ispu_state_round_trips_mid_window() -> None:
     second.restore(engine_state(first))
     split += feed(second, series("AQ-1", "pm25", values[8:], start=T0 + 8 * 5 * MIN))
     assert split == whole and len(whole) >= 2
+
+
+def test_ispu_per_reading_category_and_transition_text_match_the_full_station_ispu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Per reading the engine scores only the station's category (rules.indices.IspuCategories) and
+    # computes the index and reason text when the alert moves. Shadow every step with the full
+    # `ispu_station` of the same window means: the same category, and `describe` gives exactly the
+    # value and text a transition at that step carries. Values straddle category edges and breakpoints,
+    # go beyond the table, arrive in mixed batches and leave short windows; clean spells clear.
+    fast = IndexEvaluator._ispu
+    scored = 0
+
+    def shadowed(self: IndexEvaluator, sensor: Sensor, st: IndexState, ts: float, values: dict[str, float]) -> Any:
+        nonlocal scored
+        got = fast(self, sensor, st, ts, values)
+        station = ispu_station({p: max(w.mean, 0.0) for p, w in st.windows.items() if len(w)})
+        if station is None:
+            assert got is None
+            return got
+        level, describe = got
+        assert level is station.category, (ts, values)
+        text = f"ISPU {station.index} ({station.category.label}), critical pollutant {station.critical}"
+        assert describe() == (float(station.index), text)
+        scored += 1
+        return got
+
+    monkeypatch.setattr(IndexEvaluator, "_ispu", shadowed)
+    windows = {"pm25": "30m", "pm10": "20m", "no2": "10m", "o3": "1h", "co": "15m", "so2": "5m", "hc": "40m"}
+    rule = {"id": "air-ispu", "kind": "index_band", "index": "ispu", "select": {"kind": "air"}}
+    e = engine(rule | {"pollutants": list(ISPU_POLLUTANTS), "windows": windows})
+    edges = IspuCategories().edges
+    rng = np.random.default_rng(7)
+    readings: list[Reading] = []
+    for k in range(600):
+        for p in ISPU_POLLUTANTS:
+            if rng.random() < 0.4:
+                row = ISPU_P14_2020.breakpoints[p]
+                near = float(rng.choice([*row, *edges[p]])) * float(rng.choice([1.0, rng.uniform(0.9, 1.1)]))
+                value = row[-1] * 1.5 if rng.random() < 0.03 else near
+                if (k // 90) % 2:  # a clean spell
+                    value = float(rng.uniform(0, edges[p][0]))
+                readings.append((T0 + k * MIN, "AQ-1", p, value))
+    out: list[Signal] = []
+    start = 0
+    while start < len(readings):
+        size = int(rng.integers(1, 12))
+        out += e.evaluate(readings[start : start + size])
+        start += size
+    assert scored > 300 and len(out) > 20
+    assert {t.kind for t in out} == {SignalKind.RAISE, SignalKind.CLEAR}
+
+
+def test_ispu_skips_a_nan_mean_as_the_station_ispu_does() -> None:
+    # A NaN reading (ingest drops them; the engine's API does not) leaves its pollutant out of the
+    # station, as `ispu_station` leaves out NaN: no Berbahaya from it, and no crash.
+    rule = {"id": "air-ispu", "kind": "index_band", "index": "ispu", "select": {"kind": "air"}}
+    e = engine(rule | {"pollutants": ["pm25", "no2"], "windows": {"pm25": "1h"}})
+    readings = [
+        (T0, "AQ-1", "no2", 20.0),
+        (T0 + MIN, "AQ-1", "pm25", float("nan")),
+        (T0 + 2 * MIN, "AQ-1", "pm25", 10.0),
+    ]
+    assert feed(e, readings) == []
 
 
 # -- the real rule pack and the simulators ---------------------------------------------------------

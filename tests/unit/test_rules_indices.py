@@ -325,6 +325,51 @@ def test_station_category_is_the_worst_pollutant_category(row: dict[str, float |
         assert cats.order[max(ranks)] is station.category
 
 
+@pytest.mark.parametrize("table", [ISPU_P14_2020, CUSTOM_TABLE], ids=["p14-2020", "custom"])
+def test_station_category_is_the_worst_pollutant_category_with_ties_and_beyond(table: IspuTable) -> None:
+    # What the engine does per reading: the worst of the present pollutants' category ranks (NaN and
+    # None left out) must be `ispu_station`'s category. Seeded rows mix random concentrations with
+    # ones that tie across pollutants (every pollutant's k-th breakpoint is index_bounds[k]; every
+    # pollutant's k-th edge is the first double of category k), the top exactly and beyond it.
+    cats = IspuCategories(table)
+    rng = np.random.default_rng(2024)
+    order = list(IspuCategory)
+    pollutants = table.pollutants
+    rows: list[dict[str, float | None]] = []
+    for k in range(len(table.index_bounds)):  # all pollutants tied at a breakpoint
+        rows.append({p: table.breakpoints[p][k] for p in pollutants})
+    for k in range(len(order) - 1):  # all tied at an edge, or one just below it
+        at_edge: dict[str, float | None] = {p: cats.edges[p][k] for p in pollutants}
+        rows.append(at_edge)
+        rows += [at_edge | {p: math.nextafter(cats.edges[p][k], 0.0)} for p in pollutants]
+    rows.append({p: table.breakpoints[p][-1] for p in pollutants})  # at the top: not beyond
+    rows.append({p: table.breakpoints[p][-1] * (1.5 if p == pollutants[-1] else 1.0) for p in pollutants})
+
+    def draw(p: str) -> float | None:
+        row, edges, u = table.breakpoints[p], cats.edges[p], rng.random()
+        if u < 0.15:
+            return None
+        if u < 0.2:
+            return math.nan
+        if u < 0.35:
+            return float(rng.choice(row))
+        if u < 0.5:
+            edge = float(rng.choice(edges))
+            return edge if rng.random() < 0.5 else math.nextafter(edge, 0.0)
+        if u < 0.6:
+            return row[-1] * float(rng.uniform(1.0, 3.0))  # beyond (or exactly the top)
+        return float(rng.uniform(0, row[-1]))
+
+    rows += [{p: draw(p) for p in pollutants} for _ in range(3000)]
+    for row in rows:
+        station = ispu_station(row, table=table)
+        ranks = [cats.rank(p, x) for p, x in row.items() if x is not None and not math.isnan(x)]
+        if station is None:
+            assert ranks == [], row
+        else:
+            assert order[max(ranks)] is station.category, row
+
+
 @settings(max_examples=100, deadline=None)
 @given(
     rows=st.lists(
