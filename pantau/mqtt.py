@@ -2,9 +2,10 @@
 
 paho's socket is registered with the event loop (add_reader / add_writer) as in paho's
 loop_asyncio example; `on_message` runs synchronously inside the read callback, so the caller's
-per-message work is the only per-message work. The connection is MQTT 5 with a persistent
-session (clean_start=False plus a Session Expiry Interval) and an optional Receive Maximum,
-which is how a subscriber bounds the unacknowledged QoS 1 messages the broker sends it.
+per-message work is the only per-message work. The session is persistent under either protocol:
+MQTT 3.1.1 (ingest's default, decisions D2) with clean_session=False, or MQTT 5 with
+clean_start=False, a Session Expiry Interval and an optional Receive Maximum, which is how an MQTT 5
+subscriber bounds the unacknowledged QoS 1 messages the broker sends it.
 
 Reconnects with backoff. Every (re)connect bumps `generation`: a packet id is only meaningful
 on the connection that delivered it, so acknowledgements for an older generation are dropped
@@ -111,7 +112,7 @@ class _BufferedSocket:
 
 
 class AsyncMqttClient:
-    """An MQTT 5 client on the running asyncio loop. Use as `async with`.
+    """An MQTT 3.1.1 or 5 client on the running asyncio loop. Use as `async with`.
 
     `subscriptions` are (re)made on every connect; with a persistent session the broker keeps
     them and the queue while we are away. A graceful close disconnects without unsubscribing.
