@@ -282,7 +282,7 @@ async def _naive_ingest(db_url: str, mqtt_url: str, expected: int, ready: Any, d
     client = AsyncMqttClient(
         BrokerAddress.parse(mqtt_url),
         client_id="bench-naive",
-        on_message=queue.put_nowait,
+        on_message=lambda *message: queue.put_nowait(message),
         subscriptions=(("pantau/v1/#", 1),),
         receive_maximum=1000,
         manual_ack=True,
@@ -293,9 +293,9 @@ async def _naive_ingest(db_url: str, mqtt_url: str, expected: int, ready: Any, d
         ready.set()
         handled = 0
         while handled < expected:
-            msg = await queue.get()
+            topic, payload, _qos, mid = await queue.get()
             rows: list[Any] = []
-            decoder.decode(msg.payload, msg.topic.rsplit("/", 1)[1], SensorKind.TRAFFIC, time.time(), rows, [])
+            decoder.decode(payload, topic.rsplit("/", 1)[1], SensorKind.TRAFFIC, time.time(), rows, [])
             async with conn.transaction():
                 for ts, sid, metric, value in rows:
                     await conn.execute(
@@ -303,7 +303,7 @@ async def _naive_ingest(db_url: str, mqtt_url: str, expected: int, ready: Any, d
                         " ON CONFLICT DO NOTHING",
                         (ts, sid, metric, value),
                     )
-            client.ack(msg.mid, client.generation)
+            client.ack(mid, client.generation)
             handled += 1
         done.set()
     await conn.close()

@@ -1,11 +1,12 @@
 """The ingest service: MQTT (QoS 1, persistent session) → decode → batch → COPY → ack.
 
-Per message, inside paho's read callback: split the topic, look the sensor up in the in-memory
-registry, decode the payload into the open batch. No task, no queue hop. One flush task seals
-the batch when it holds `batch_max_rows` readings or is `batch_max_delay_s` old, commits it, and
-only then acknowledges its messages to the broker. While the database is down the flush task
-retries the same batch with backoff and the broker stops sending once `max_inflight` messages
-are unacknowledged (MQTT 5 Receive Maximum), so memory stays bounded and nothing is dropped.
+Per message, inside the MQTT client's read callback (pantau.mqtt): split the topic, look the
+sensor up in the in-memory registry, decode the payload into the open batch. No task, no queue
+hop. One flush task seals the batch when it holds `batch_max_rows` readings or is
+`batch_max_delay_s` old, commits it, and only then acknowledges its messages to the broker (one
+write of their PUBACKs). While the database is down the flush task retries the same batch with
+backoff, and once `max_inflight` messages are unacknowledged ingest stops reading its socket (and
+an MQTT 5 broker stops at our Receive Maximum), so memory stays bounded and nothing is dropped.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
-
-import paho.mqtt.client as paho
 
 from ingest.decode import Decoder, Rejection, Row
 from ingest.writer import ReadingWriter, RejectRow, WriteResult
@@ -113,9 +112,9 @@ class IngestService:
         self.ready = asyncio.Event()
         self.metrics.inflight.set_function(lambda: self._inflight)
 
-    # -- receive path (runs inside paho's read callback) ------------------------------------------
+    # -- receive path (runs inside the MQTT client's read callback) ---------------------------
 
-    def _on_message(self, msg: paho.MQTTMessage) -> None:
+    def _on_message(self, topic: str, payload: bytes, qos: int, mid: int) -> None:
         received = time.time()
         batch = self._batch
         if not batch.messages:
@@ -123,8 +122,8 @@ class IngestService:
             batch.oldest_received = received
             self._has_data.set()
         batch.messages += 1
-        if msg.qos:
-            batch.mids.append(msg.mid)
+        if qos:
+            batch.mids.append(mid)
             self._inflight += 1
             if self._inflight >= self.cfg.max_inflight and not self._paused:
                 # An MQTT 5 broker stops at our Receive Maximum; under MQTT 3.1.1 the broker's
@@ -132,8 +131,6 @@ class IngestService:
                 self._pause()
         else:
             batch.qos0 += 1
-        topic = msg.topic
-        payload: bytes = msg.payload  # type: ignore[assignment]  # paho delivers bytes
         parts = topic.split("/")
         if len(parts) >= 4 and parts[3] in OUTPUT_LEVELS:
             return  # pantau's own output (alerts), not a sensor's message
@@ -325,8 +322,7 @@ class IngestService:
         for rejection in batch.rejections:
             self.metrics.rejected.labels(rejection[3]).inc()
         if batch.generation == self.mqtt.generation:
-            for mid in batch.mids:
-                self.mqtt.ack(mid, batch.generation)
+            self.mqtt.ack_many(batch.mids, batch.generation)
             self._inflight -= len(batch.mids)
         self._maybe_resume()
         self._seen.update(batch.seen)

@@ -3,13 +3,19 @@
 paho's socket is registered with the event loop (add_reader / add_writer) as in paho's
 loop_asyncio example; `on_message` runs synchronously inside the read callback, so the caller's
 per-message work is the only per-message work. The session is persistent under either protocol:
-MQTT 3.1.1 (ingest's default, decisions D2) with clean_session=False, or MQTT 5 with
-clean_start=False, a Session Expiry Interval and an optional Receive Maximum, which is how an MQTT 5
-subscriber bounds the unacknowledged QoS 1 messages the broker sends it.
+MQTT 5 (ingest's default, decisions D2) with clean_start=False, a Session Expiry Interval and an
+optional Receive Maximum, which is how an MQTT 5 subscriber bounds the unacknowledged QoS 1
+messages the broker sends it; or MQTT 3.1.1 with clean_session=False.
 
 Reconnects with backoff. Every (re)connect bumps `generation`: a packet id is only meaningful
 on the connection that delivered it, so acknowledgements for an older generation are dropped
 (the broker redelivers those messages, and the store de-duplicates them).
+
+The receive hot path does not go through paho (decisions D15): on a plain TCP connection every
+complete QoS 0/1 PUBLISH in the read buffer is parsed here and handed to `on_message` directly,
+and acknowledgements go out as one write of all a batch's PUBACKs. Everything else (CONNACK,
+SUBACK, PINGRESP, QoS 2, outgoing publishes, keepalive, the session) stays paho's: a packet
+that is not such a PUBLISH is left to paho's own reader once it is wholly in the buffer.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ import asyncio
 import logging
 import socket
 import ssl
-from collections.abc import Callable
+import struct
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -34,7 +41,8 @@ from pantau.errors import BrokerError, ConfigError
 
 log = logging.getLogger(__name__)
 
-MessageHandler = Callable[[paho.MQTTMessage], None]
+# (topic, payload, qos, packet id): one received PUBLISH; the packet id is 0 for QoS 0.
+MessageHandler = Callable[[str, bytes, int, int], None]
 
 # Reconnect backoff: start fast (a broker restart takes about a second), cap so that a long
 # outage costs one attempt every 5 s.
@@ -82,33 +90,76 @@ _READ_CHUNK = 256 * 1024
 
 class _BufferedSocket:
     """paho reads each packet a few bytes at a time (recv(1) for the header): serve those reads
-    from one large recv, turning ~3 syscalls per message into one per 256 KiB. Everything else
-    is the socket's own."""
+    from one large recv, turning ~3 syscalls per message into one per 256 KiB. The client's own
+    PUBLISH parser reads the same buffer (`buf`, `pos`, `fill`). Everything else is the socket's own."""
 
-    __slots__ = ("_buf", "_pos", "_sock")
+    __slots__ = ("_sock", "buf", "limit", "pos")
 
     def __init__(self, sock: Any) -> None:
         self._sock = sock
-        self._buf = b""
-        self._pos = 0
+        self.buf = b""
+        self.pos = 0
+        # While paho reads one packet the client handed it: where that packet ends. paho finds
+        # nothing beyond it (BlockingIOError), so it never holds half of the next packet.
+        self.limit: int | None = None
 
     @property
     def buffered(self) -> int:
-        return len(self._buf) - self._pos
+        return len(self.buf) - self.pos
+
+    def fill(self) -> bool:
+        """One recv, appended to what is still unread; False at end of stream. Raises
+        BlockingIOError when nothing has arrived, or the socket's error."""
+        data = self._sock.recv(_READ_CHUNK)
+        if not data:
+            return False
+        self.buf = self.buf[self.pos :] + data if self.pos < len(self.buf) else bytes(data)
+        self.pos = 0
+        return True
 
     def recv(self, n: int) -> bytes:
-        buf, pos = self._buf, self._pos
+        buf, pos, limit = self.buf, self.pos, self.limit
+        if limit is not None:
+            if pos >= limit:
+                raise BlockingIOError
+            n = min(n, limit - pos)
         if pos >= len(buf):
             buf = bytes(self._sock.recv(max(n, _READ_CHUNK)))  # may raise BlockingIOError, as paho expects
             if not buf:
                 return buf
-            self._buf, pos = buf, 0
+            self.buf, pos = buf, 0
         chunk = buf[pos : pos + n]
-        self._pos = pos + len(chunk)
+        self.pos = pos + len(chunk)
         return chunk
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
+
+
+# What `_parse_publishes` found at the head of the buffer when it stopped.
+_NEED_MORE = 0  # the buffer is empty or ends inside a packet
+_FOR_PAHO = 1  # a whole packet that is not a QoS 0/1 PUBLISH (or one paho must judge)
+_PAUSED = 2  # the handler paused reading
+
+_PUBLISH = 0x30
+_PUBACK = 0x40
+
+
+def _frame(buf: bytes, pos: int, end: int) -> tuple[int, int] | None:
+    """Where the packet at `pos` has its variable header and where it ends; None when the buffer
+    ends first. A remaining length of more than four bytes is malformed: it is framed as ending at
+    once, so that paho reads it and drops the connection as it would."""
+    i, length, shift = pos + 1, 0, 0
+    while i < end:
+        b = buf[i]
+        i += 1
+        length |= (b & 0x7F) << shift
+        if b < 0x80:
+            return (i, i + length) if i + length <= end else None
+        shift += 7
+        if shift > 21:
+            return i, i
+    return None
 
 
 class AsyncMqttClient:
@@ -150,6 +201,10 @@ class AsyncMqttClient:
         self._reconnect_task: asyncio.Task[None] | None = None
         self._reading = True
         self._sock: Any = None
+        self._on_message = on_message
+        # Our own PUBLISH parser and batched PUBACKs (D15) need manual acks (paho would ack itself
+        # otherwise) and paho's output queue, which is not public API: without it, paho does all.
+        self._fast = on_message is not None and manual_ack and hasattr(paho.Client, "_packet_queue")
         if protocol not in (4, 5):
             raise ConfigError("protocol", "expected 5 (MQTT 5) or 4 (MQTT 3.1.1)")
         self.protocol = protocol
@@ -165,8 +220,8 @@ class AsyncMqttClient:
             self._client.username_pw_set(address.username, address.password)
         if address.tls:
             self._client.tls_set_context(ssl.create_default_context())
-        if on_message is not None:
-            self._client.on_message = lambda _c, _u, msg: on_message(msg)
+        if on_message is not None:  # what paho reads itself: over TLS, and what the parser leaves it
+            self._client.on_message = lambda _c, _u, m: on_message(m.topic, m.payload, m.qos, m.mid)  # type: ignore[arg-type]
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_disconnect = self._on_disconnect
@@ -337,10 +392,77 @@ class AsyncMqttClient:
     def _on_readable(self) -> None:
         """Read every packet that has arrived, not one per event-loop turn."""
         client = self._client
-        client.loop_read()
         sock = self._sock
-        while self._reading and isinstance(sock, _BufferedSocket) and sock.buffered and sock is self._sock:
+        if not isinstance(sock, _BufferedSocket):  # TLS: paho reads (the SSL socket buffers itself)
             client.loop_read()
+            return
+        if not self._fast:
+            client.loop_read()
+            while self._reading and sock.buffered and sock is self._sock:
+                client.loop_read()
+            return
+        while self._reading and sock is self._sock:
+            found = self._parse_publishes(sock)
+            if found == _PAUSED:
+                return
+            if found == _FOR_PAHO:
+                frame = _frame(sock.buf, sock.pos, len(sock.buf))
+                assert frame is not None
+                sock.limit = frame[1]
+                try:
+                    client.loop_read()  # exactly that one packet
+                finally:
+                    sock.limit = None
+                continue
+            try:
+                more = sock.fill()
+            except BlockingIOError:
+                return
+            except OSError:
+                more = False
+            if not more:  # end of stream or an error: paho reads what is left, finds it and disconnects
+                client.loop_read()
+                return
+
+    def _parse_publishes(self, sock: _BufferedSocket) -> int:
+        """Hand each whole QoS 0/1 PUBLISH at the head of the buffer to `on_message`; say what stopped it.
+
+        MQTT 3.1.1 and 5 (whose properties are skipped: pantau sets no Topic Alias Maximum, so the
+        broker sends none). Anything this parser does not take (another packet type, QoS 2, an
+        empty topic, a malformed packet) is left to paho, which has the protocol's answer for it.
+        """
+        handler = self._on_message
+        assert handler is not None
+        mqtt5 = self.protocol == 5
+        buf, pos = sock.buf, sock.pos
+        end = len(buf)
+        while pos < end:
+            frame = _frame(buf, pos, end)
+            if frame is None:
+                break
+            first = buf[pos]
+            start, stop = frame
+            qos = (first >> 1) & 3
+            if first & 0xF0 != _PUBLISH or qos > 1 or stop - start < 2:
+                sock.pos = pos
+                return _FOR_PAHO
+            j = start + 2 + ((buf[start] << 8) | buf[start + 1])
+            topic = buf[start + 2 : j]
+            mid = 0
+            if qos:
+                mid = (buf[j] << 8) | buf[j + 1] if j + 2 <= stop else 0
+                j += 2
+            if mqtt5:
+                j = _skip_properties(buf, j, stop)
+            if not topic or j > stop or (qos and not mid):
+                sock.pos = pos
+                return _FOR_PAHO
+            pos = sock.pos = stop  # before the handler, which may pause reading
+            handler(topic.decode("utf-8", "replace"), buf[j:stop], qos, mid)
+            if not self._reading or sock is not self._sock:
+                return _PAUSED
+        sock.pos = pos
+        return _NEED_MORE
 
     def _on_register_write(self, client: paho.Client, _u: Any, sock: Any) -> None:
         assert self._loop is not None
@@ -374,14 +496,43 @@ class AsyncMqttClient:
 
     def ack(self, mid: int, generation: int) -> bool:
         """Acknowledge a QoS 1 message received on connection `generation`; False if stale."""
+        return self.ack_many((mid,), generation)
+
+    def ack_many(self, mids: Sequence[int], generation: int) -> bool:
+        """Acknowledge QoS 1 messages received on connection `generation`, in order, as one write
+        of their PUBACKs (through paho's output queue, so they keep their place among its
+        packets); False if the connection is not that one any more."""
         if generation != self.generation or not self._connected.is_set():
             return False
-        self._client.ack(mid, 1)
+        if not mids:
+            return True
+        if not self._fast:
+            for mid in mids:
+                self._client.ack(mid, 1)
+            return True
+        # A PUBACK is 0x40, remaining length 2, the packet id (MQTT 5: no reason code = success).
+        blob = struct.pack(f">{len(mids)}I", *[0x40020000 | mid for mid in mids])
+        self._client._packet_queue(_PUBACK, blob, 0, 0)
         return True
 
     def publish(self, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False) -> None:
         """Queue a publish; paho sends it (and retries QoS 1 across reconnects)."""
         self._client.publish(topic, payload, qos=qos, retain=retain)
+
+
+def _skip_properties(buf: bytes, j: int, stop: int) -> int:
+    """Past an MQTT 5 property block at `j`; beyond `stop` if it is malformed."""
+    length, shift = 0, 0
+    while j < stop:
+        b = buf[j]
+        j += 1
+        length |= (b & 0x7F) << shift
+        if b < 0x80:
+            return j + length
+        shift += 7
+        if shift > 21:
+            break
+    return stop + 1
 
 
 def free_port() -> int:

@@ -54,11 +54,11 @@ class IngestSettings:
     # away (0xFFFFFFFF = never expires), so a stopped ingest loses nothing.
     session_expiry_s: int = 0xFFFFFFFF
     keepalive_s: int = 30
-    # 4 (MQTT 3.1.1) or 5 (MQTT 5). paho parses MQTT 5 properties on every PUBLISH: 3.1.1
-    # drains 25k msg/s here against 16k for MQTT 5 (docs/performance.md). Under 3.1.1 the
-    # in-flight bound is enforced by pausing the socket at max_inflight (TCP backpressure) and
-    # by the broker's max_inflight_messages; under MQTT 5 the broker honours our Receive Maximum.
-    mqtt_protocol: int = 4
+    # 5 (MQTT 5) or 4 (MQTT 3.1.1). Under MQTT 5 the broker itself stops at our Receive Maximum
+    # (max_inflight) and the session's expiry is explicit (decisions D2); under 3.1.1 the bound is
+    # ingest pausing its socket (TCP backpressure) and the broker's max_inflight_messages. Both
+    # drain at the same rate since pantau parses PUBLISH packets itself (D15).
+    mqtt_protocol: int = 5
     # Port for Prometheus metrics (0 = pick a free port, -1 = off) until the API serves them.
     metrics_port: int = 9108
     # `last_seen` is written for all sensors heard from at most this often.

@@ -58,11 +58,20 @@ async def await_until(
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what or predicate} (last: {last!r})")
 
 
-class TcpProxy:
-    """A loopback TCP proxy whose link can be cut and restored (like psycopg's test proxy)."""
+# Piece sizes a dribbling proxy cycles through: every boundary of a small packet (its first byte,
+# inside its remaining length, topic and packet id) lands somewhere, and large payloads still move.
+DRIBBLE_PIECES = (1, 2, 3, 5, 8, 13, 700, 4096)
 
-    def __init__(self, target_host: str, target_port: int) -> None:
+
+class TcpProxy:
+    """A loopback TCP proxy whose link can be cut and restored (like psycopg's test proxy).
+
+    `dribble=True` forwards what the server sends in `DRIBBLE_PIECES`, each its own TCP segment,
+    so the client reads packets split at every point."""
+
+    def __init__(self, target_host: str, target_port: int, *, dribble: bool = False) -> None:
         self.target = (target_host, target_port)
+        self.dribble = dribble
         self._server = socket.socket()
         self._server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._server.bind(("127.0.0.1", 0))
@@ -92,17 +101,29 @@ class TcpProxy:
                 continue
             with self._lock:
                 self._conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            for a, b, dribble in ((client, upstream, False), (upstream, client, self.dribble)):
+                threading.Thread(target=self._pump, args=(a, b, dribble), daemon=True).start()
 
     @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    def _pump(src: socket.socket, dst: socket.socket, dribble: bool) -> None:
+        if dribble:
+            dst.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        k = 0
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
-                dst.sendall(data)
+                if not dribble:
+                    dst.sendall(data)
+                    continue
+                view = memoryview(data)
+                while view:
+                    size = DRIBBLE_PIECES[k % len(DRIBBLE_PIECES)]
+                    k += 1
+                    dst.sendall(view[:size])
+                    view = view[size:]
+                    time.sleep(0.0002)  # its own segment: the reader sees the piece alone
         except OSError:
             pass
         finally:
