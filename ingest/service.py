@@ -87,6 +87,10 @@ class IngestService:
             retention_s=settings.store.retention_days * 86400.0,
         )
         self.writer = ReadingWriter(settings.database_url, backend, outbox=self.cfg.outbox)
+        # `last_seen` goes out on a connection of its own: one statement over thousands of sensors
+        # must not hold up the next batch's commit (at 10,000 sensors it made publish→commit
+        # latency spike every `last_seen_interval_s`).
+        self._side = ReadingWriter(settings.database_url, backend, outbox=False)
         self.mqtt = AsyncMqttClient(
             BrokerAddress.parse(settings.mqtt_url),
             client_id=self.cfg.client_id,
@@ -240,17 +244,12 @@ class IngestService:
         return batch
 
     async def _flush_loop(self) -> None:
-        last_seen_at = registry_at = time.monotonic()
+        registry_at = time.monotonic()
         while True:
             if not self._sealed:
                 waiter = asyncio.ensure_future(self._has_data.wait())
                 stopper = asyncio.ensure_future(self._stopping.wait())
-                # With `last_seen` times still to write, wake up for them even if traffic stopped.
-                due = last_seen_at + self.cfg.last_seen_interval_s - time.monotonic() if self._seen else None
-                await asyncio.wait(
-                    {waiter, stopper}, timeout=max(due, 0.0) if due is not None else None,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )  # fmt: skip
+                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
                 waiter.cancel()
                 stopper.cancel()
                 if self._stopping.is_set() and not self._batch.messages:
@@ -264,13 +263,26 @@ class IngestService:
             if batch.messages:
                 await self._commit(batch)
             now = time.monotonic()
-            if now - last_seen_at >= self.cfg.last_seen_interval_s and self._seen:
-                seen, self._seen = self._seen, {}
-                await self._retrying(functools.partial(self.writer.touch_last_seen, seen))
-                last_seen_at = now
             if now - registry_at >= self.cfg.registry_refresh_s:
                 self._registry = await self._retrying(self.writer.registry)
                 registry_at = now
+
+    async def _last_seen_loop(self) -> None:
+        """Every `last_seen_interval_s`, raise `sensors.last_seen` to the committed receive times
+        (also once traffic has stopped), on the side connection."""
+        while True:
+            await asyncio.sleep(self.cfg.last_seen_interval_s)
+            await self._write_last_seen()
+
+    async def _write_last_seen(self) -> None:
+        if not self._seen:
+            return
+        seen, self._seen = self._seen, {}
+        try:
+            await self._retrying(functools.partial(self._side.touch_last_seen, seen))
+        except BaseException:
+            self._seen = seen | self._seen  # not written: kept for the next write (later times win)
+            raise
 
     async def _retrying(self, action: Callable[[], Awaitable[T]]) -> T:
         """Run a database action until it succeeds, backing off while the database is away."""
@@ -364,20 +376,29 @@ class IngestService:
 
     async def run(self) -> None:
         """Serve until cancelled or stopped."""
-        async with self.writer:
+        async with self.writer, self._side:
             self._registry = await self._retrying(self.writer.registry)
             log.info("registry: %d sensors", len(self._registry))
             async with self.mqtt:
                 self.ready.set()
                 flush = asyncio.create_task(self._flush_loop())
+                last_seen = asyncio.create_task(self._last_seen_loop())
                 stop = asyncio.create_task(self._stopping.wait())
                 try:
-                    await asyncio.wait({flush, stop}, return_when=asyncio.FIRST_COMPLETED)
-                    if flush.done():
-                        flush.result()  # a crash of the flush loop surfaces here
+                    await asyncio.wait({flush, last_seen, stop}, return_when=asyncio.FIRST_COMPLETED)
+                    for task in (flush, last_seen):
+                        if task.done():
+                            task.result()  # a crash of either loop surfaces here
                     self.mqtt.pause_reading()
                     await asyncio.wait_for(flush, _DRAIN_TIMEOUT_S)
+                    last_seen.cancel()
+                    await asyncio.gather(last_seen, return_exceptions=True)
+                    try:
+                        await asyncio.wait_for(self._write_last_seen(), _DRAIN_TIMEOUT_S)  # the last batches' too
+                    except TimeoutError:
+                        log.warning("stopping without writing the last sensors' last_seen (database unavailable)")
                 finally:
                     flush.cancel()
+                    last_seen.cancel()
                     stop.cancel()
-                    await asyncio.gather(flush, stop, return_exceptions=True)
+                    await asyncio.gather(flush, last_seen, stop, return_exceptions=True)

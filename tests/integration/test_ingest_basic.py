@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -105,3 +106,33 @@ async def test_last_seen_follows_the_latest_message(
 async def _later(seen, first) -> bool:  # type: ignore[no-untyped-def]
     now = await seen()
     return bool(now and now > first)
+
+
+async def test_a_blocked_last_seen_write_does_not_hold_up_readings(
+    settings: Settings, backend: Backend, store: Store, broker: EmbeddedMosquitto, database_url: str
+) -> None:
+    # `last_seen` is written on a connection of its own: while another transaction holds the
+    # sensor's row (as a slow UPDATE over thousands of sensors would hold ingest), readings go on
+    # landing, and last_seen catches up once the row is free.
+    import psycopg
+
+    await store.upsert_sensors([AIR])
+    async with running_ingest(settings, backend):
+        pub = Publisher(broker.port)
+        pub.publish_all([(AIR.topic, b'{"pm25": 9.0}')])
+        await await_until(lambda: _count_is(store, 1), what="the first reading")
+
+        async def seen() -> object:
+            return {s.id: s for s in await store.sensors()}["KTG-AQ-01"].last_seen
+
+        first = await await_until(seen, what="last_seen of KTG-AQ-01")
+        async with await psycopg.AsyncConnection.connect(database_url) as locker:
+            await locker.execute("SELECT 1 FROM sensors WHERE id = 'KTG-AQ-01' FOR NO KEY UPDATE")
+            for k in range(5):
+                pub.publish_all([(AIR.topic, json.dumps({"ts": time.time() - 60 + k, "pm25": 10.0 + k}))])
+                await asyncio.sleep(settings.ingest.last_seen_interval_s * 2)  # a last_seen write is due, and waits
+            await await_until(lambda: _count_is(store, 6), what="readings landing while last_seen waits", timeout_s=5)
+            assert await seen() == first
+            await locker.rollback()
+        await await_until(lambda: _later(seen, first), what="last_seen once the row is free")
+        pub.close()
