@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from pantau.telemetry import HostCpu
+
 # Messages handed to the publisher at a time; at a fixed rate, 50 keep the pacing smooth (10 ms
 # apart at 5,000 msg/s) without a syscall per message.
 _CHUNK = 50
@@ -204,6 +206,7 @@ class Run:
     p50_ms: float | None = None
     p99_ms: float | None = None
     note: str = ""
+    host: tuple[float, float] | None = None  # the machine's busy and steal % over the run (HostCpu)
 
     @property
     def rate(self) -> float:
@@ -411,9 +414,10 @@ def _run_bench_sync(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             proc = IngestProcess(env, workdir)
-            began = time.monotonic()
+            began, cpu = time.monotonic(), HostCpu.now()
             proc.start()
             finished = _wait_count(url, count * pack, proc, timeout_s=1800, progress=True)
+            host = _host_since(cpu)
             stats = proc.stop()
             # Timed from the first to the last commit: excludes process start-up.
             seconds = stats["last"] - stats["first"] if stats["last"] > stats["first"] else finished - began
@@ -424,6 +428,7 @@ def _run_bench_sync(args: argparse.Namespace) -> int:
                     seconds,
                     proc.rss_peak_kib / 1024,
                     note=f"drain of a queued backlog; publisher {sent * pack / pub_s:,.0f} readings/s",
+                    host=host,
                 )
             )
 
@@ -437,10 +442,12 @@ def _run_bench_sync(args: argparse.Namespace) -> int:
             proc.start()
             count = int(args.live_rate * args.live_seconds)
             print(f"live: publishing {count:,} messages at {args.live_rate:,.0f} msg/s ...", file=sys.stderr)
+            cpu = HostCpu.now()
             _sent, pub_s = publish_parallel(
                 "live", "127.0.0.1", mq.port, sensors, count, procs=args.procs, t0=time.time(), rate=args.live_rate
             )
             _wait_count(url, count, proc, timeout_s=600, progress=False)
+            host = _host_since(cpu)
             stats = proc.stop()
             runs.append(
                 Run(
@@ -451,6 +458,7 @@ def _run_bench_sync(args: argparse.Namespace) -> int:
                     stats["latency_p50_ms"],
                     stats["latency_p99_ms"],
                     note=f"fixed rate {args.live_rate:,.0f} msg/s, QoS 1",
+                    host=host,
                 )
             )
         if "naive" in only:
@@ -485,12 +493,17 @@ def _run_bench_sync(args: argparse.Namespace) -> int:
     return 0
 
 
+def _host_since(earlier: HostCpu | None) -> tuple[float, float] | None:
+    now = HostCpu.now()
+    return now.since(earlier) if now is not None and earlier is not None else None
+
+
 def _report(runs: list[Run], args: argparse.Namespace) -> None:
     targets = {"single": 20_000, "senml": 100_000}
     print(f"\npantau bench ingest — {os.cpu_count()} cores; broker, PostgreSQL, publishers and ingest on one machine")
     print(
         f"{'scenario':<8} {'readings':>10} {'seconds':>8} {'readings/s':>11} {'target':>9} "
-        f"{'p50 ms':>7} {'p99 ms':>7} {'RSS MiB':>8}  note"
+        f"{'p50 ms':>7} {'p99 ms':>7} {'RSS MiB':>8} {'busy %':>6} {'steal %':>7}  note"
     )
     for r in runs:
         target = targets.get(r.name)
@@ -498,8 +511,11 @@ def _report(runs: list[Run], args: argparse.Namespace) -> None:
         p50 = f"{r.p50_ms:7.0f}" if r.p50_ms is not None else f"{'':>7}"
         p99 = f"{r.p99_ms:7.0f}" if r.p99_ms is not None else f"{'':>7}"
         rss = f"{r.rss_peak_mib:8.0f}" if r.rss_peak_mib else f"{'':>8}"
-        figures = f"{r.readings:>10,} {r.seconds:>8.1f} {r.rate:>11,.0f} {verdict:>9} {p50} {p99} {rss}"
+        host = f"{r.host[0]:6.0f} {r.host[1]:7.0f}" if r.host is not None else f"{'':>6} {'':>7}"
+        figures = f"{r.readings:>10,} {r.seconds:>8.1f} {r.rate:>11,.0f} {verdict:>9} {p50} {p99} {rss} {host}"
         print(f"{r.name:<8} {figures}  {r.note}")
+    if any(r.host is not None and r.host[1] >= 5 for r in runs):
+        print("the hypervisor took (steal) 5 % or more of the machine's CPU in a run: its figures understate the code")
     naive = next((r for r in runs if r.name == "naive"), None)
     single = next((r for r in runs if r.name == "single"), None)
     if naive and single and naive.rate:

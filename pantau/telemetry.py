@@ -10,12 +10,43 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 # Latency buckets in seconds, fine around the 200 ms batch delay so p50/p99 can be read off.
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1, 2, 5, 10, 30)
 _BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000, 25000, 50000)
+
+
+@dataclass(frozen=True, slots=True)
+class HostCpu:
+    """The machine's CPU time so far (`/proc/stat`, all cores), to say how busy a benchmark's host
+    was and how much of its time the hypervisor took (steal): on a shared VM a figure taken while
+    a neighbour steals a third of the CPU is not the code's."""
+
+    busy: float
+    steal: float
+    total: float
+
+    @classmethod
+    def now(cls) -> HostCpu | None:
+        """None where /proc/stat is not there (not Linux)."""
+        try:
+            fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+        except OSError:
+            return None
+        # cpu user nice system idle iowait irq softirq steal [guest guest_nice: inside user, nice]
+        ticks = [float(x) for x in fields[1:9]]
+        idle = ticks[3] + ticks[4]
+        return cls(busy=sum(ticks) - idle - ticks[7], steal=ticks[7], total=sum(ticks))
+
+    def since(self, earlier: HostCpu) -> tuple[float, float]:
+        """(busy %, steal %) of the machine's CPU time between `earlier` and this."""
+        total = self.total - earlier.total
+        if total <= 0:
+            return 0.0, 0.0
+        return 100 * (self.busy - earlier.busy) / total, 100 * (self.steal - earlier.steal) / total
 
 
 @dataclass(frozen=True, slots=True)

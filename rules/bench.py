@@ -165,6 +165,7 @@ def _run(args: argparse.Namespace) -> int:
     from pantau.embedded import EmbeddedMosquitto, EmbeddedPostgres
     from pantau.settings import StoreSettings
     from pantau.store import Store
+    from pantau.telemetry import HostCpu
     from simulators.load import LoadConfig, LoadReport, load_sensors, run_load
 
     workdir = Path(tempfile.mkdtemp(prefix="pantau-bench-rules-"))
@@ -246,6 +247,7 @@ def _run(args: argparse.Namespace) -> int:
             sensors=args.sensors,
         )
         loader = threading.Thread(target=lambda: report.append(run_load(cfg)), daemon=True)
+        cpu = HostCpu.now()
         loader.start()
         time.sleep(1.0)  # let the load reach its rate
         sent: dict[tuple[str, str], float] = {}
@@ -264,6 +266,8 @@ def _run(args: argparse.Namespace) -> int:
             time.sleep(max(0.0, when - time.monotonic()))
             sent[(f"{PROBE_PREFIX}-{j:05d}", "resolved")] = publish(j, _CLEAR_VALUE)
         loader.join()
+        now = HostCpu.now()
+        busy, steal = now.since(cpu) if now is not None and cpu is not None else (None, None)
         wait_until = time.monotonic() + 10
         while time.monotonic() < wait_until and len(listener.events) < len(sent):
             time.sleep(0.1)
@@ -289,6 +293,10 @@ def _run(args: argparse.Namespace) -> int:
             "missing": len(sent) - len(seen),
             **_percentiles("publish_to_event_ms", to_event),
             **_percentiles("publish_to_commit_ms", to_commit),
+            # How busy the machine was during the load, and how much of its CPU the hypervisor
+            # took: a run with steal is no measure of the code (pantau.telemetry.HostCpu).
+            "host_cpu_busy_pct": None if busy is None else round(busy, 1),
+            "host_cpu_steal_pct": None if steal is None else round(steal, 1),
         }
         print(json.dumps(figures, indent=2))
         if args.json:
