@@ -38,6 +38,14 @@ _IDENTITY_KEYS = ("sensor_id", "id", "bn")
 Rejection = tuple[Reason, str]
 Row = tuple[float, str, str, float]
 
+# What a SenML record name resolves to for a sensor and kind (see `Decoder._name`): its metric,
+# or the rejection and whether it comes before the record's value checks (an invalid name) or
+# after them (another sensor's name, a metric that is unknown or not of this kind).
+_NameCheck = Metric | tuple[bool, Rejection]
+# Names remembered at most: a fleet's sensors times their metrics fit many times over; past it
+# the memory starts again (a stream of made-up names cannot grow it without bound).
+_NAME_CACHE_MAX = 65536
+
 
 # The details of value rejections: "[record N: ]<metric>=<value> ..." (out of range), "<metric> is
 # not finite" and "<metric> is too large for a double" (non_finite).
@@ -122,6 +130,7 @@ class Decoder:
         self.max_payload_bytes = max_payload_bytes
         self.max_future_s = max_future_s
         self.retention_s = retention_s
+        self._names: dict[tuple[str, str, SensorKind], _NameCheck] = {}
 
     # -- checks shared by both forms ------------------------------------------------------------
 
@@ -142,6 +151,20 @@ class Decoder:
         if kind not in metric.kinds:
             return Reason.METRIC_NOT_FOR_KIND, f"{name} is not a metric of {kind.value} sensors"
         return metric
+
+    @classmethod
+    def _name(cls, name: str, sensor_id: str, kind: SensorKind) -> _NameCheck:
+        """What a SenML record's resolved name means for the topic's sensor and kind."""
+        if not name or not _NAME_RE.match(name):
+            return True, (Reason.INVALID_SENML, f"invalid name {name!r}")
+        # The device part of the name must be the topic's sensor: the topic is the identity.
+        cut = max(name.rfind(":"), name.rfind("/"))
+        if cut >= 0:
+            device = name[:cut]
+            if device != sensor_id and not device.endswith((":" + sensor_id, "/" + sensor_id)):
+                return False, (Reason.TOPIC_MISMATCH, f"name {name!r} is not for sensor {sensor_id!r}")
+        metric = cls._check_metric(name[cut + 1 :], kind)
+        return (False, metric) if isinstance(metric, tuple) else metric
 
     @staticmethod
     def _check_value(metric: Metric, value: float, where: str) -> Rejection | None:
@@ -327,6 +350,10 @@ class Decoder:
         rows: list[Row],
         rejections: list[Rejection],
     ) -> None:
+        # Per record on the hot path: the name's checks come from `_name` (remembered), the value's
+        # and time's are one comparison each; the checks' own words only for a record that fails.
+        names = self._names
+        earliest, latest = received_at - self.retention_s, received_at + self.max_future_s
         bn, bt, bu, bv = "", 0.0, None, 0.0
         for i, rec in enumerate(records):
             if rec is None:
@@ -343,50 +370,52 @@ class Decoder:
                 bu = rec.bu
             if rec.bv is not None:
                 bv = rec.bv
-            where = f"record {i}: "
             name = bn + (rec.n or "")
-            if not name or not _NAME_RE.match(name):
-                rejections.append((Reason.INVALID_SENML, f"{where}invalid name {name!r}"))
+            key = (name, sensor_id, kind)
+            check = names.get(key)
+            if check is None:
+                if len(names) >= _NAME_CACHE_MAX:
+                    names.clear()
+                check = names[key] = self._name(name, sensor_id, kind)
+            if check.__class__ is tuple and check[0]:  # an invalid name
+                reason, detail = check[1]
+                rejections.append((reason, f"record {i}: {detail}"))
                 continue
-            n_values = (rec.v is not None) + (rec.vs is not None) + (rec.vb is not None) + (rec.vd is not None)
-            if n_values != 1 and not (n_values == 0 and rec.s is not None):
-                rejections.append((Reason.INVALID_SENML, f"{where}needs exactly one value field, has {n_values}"))
-                continue
-            if rec.v is None:
-                rejections.append((Reason.WRONG_TYPE, f"{where}only numeric values (v) are stored"))
-                continue
-            # The device part of the name must be the topic's sensor: the topic is the identity.
-            cut = max(name.rfind(":"), name.rfind("/"))
-            metric_name = name[cut + 1 :]
-            if cut >= 0:
-                device = name[:cut]
-                if device != sensor_id and not device.endswith((":" + sensor_id, "/" + sensor_id)):
-                    rejections.append((Reason.TOPIC_MISMATCH, f"{where}name {name!r} is not for sensor {sensor_id!r}"))
+            if rec.v is None or rec.vs is not None or rec.vb is not None or rec.vd is not None:
+                n_values = (rec.v is not None) + (rec.vs is not None) + (rec.vb is not None) + (rec.vd is not None)
+                if n_values != 1 and not (n_values == 0 and rec.s is not None):
+                    problem = f"record {i}: needs exactly one value field, has {n_values}"
+                    rejections.append((Reason.INVALID_SENML, problem))
                     continue
-            metric = self._check_metric(metric_name, kind)
-            if isinstance(metric, tuple):
-                rejections.append((metric[0], where + metric[1]))
+                rejections.append((Reason.WRONG_TYPE, f"record {i}: only numeric values (v) are stored"))
                 continue
+            if not isinstance(check, Metric):
+                reason, detail = check[1]
+                rejections.append((reason, f"record {i}: {detail}"))
+                continue
+            metric = check
             value = bv + rec.v
             unit = rec.u if rec.u is not None else bu
             if unit is not None and unit != metric.unit:
                 conversion = metric.senml_units.get(unit)
                 if conversion is None:
-                    rejections.append((Reason.BAD_UNIT, f"{where}unit {unit!r} is not accepted for {metric.name}"))
+                    rejections.append((Reason.BAD_UNIT, f"record {i}: unit {unit!r} is not accepted for {metric.name}"))
                     continue
                 value = value * conversion[0] + conversion[1]
-            bad = self._check_value(metric, value, where)
-            if bad is not None:
+            if not metric.low <= value <= metric.high:  # NaN too: _check_value names what is wrong
+                bad = self._check_value(metric, value, f"record {i}: ")
+                assert bad is not None
                 rejections.append(bad)
                 continue
             ts = bt + (rec.t or 0.0)
             if not math.isfinite(ts):
-                rejections.append((Reason.BAD_TIMESTAMP, f"{where}time is not finite"))
+                rejections.append((Reason.BAD_TIMESTAMP, f"record {i}: time is not finite"))
                 continue
             if ts < SENML_RELATIVE_LIMIT:
                 ts += received_at
-            late = self._check_time(ts, received_at)
-            if late is not None:
-                rejections.append((late[0], where + late[1]))
+            if not earliest <= ts <= latest:
+                late = self._check_time(ts, received_at)
+                assert late is not None
+                rejections.append((late[0], f"record {i}: {late[1]}"))
                 continue
             rows.append((ts, sensor_id, metric.name, value))

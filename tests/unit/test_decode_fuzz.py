@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+import msgspec
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from ingest.decode import Decoder, Rejection, Row
+from ingest.decode import SENML_RELATIVE_LIMIT, SENML_VERSION, Decoder, Rejection, Row, SenMLRecord
 from pantau.domain import Reason
 from pantau.metrics import METRICS, SensorKind
 
@@ -218,3 +220,97 @@ def test_single_senml_record_is_stored_or_rejected_once(
     DECODER.decode(payload, SENSOR_ID, kind, NOW, rows, rejections)
     # One record yields exactly one outcome: a row or a rejection, never both, never neither.
     assert len(rows) + len(rejections) == 1
+
+
+def reference_resolve(
+    records: list[Any], sensor_id: str, kind: SensorKind, received_at: float, decoder: Decoder
+) -> tuple[list[Row], list[Rejection]]:
+    """The SenML record checks written plainly, one after another per record (as the decoder had
+    them before it remembered names and deferred its words): the decoder must agree exactly."""
+    rows: list[Row] = []
+    rejections: list[Rejection] = []
+    bn, bt, bu, bv = "", 0.0, None, 0.0
+    for i, rec in enumerate(records):
+        if rec.bver is not None and rec.bver > SENML_VERSION:
+            rejections.append((Reason.INVALID_SENML, f"record {i}: SenML version {rec.bver} is not supported"))
+            break
+        bn = rec.bn if rec.bn is not None else bn
+        bt = rec.bt if rec.bt is not None else bt
+        bu = rec.bu if rec.bu is not None else bu
+        bv = rec.bv if rec.bv is not None else bv
+        where = f"record {i}: "
+        name = bn + (rec.n or "")
+        if not name or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9\-:./_]*", name):
+            rejections.append((Reason.INVALID_SENML, f"{where}invalid name {name!r}"))
+            continue
+        n_values = (rec.v is not None) + (rec.vs is not None) + (rec.vb is not None) + (rec.vd is not None)
+        if n_values != 1 and not (n_values == 0 and rec.s is not None):
+            rejections.append((Reason.INVALID_SENML, f"{where}needs exactly one value field, has {n_values}"))
+            continue
+        if rec.v is None:
+            rejections.append((Reason.WRONG_TYPE, f"{where}only numeric values (v) are stored"))
+            continue
+        cut = max(name.rfind(":"), name.rfind("/"))
+        if cut >= 0:
+            device = name[:cut]
+            if device != sensor_id and not device.endswith((":" + sensor_id, "/" + sensor_id)):
+                rejections.append((Reason.TOPIC_MISMATCH, f"{where}name {name!r} is not for sensor {sensor_id!r}"))
+                continue
+        metric = METRICS.get(name[cut + 1 :])
+        if metric is None:
+            rejections.append((Reason.UNKNOWN_METRIC, f"{where}unknown metric {name[cut + 1 :]!r}"))
+            continue
+        if kind not in metric.kinds:
+            detail = f"{where}{metric.name} is not a metric of {kind.value} sensors"
+            rejections.append((Reason.METRIC_NOT_FOR_KIND, detail))
+            continue
+        value = bv + rec.v
+        unit = rec.u if rec.u is not None else bu
+        if unit is not None and unit != metric.unit:
+            conversion = metric.senml_units.get(unit)
+            if conversion is None:
+                rejections.append((Reason.BAD_UNIT, f"{where}unit {unit!r} is not accepted for {metric.name}"))
+                continue
+            value = value * conversion[0] + conversion[1]
+        if not math.isfinite(value):
+            rejections.append((Reason.NON_FINITE, f"{where}{metric.name} is not finite"))
+            continue
+        if not metric.low <= value <= metric.high:
+            detail = f"{where}{metric.name}={value:g} {metric.unit} outside {metric.low:g}..{metric.high:g}"
+            rejections.append((Reason.OUT_OF_RANGE, detail))
+            continue
+        ts = bt + (rec.t or 0.0)
+        if not math.isfinite(ts):
+            rejections.append((Reason.BAD_TIMESTAMP, f"{where}time is not finite"))
+            continue
+        if ts < SENML_RELATIVE_LIMIT:
+            ts += received_at
+        if ts > received_at + decoder.max_future_s:
+            hint = " (milliseconds? ts is in seconds)" if ts > received_at * 100 else ""
+            detail = f"{where}ts is {ts - received_at:.0f} s ahead of the receive time{hint}"
+            rejections.append((Reason.FUTURE_TIMESTAMP, detail))
+            continue
+        if ts < received_at - decoder.retention_s:
+            detail = f"{where}ts is older than the retention of {decoder.retention_s / 86400:.0f} days"
+            rejections.append((Reason.TOO_OLD, detail))
+            continue
+        rows.append((ts, sensor_id, metric.name, value))
+    return rows, rejections
+
+
+@FUZZ
+@given(pack=st.lists(st.one_of(plausible_records(), senml_records()), min_size=1, max_size=12), kind=kinds)
+def test_senml_record_checks_match_the_plain_checks_cold_and_warm(pack: list[Any], kind: SensorKind) -> None:
+    # The decoder remembers what each name means per sensor and kind: the first pack (cold) and the
+    # same pack again for the topic's sensor and for another one (warm, with names another sensor
+    # left behind) give exactly the rows and rejections of the checks written plainly.
+    try:
+        records = msgspec.json.decode(encode(pack, ensure_ascii=True), type=list[SenMLRecord])
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        assume(False)
+    decoder = Decoder(max_payload_bytes=8192, max_future_s=MAX_FUTURE_S, retention_s=RETENTION_S)
+    for sensor_id in (SENSOR_ID, "OTHER-01", SENSOR_ID):
+        rows: list[Row] = []
+        rejections: list[Rejection] = []
+        decoder._resolve(records, sensor_id, kind, NOW, rows, rejections)
+        assert (rows, rejections) == reference_resolve(records, sensor_id, kind, NOW, decoder)
