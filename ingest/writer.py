@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 import numpy as np
 import psycopg
+from numpy.typing import NDArray
 from psycopg import AsyncConnection, errors
 
 from ingest.decode import rejected_metric
@@ -35,9 +36,15 @@ log = logging.getLogger(__name__)
 _PG_EPOCH_S = 946684800.0  # 2000-01-01T00:00:00Z, PostgreSQL's binary timestamp origin
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 _COPY_TRAILER = struct.pack(">h", -1)
-# Row head: 4 fields; ts as int64 microseconds; value as float8. Sensor id and metric follow.
-_ROW_HEAD = struct.Struct(">hiqid")
-_COPY_COLUMNS = "(ts, value, sensor_id, metric)"
+_FIELD_COUNT = struct.pack(">h", 4)
+# A row: its field count and the sensor id and metric as text (one `bytes` per sensor and metric,
+# remembered), then ts (int64 microseconds) and value (float8) with their lengths: the fixed tail
+# of every row, made for the whole batch at once by numpy.
+_COPY_COLUMNS = "(sensor_id, metric, ts, value)"
+_ROW_TAIL = np.dtype([("ts_len", ">i4"), ("ts", ">i8"), ("value_len", ">i4"), ("value", ">f8")])
+_ROW_TAIL_BYTES = _ROW_TAIL.itemsize
+# (sensor, metric) row heads remembered at most: many times a fleet's, and a bound on made-up ids.
+_ROW_HEAD_CACHE_MAX = 262144
 # After a batch hit duplicates, this many batches take the staging path before trying COPY again.
 _STAGING_STREAK = 20
 
@@ -103,7 +110,7 @@ class ReadingWriter:
         self.outbox = outbox
         self._conn: AsyncConnection | None = None
         self._known_days: set[int] = set()
-        self._field_cache: dict[str, bytes] = {}
+        self._row_heads: dict[tuple[str, str], bytes] = {}
         self._staging_left = 0
 
     async def __aenter__(self) -> ReadingWriter:
@@ -129,21 +136,28 @@ class ReadingWriter:
             )
         return self._conn
 
-    def _encode(self, rows: list[WriterRow]) -> bytes:
-        cache = self._field_cache
-        head = _ROW_HEAD.pack
+    def _encode(self, rows: list[WriterRow], ts: NDArray[np.float64]) -> bytes:
+        """The rows as binary COPY data; `ts` is their times as an array (the caller has it)."""
+        tail = np.empty(len(rows), dtype=_ROW_TAIL)
+        tail["ts_len"] = 8
+        tail["ts"] = np.round((ts - _PG_EPOCH_S) * 1e6)  # round half to even, as Python's round
+        tail["value_len"] = 8
+        tail["value"] = np.fromiter((r[3] for r in rows), dtype=np.float64, count=len(rows))
+        tails = tail.tobytes()
+        heads = self._row_heads
+        if len(heads) >= _ROW_HEAD_CACHE_MAX:
+            heads.clear()
         parts: list[bytes] = [_COPY_HEADER]
         append = parts.append
-        for ts, sensor_id, metric, value in rows:
-            append(head(4, 8, round((ts - _PG_EPOCH_S) * 1e6), 8, value))
-            sid = cache.get(sensor_id)
-            if sid is None:
-                sid = cache[sensor_id] = _text_field(sensor_id)
-            append(sid)
-            met = cache.get(metric)
-            if met is None:
-                met = cache[metric] = _text_field(metric)
-            append(met)
+        at = 0
+        for _ts, sensor_id, metric, _value in rows:
+            key = (sensor_id, metric)
+            head = heads.get(key)
+            if head is None:
+                head = heads[key] = _FIELD_COUNT + _text_field(sensor_id) + _text_field(metric)
+            append(head)
+            append(tails[at : at + _ROW_TAIL_BYTES])
+            at += _ROW_TAIL_BYTES
         append(_COPY_TRAILER)
         return b"".join(parts)
 
@@ -176,10 +190,10 @@ class ReadingWriter:
         inserted = 0
         async with conn.transaction():
             if rows:
-                data = self._encode(rows)
+                assert ts is not None
+                data = self._encode(rows, ts)
                 inserted = await self._insert(conn, data, len(rows))
                 if self.backend is Backend.POSTGRES and inserted:
-                    assert ts is not None
                     minutes = np.unique(ts // 60.0) * 60.0
                     await conn.execute(
                         "INSERT INTO rollup_invalidations (bucket) SELECT to_timestamp(b) FROM unnest(%s::float8[]) b",

@@ -1,8 +1,10 @@
-"""The batch writer on its own: rejections with characters PostgreSQL text cannot hold."""
+"""The batch writer on its own: binary COPY round trips, and rejections with characters
+PostgreSQL text cannot hold."""
 
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 
@@ -17,3 +19,31 @@ async def test_nul_characters_in_rejections_are_escaped_not_fatal(database_url: 
     with psycopg.connect(database_url) as conn:
         row = conn.execute("SELECT topic, payload, detail FROM rejected_messages").fetchone()
     assert row == ("pantau/v1/x\\x00", b"\x00raw", "detail \\x00 here")
+
+
+def micros(ts: float) -> datetime:
+    """`ts` as PostgreSQL stores it: microseconds since 2000-01-01, rounded half to even."""
+    return datetime(2000, 1, 1, tzinfo=UTC) + timedelta(microseconds=round((ts - 946684800.0) * 1e6))
+
+
+async def test_copy_round_trips_times_values_and_names(database_url: str, backend: Backend) -> None:
+    # Each row's ts is stored to the microsecond, rounded half to even as Python's round() does,
+    # its value bit for bit and its sensor id and metric as given (non-ASCII too), in any order
+    # and through both the COPY path and the staging path a batch with a duplicate takes.
+    base = time.time() - 3600
+    times = [base, base + 0.0000005, base + 0.0000015, base + 0.1234567, base + 59.9999995, base - 86400.5]
+    values = [0.0, -0.0, 1e-300, -273.15, 12345.678901234, 1e300]
+    names = ["KTG-AQ-01", "SPT-RV-07", "MJK-Lalu-Lintas-é", "X"]
+    rows = [
+        (times[k % len(times)] + k, names[k % len(names)], ("pm25", "water_level_cm")[k % 2], values[k % len(values)])
+        for k in range(60)
+    ]
+    async with ReadingWriter(database_url, backend) as writer:
+        first = await writer.write(rows[::-1][:30], [])  # COPY
+        second = await writer.write(rows[::-1], [])  # the first 30 again: a duplicate, the staging path
+    assert (first.inserted, second.inserted, second.duplicates) == (30, 30, 30)
+    with psycopg.connect(database_url) as conn:
+        stored = conn.execute("SELECT sensor_id, metric, ts, value FROM readings").fetchall()
+    want = sorted((sid, metric, micros(ts), value) for ts, sid, metric, value in rows)
+    assert sorted(stored) == want
+    assert [str(v) for *_x, v in sorted(stored)] == [str(v) for *_x, v in want]  # -0.0 stays -0.0
