@@ -38,6 +38,10 @@ _KINDS = {k.value: k for k in SensorKind}
 # costs one attempt every 5 s.
 _DB_BACKOFF_START_S = 0.1
 _DB_BACKOFF_MAX_S = 5.0
+# `last_seen` goes out in statements of at most this many sensors, spread over half the interval:
+# one UPDATE of 10,000 rows every 5 s, WAL and all, made every commit beside it wait (publish→alert
+# spiked every 5 s); a thousand rows take a few milliseconds.
+_LAST_SEEN_CHUNK = 1000
 # A graceful stop waits this long for the last batch to commit before disconnecting anyway
 # (whatever is not committed is redelivered by the broker on the next start).
 _DRAIN_TIMEOUT_S = 10.0
@@ -272,16 +276,25 @@ class IngestService:
         (also once traffic has stopped), on the side connection."""
         while True:
             await asyncio.sleep(self.cfg.last_seen_interval_s)
-            await self._write_last_seen()
+            await self._write_last_seen(spread_s=self.cfg.last_seen_interval_s / 2)
 
-    async def _write_last_seen(self) -> None:
+    async def _write_last_seen(self, *, spread_s: float = 0.0) -> None:
+        """Write the pending times, `_LAST_SEEN_CHUNK` sensors a statement, the statements spread
+        over `spread_s`."""
         if not self._seen:
             return
-        seen, self._seen = self._seen, {}
+        seen, self._seen = list(self._seen.items()), {}
+        pause_s = spread_s / (len(seen) // _LAST_SEEN_CHUNK + 1)
+        written = 0
         try:
-            await self._retrying(functools.partial(self._side.touch_last_seen, seen))
+            while written < len(seen):
+                if written and pause_s:
+                    await asyncio.sleep(pause_s)
+                chunk = dict(seen[written : written + _LAST_SEEN_CHUNK])
+                await self._retrying(functools.partial(self._side.touch_last_seen, chunk))
+                written += len(chunk)
         except BaseException:
-            self._seen = seen | self._seen  # not written: kept for the next write (later times win)
+            self._seen = dict(seen[written:]) | self._seen  # not written: kept for the next write (later times win)
             raise
 
     async def _retrying(self, action: Callable[[], Awaitable[T]]) -> T:
