@@ -122,7 +122,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=30, help="length of the run (default 30 s)")
     p.add_argument("--probe-interval", type=float, default=0.1, help="seconds between probes (default 0.1)")
     p.add_argument("--procs", type=int, default=1, help="load publisher processes (default 1)")
-    p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    p.add_argument("--json", metavar="FILE", help="also write the figures, and each probe's latency, as JSON")
     p.set_defaults(handler=run_bench)
 
 
@@ -276,6 +276,8 @@ def _run(args: argparse.Namespace) -> int:
         probe.disconnect()
 
         to_event, to_commit = [], []
+        timeline: list[tuple[float, float]] = []  # (publish s after the first probe, ms to the event)
+        first_sent = min(sent.values(), default=0.0)
         seen: set[tuple[str, str]] = set()
         for arrived, doc in listener.events:
             key = (doc["alert"]["sensor_id"], doc["event"]["kind"])
@@ -283,6 +285,7 @@ def _run(args: argparse.Namespace) -> int:
                 seen.add(key)
                 to_event.append(arrived - sent[key])
                 to_commit.append(datetime.fromisoformat(doc["event"]["at"]).timestamp() - sent[key])
+                timeline.append((round(sent[key] - first_sent, 3), round((arrived - sent[key]) * 1000, 1)))
         load = report[0] if report else LoadReport()
         figures = {
             "load_readings_per_s": round(load.rate),
@@ -299,8 +302,9 @@ def _run(args: argparse.Namespace) -> int:
             "host_cpu_steal_pct": None if steal is None else round(steal, 1),
         }
         print(json.dumps(figures, indent=2))
-        if args.json:
-            Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+        if args.json:  # with every probe's latency in publish order, to see when the tail happened
+            doc = figures | {"probes": sorted(timeline)}
+            Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
         ok = figures["missing"] == 0
         if not ok:
             print(f"events missing; logs kept in {workdir}", file=sys.stderr)
