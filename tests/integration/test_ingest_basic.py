@@ -136,3 +136,26 @@ async def test_a_blocked_last_seen_write_does_not_hold_up_readings(
             await locker.rollback()
         await await_until(lambda: _later(seen, first), what="last_seen once the row is free")
         pub.close()
+
+
+async def test_last_seen_reaches_every_sensor_across_statements(
+    settings: Settings, backend: Backend, store: Store, broker: EmbeddedMosquitto
+) -> None:
+    # last_seen goes out a thousand sensors a statement: 2,500 sensors take three, and every
+    # sensor heard from gets its time, the ones not heard from none.
+    fleet = [Sensor(id=f"LS-{i:04d}", kind="air", city="kotamobagu") for i in range(2600)]
+    await store.upsert_sensors(fleet)
+    before = time.time()
+    async with running_ingest(settings, backend):
+        pub = Publisher(broker.port)
+        pub.publish_all([(s.topic, b'{"pm25": 7}') for s in fleet[:2500]])
+        pub.close()
+
+        async def all_seen() -> bool:
+            seen = {s.id: s.last_seen for s in await store.sensors()}
+            return all(seen[s.id] is not None for s in fleet[:2500])
+
+        await await_until(all_seen, what="last_seen of 2,500 sensors", timeout_s=30)
+    seen = {s.id: s.last_seen for s in await store.sensors()}
+    assert all(seen[s.id].timestamp() >= before - 1 for s in fleet[:2500])  # type: ignore[union-attr]
+    assert all(seen[s.id] is None for s in fleet[2500:])
