@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from dataclasses import replace
 
 from pantau.domain import Sensor
 from pantau.embedded import EmbeddedMosquitto
@@ -159,3 +160,28 @@ async def test_last_seen_reaches_every_sensor_across_statements(
     seen = {s.id: s.last_seen for s in await store.sensors()}
     assert all(seen[s.id].timestamp() >= before - 1 for s in fleet[:2500])  # type: ignore[union-attr]
     assert all(seen[s.id] is None for s in fleet[2500:])
+
+
+async def test_a_registry_edit_reaches_a_running_ingest(
+    settings: Settings, backend: Backend, store: Store, broker: EmbeddedMosquitto, database_url: str
+) -> None:
+    # The registry cache is read again every registry_refresh_s (on the side connection): a sensor
+    # moved to another city is then accepted under its new topic and refused under its old one.
+    import psycopg
+
+    settings = replace(settings, ingest=replace(settings.ingest, registry_refresh_s=0.3))
+    await store.upsert_sensors([AIR])
+    moved = Sensor(id=AIR.id, kind="air", city="sampit")
+    async with running_ingest(settings, backend) as service:
+        pub = Publisher(broker.port)
+        pub.publish_all([(AIR.topic, b'{"pm25": 5}')])
+        await await_until(lambda: _count_is(store, 1), what="the reading under the old city")
+        await store.upsert_sensors([moved])
+        await await_until(lambda: service._registry.get(AIR.id) == ("air", "sampit"), what="the refreshed cache")
+        pub.publish_all([(moved.topic, b'{"pm25": 6}'), (AIR.topic, b'{"pm25": 7}')])
+        pub.close()
+        await await_until(lambda: _count_is(store, 2), what="the reading under the new city")
+        await await_until(lambda: store.count("rejected_messages"), what="the old topic's rejection")
+    with psycopg.connect(database_url) as conn:
+        rejected = conn.execute("SELECT topic, reason FROM rejected_messages").fetchall()
+    assert rejected == [(AIR.topic, "city_mismatch")]
