@@ -8,6 +8,7 @@ import asyncio
 import itertools
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import paho.mqtt.client as paho
 import pytest
@@ -48,13 +49,18 @@ class Received:
         return [(t, p, q) for t, p, q, _ in self.messages]
 
 
-def publisher(port: int, protocol: int = paho.MQTTv311) -> paho.Client:
+@contextmanager
+def publishing(port: int, protocol: int = paho.MQTTv311) -> Iterator[paho.Client]:
     client = paho.Client(CallbackAPIVersion.VERSION2, protocol=protocol)
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)
     client.connect("127.0.0.1", port)
     client.loop_start()
-    return client
+    try:
+        yield client
+    finally:
+        client.disconnect()
+        client.loop_stop()
 
 
 def publish(client: paho.Client, messages: list[Message], properties: Properties | None = None) -> None:
@@ -62,6 +68,15 @@ def publish(client: paho.Client, messages: list[Message], properties: Properties
     for info in infos:
         info.wait_for_publish(10)
         assert info.is_published()
+
+
+async def deliver(
+    pub: paho.Client, messages: list[Message], received: Received, properties: Properties | None = None
+) -> None:
+    """Publish `messages` and wait until the subscriber has them all (and whatever it had)."""
+    want = len(received.messages) + len(messages)
+    await asyncio.to_thread(publish, pub, messages, properties)
+    await await_until(lambda: len(received.messages) >= want, what=f"{want} messages")
 
 
 def subscriber(port: int, received: Received, protocol: int, client_id: str, **kw: object) -> AsyncMqttClient:
@@ -89,12 +104,10 @@ async def test_publishes_split_at_every_point_arrive_whole_in_order_and_acks_tak
 ) -> None:
     sent = list(remaining_length_edges())
     received = Received()
-    pub = publisher(broker.port)
-    try:
+    with publishing(broker.port) as pub:
         async with subscriber(dribbling.port, received, protocol, "fast-edges") as client:
             await client.wait_connected(10)
-            await asyncio.to_thread(publish, pub, sent)
-            await await_until(lambda: len(received.messages) >= len(sent), what="every message")
+            await deliver(pub, sent, received)
             assert received.plain() == sent
             mids = [mid for _t, _p, qos, mid in received.messages if qos]
             assert len(mids) == sum(q for _t, _p, q in sent) and all(mids)
@@ -107,13 +120,9 @@ async def test_publishes_split_at_every_point_arrive_whole_in_order_and_acks_tak
         again = Received()
         async with subscriber(broker.port, again, protocol, "fast-edges") as client:
             await client.wait_connected(10)
-            await asyncio.to_thread(publish, pub, [(TOPIC, b"sentinel", 1)])
-            await await_until(lambda: again.messages, what="the sentinel")
+            await deliver(pub, [(TOPIC, b"sentinel", 1)], again)
             await asyncio.sleep(0.3)
             assert again.plain() == [(TOPIC, b"sentinel", 1)]
-    finally:
-        pub.disconnect()
-        pub.loop_stop()
 
 
 async def test_mqtt5_properties_are_skipped_and_the_payload_kept(
@@ -126,28 +135,21 @@ async def test_mqtt5_properties_are_skipped_and_the_payload_kept(
     props.PayloadFormatIndicator = 1
     sent = [(TOPIC, b'[{"n": "pm25", "v": 12.5}]', 1), (TOPIC, b'{"pm25": 13}', 0)]
     received = Received()
-    pub = publisher(broker.port, paho.MQTTv5)
-    try:
+    with publishing(broker.port, paho.MQTTv5) as pub:
         async with subscriber(dribbling.port, received, 5, "fast-props") as client:
             await client.wait_connected(10)
-            await asyncio.to_thread(publish, pub, sent, props)
-            await await_until(lambda: len(received.messages) >= 2, what="both messages")
+            await deliver(pub, sent, received, props)
             assert received.plain() == sent
-    finally:
-        pub.disconnect()
-        pub.loop_stop()
 
 
 @pytest.mark.parametrize("protocol", [4, 5], ids=["mqtt3.1.1", "mqtt5"])
 async def test_only_unacknowledged_messages_come_again(broker: EmbeddedMosquitto, protocol: int) -> None:
     sent = [(TOPIC, f"m{i}".encode(), 1) for i in range(60)]
     received = Received()
-    pub = publisher(broker.port)
-    try:
+    with publishing(broker.port) as pub:
         async with subscriber(broker.port, received, protocol, "fast-redeliver") as client:
             await client.wait_connected(10)
-            await asyncio.to_thread(publish, pub, sent)
-            await await_until(lambda: len(received.messages) >= 60, what="every message")
+            await deliver(pub, sent, received)
             acked = received.messages[::2]  # every other one, out of step with the packet ids
             assert client.ack_many([mid for *_x, mid in acked], client.generation)
             await asyncio.sleep(0.3)
@@ -157,9 +159,6 @@ async def test_only_unacknowledged_messages_come_again(broker: EmbeddedMosquitto
             await await_until(lambda: len(again.messages) >= 30, what="the unacknowledged half")
             await asyncio.sleep(0.3)
             assert [p for _t, p, _q, _m in again.messages] == [p for _t, p, _q, _m in received.messages[1::2]]
-    finally:
-        pub.disconnect()
-        pub.loop_stop()
 
 
 async def test_keepalive_pings_between_publishes_keep_the_connection(
@@ -168,9 +167,8 @@ async def test_keepalive_pings_between_publishes_keep_the_connection(
     # Nothing is acknowledged, so the client sends nothing but PINGREQs (keepalive 1 s); their
     # PINGRESPs arrive between PUBLISHes, split like them, and paho must see every one.
     received = Received()
-    pub = publisher(broker.port)
     counter = itertools.count()
-    try:
+    with publishing(broker.port) as pub:
         async with subscriber(dribbling.port, received, 4, "fast-pings", keepalive_s=1) as client:
             await client.wait_connected(10)
             end = time.monotonic() + 4.0
@@ -183,6 +181,3 @@ async def test_keepalive_pings_between_publishes_keep_the_connection(
             await await_until(lambda: len(received.messages) >= len(sent), what="every message")
             assert received.plain() == sent
             assert client.connected and client.generation == 1
-    finally:
-        pub.disconnect()
-        pub.loop_stop()
