@@ -408,11 +408,13 @@ class AsyncMqttClient:
             if found == _FOR_PAHO:
                 frame = _frame(sock.buf, sock.pos, len(sock.buf))
                 assert frame is not None
-                sock.limit = frame[1]
+                before, sock.limit = sock.pos, frame[1]
                 try:
                     client.loop_read()  # exactly that one packet
                 finally:
                     sock.limit = None
+                if sock.pos == before:  # paho took nothing (it has no connection): do not spin
+                    return
                 continue
             try:
                 more = sock.fill()
