@@ -78,8 +78,10 @@ async def test_load_generator_readings_are_all_acknowledged_and_stored(
         cfg = LoadConfig(host="127.0.0.1", port=broker.port, rate=20_000, duration_s=2, procs=2, batch=10, sensors=200)
         report = await asyncio.to_thread(run_load, cfg)
         assert not report.errors
-        assert report.readings == 40_000
-        assert report.rate > 15_000
-        await await_until(lambda: _count(store, "readings", 40_000), timeout_s=30, what="load readings")
-    assert await store.count("readings") == 40_000
+        # The generator paces itself on the wall clock and stops at its duration: on a busy host it
+        # sends a little less than rate x duration (39,900 once, with the CPU stolen). What must
+        # hold is that every reading the broker acknowledged to it is stored, once.
+        assert report.rate > 15_000 and report.readings % cfg.batch == 0
+        await await_until(lambda: _count(store, "readings", report.readings), timeout_s=30, what="load readings")
+    assert await store.count("readings") == report.readings
     assert await store.count("rejected_messages") == 0
