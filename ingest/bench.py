@@ -417,7 +417,7 @@ def _run_bench_sync(args: argparse.Namespace) -> int:
             began, cpu = time.monotonic(), HostCpu.now()
             proc.start()
             finished = _wait_count(url, count * pack, proc, timeout_s=1800, progress=True)
-            host = _host_since(cpu)
+            host = HostCpu.share_since(cpu)
             stats = proc.stop()
             # Timed from the first to the last commit: excludes process start-up.
             seconds = stats["last"] - stats["first"] if stats["last"] > stats["first"] else finished - began
@@ -447,7 +447,7 @@ def _run_bench_sync(args: argparse.Namespace) -> int:
                 "live", "127.0.0.1", mq.port, sensors, count, procs=args.procs, t0=time.time(), rate=args.live_rate
             )
             _wait_count(url, count, proc, timeout_s=600, progress=False)
-            host = _host_since(cpu)
+            host = HostCpu.share_since(cpu)
             stats = proc.stop()
             runs.append(
                 Run(
@@ -491,11 +491,6 @@ def _run_bench_sync(args: argparse.Namespace) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     _report(runs, args)
     return 0
-
-
-def _host_since(earlier: HostCpu | None) -> tuple[float, float] | None:
-    now = HostCpu.now()
-    return now.since(earlier) if now is not None and earlier is not None else None
 
 
 def _report(runs: list[Run], args: argparse.Namespace) -> None:

@@ -48,6 +48,12 @@ class HostCpu:
             return 0.0, 0.0
         return 100 * (self.busy - earlier.busy) / total, 100 * (self.steal - earlier.steal) / total
 
+    @classmethod
+    def share_since(cls, earlier: HostCpu | None) -> tuple[float, float] | None:
+        """(busy %, steal %) from `earlier` (a `now()`) until now; None where either is unknown."""
+        now = cls.now()
+        return now.since(earlier) if now is not None and earlier is not None else None
+
 
 @dataclass(frozen=True, slots=True)
 class IngestMetrics:

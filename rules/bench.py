@@ -266,8 +266,7 @@ def _run(args: argparse.Namespace) -> int:
             time.sleep(max(0.0, when - time.monotonic()))
             sent[(f"{PROBE_PREFIX}-{j:05d}", "resolved")] = publish(j, _CLEAR_VALUE)
         loader.join()
-        now = HostCpu.now()
-        busy, steal = now.since(cpu) if now is not None and cpu is not None else (None, None)
+        busy, steal = HostCpu.share_since(cpu) or (None, None)
         wait_until = time.monotonic() + 10
         while time.monotonic() < wait_until and len(listener.events) < len(sent):
             time.sleep(0.1)
