@@ -15,6 +15,7 @@ topic's sensor id and kind and the metric registry, and appends to caller-owned 
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
+import numpy as np
 
 from pantau.domain import Reason
 from pantau.metrics import METRICS, Metric, SensorKind
@@ -84,7 +86,83 @@ class SenMLRecord(msgspec.Struct, omit_defaults=True):
 
 _SENML_DECODER = msgspec.json.Decoder(list[SenMLRecord])
 _ANY_DECODER = msgspec.json.Decoder()
+_encode_records = msgspec.json.Encoder().encode
 _RECORD_FIELDS = frozenset(SenMLRecord.__struct_fields__)
+
+# -- what a payload that failed or looked ambiguous gets told (paid for only by such payloads) ----
+
+# A JSON string (its escapes included): what lies between two of them is structure.
+_STRING_RE = re.compile(rb'"(?:[^"\\]|\\.)*"?', re.DOTALL)
+# An escape in a JSON string: a UTF-16 surrogate pair, a lone surrogate (group 1), or any other.
+_ESCAPE_RE = re.compile(
+    rb"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}|(\\u[dD][89a-fA-F][0-9a-fA-F]{2})|\\."
+)
+
+
+def _too_deep(payload: bytes) -> Rejection:
+    """The rejection of a payload nested deeper than msgspec (and Python) follow; says how deep."""
+    structure = np.frombuffer(_STRING_RE.sub(b"", payload), dtype=np.uint8)
+    steps = np.isin(structure, (ord("["), ord("{"))).astype(np.int32) - np.isin(structure, (ord("]"), ord("}")))
+    depth = int(np.cumsum(steps).max()) if len(steps) else 0
+    return Reason.TOO_DEEP, f"JSON nested {depth} levels deep; readings need at most 2"
+
+
+def _lone_surrogate(payload: bytes) -> str | None:
+    """Where a JSON string holds half of a UTF-16 surrogate pair (which no Unicode text can)."""
+    for m in _ESCAPE_RE.finditer(payload):
+        if m.group(1) is not None:
+            escape = m.group(1).decode()
+            return f"unpaired UTF-16 surrogate {escape} at byte {m.start()}: JSON text must be valid Unicode"
+    return None
+
+
+class _Ambiguous(dict[str, Any]):
+    """A JSON object that named `key` more than once (see `_duplicate_key`)."""
+
+    key: str
+
+
+def _pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    ambiguous = _Ambiguous(obj)
+    seen: set[str] = set()
+    for key, _value in pairs:
+        if key in seen:
+            ambiguous.key = key
+            break
+        seen.add(key)
+    return ambiguous
+
+
+def _duplicate_key(payload: bytes) -> str | None:
+    """Which key a JSON object of the payload names twice, and where ("record 3: 'v'"); None if none.
+
+    msgspec, like most JSON parsers, keeps the last of two equal keys without a word; `{"pm25": 20,
+    "pm25": 900}` would store 900. The decoders' counts send only payloads that may hold such a key
+    here, where the standard library's parser shows every object's pairs.
+    """
+    try:
+        doc = json.loads(payload, object_pairs_hook=_pairs_hook)
+    except RecursionError:
+        return None  # msgspec took it, which it did not: the caller's own check decides
+    except ValueError:  # pragma: no cover - msgspec parsed the same bytes
+        return None
+    tops = list(enumerate(doc)) if isinstance(doc, list) else [(None, doc)]
+    for index, top in tops:
+        where = "" if index is None else f"record {index}: "
+        stack = [top]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, _Ambiguous):
+                nested = "" if item is top else " in a nested object"
+                return f"{where}duplicate key {item.key!r}{nested}"
+            if isinstance(item, dict):
+                stack.extend(item.values())
+            elif isinstance(item, list):
+                stack.extend(item)
+    return None
 
 
 def _parse_time(raw: Any) -> float | str:
@@ -111,7 +189,9 @@ def _parse_time(raw: Any) -> float | str:
 
 
 def _parse_error(payload: bytes, exc: Exception) -> str:
-    """What msgspec could not parse, with bad UTF-8 named in pantau's words (byte and position).
+    """What msgspec could not parse, in pantau's words where msgspec's would mislead: bad UTF-8
+    (the byte and its position) and an unpaired surrogate escape (msgspec says "Input data was
+    truncated").
 
     msgspec's own message for bad UTF-8 changed between releases (older ones raised UnicodeDecodeError,
     0.23 a DecodeError "Invalid UTF-8 encoded string"); only a payload that failed pays for this look.
@@ -120,7 +200,7 @@ def _parse_error(payload: bytes, exc: Exception) -> str:
         payload.decode()
     except UnicodeDecodeError as bad:
         return f"payload is not valid UTF-8 ({bad})"
-    return str(exc)
+    return _lone_surrogate(payload) or str(exc)
 
 
 class Decoder:
@@ -231,9 +311,15 @@ class Decoder:
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # older msgspec raises the latter for bad UTF-8
             self._malformed(payload, rejections, _parse_error(payload, exc))
             return
+        except RecursionError:
+            rejections.append(_too_deep(payload))
+            return
         if not isinstance(obj, dict):  # pragma: no cover - guarded by the first byte
             rejections.append((Reason.WRONG_TYPE, "expected a JSON object"))
             return
+        # Quote marks not yet accounted for by a key or a string value seen: 0 at the end unless a
+        # key came twice (msgspec keeps the last without a word), or a string holds an escaped quote.
+        quotes = payload.count(b'"') - 2 * len(obj)
         for key in _IDENTITY_KEYS:
             claimed = obj.pop(key, None)
             if claimed is not None and claimed != sensor_id:
@@ -241,6 +327,8 @@ class Decoder:
                     (Reason.TOPIC_MISMATCH, f"payload names sensor {claimed!r} but the topic is {sensor_id!r}")
                 )
                 return
+            if claimed is not None:
+                quotes -= 2
         raw_ts = obj.pop("ts", None)
         if raw_ts is None:
             ts = received_at
@@ -250,6 +338,8 @@ class Decoder:
                 rejections.append((Reason.BAD_TIMESTAMP, parsed))
                 return
             ts = parsed
+            if raw_ts.__class__ is str:
+                quotes -= 2
         problem = self._check_time(ts, received_at)
         if problem is not None:
             rejections.append(problem)
@@ -257,12 +347,14 @@ class Decoder:
         if not obj:
             rejections.append((Reason.EMPTY, "no readings in the payload"))
             return
+        first_row, first_rejection = len(rows), len(rejections)
         for name, value in obj.items():
             metric = self._check_metric(name, kind)
             if isinstance(metric, tuple):
                 rejections.append(metric)
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
+                quotes = quotes - 2 if value.__class__ is str else -1  # strings inside lists and objects: look
                 rejections.append((Reason.WRONG_TYPE, f"{name} must be a number, got {type(value).__name__}"))
                 continue
             try:
@@ -275,6 +367,11 @@ class Decoder:
                 rejections.append(bad)
                 continue
             rows.append((ts, sensor_id, name, value))
+        if quotes:
+            duplicate = _duplicate_key(payload)
+            if duplicate is not None:
+                del rows[first_row:], rejections[first_rejection:]
+                rejections.append((Reason.DUPLICATE_KEY, f"{duplicate}: which value was meant is unknown"))
 
     # -- SenML form -----------------------------------------------------------------------------
 
@@ -298,10 +395,25 @@ class Decoder:
             except (msgspec.DecodeError, UnicodeDecodeError) as exc:
                 self._malformed(payload, rejections, _parse_error(payload, exc))
                 return
+            except RecursionError:
+                rejections.append(_too_deep(payload))
+                return
         if records is None:
             records = self._records_one_by_one(payload, rejections)
             if records is None:
                 return
+            duplicate = _duplicate_key(payload)
+        # Every key of the payload is a field the records hold (once, not null) exactly when it has
+        # as many colons as the records written back: more means a key twice (msgspec keeps the
+        # last without a word), a null, or a field pantau ignores, and only then is it read again.
+        # Escapes (\u003a is a colon too) always are.
+        elif b"\\" in payload or payload.count(b":") != _encode_records(records).count(b":"):
+            duplicate = _duplicate_key(payload)
+        else:
+            duplicate = None
+        if duplicate is not None:
+            rejections.append((Reason.DUPLICATE_KEY, f"{duplicate}: which value was meant is unknown"))
+            return
         if not records:
             rejections.append((Reason.EMPTY, "empty SenML pack"))
             return
@@ -317,6 +429,9 @@ class Decoder:
             return None
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             Decoder._malformed(payload, rejections, _parse_error(payload, exc))
+            return None
+        except RecursionError:
+            rejections.append(_too_deep(payload))
             return None
         if not isinstance(raw, list):  # pragma: no cover - guarded by the first byte
             rejections.append((Reason.WRONG_TYPE, "expected a SenML array"))

@@ -90,7 +90,7 @@ class IngestService:
             max_future_s=self.cfg.max_future_s,
             retention_s=settings.store.retention_days * 86400.0,
         )
-        self.writer = ReadingWriter(settings.database_url, backend, outbox=self.cfg.outbox)
+        self.writer = ReadingWriter(settings.database_url, backend, outbox=self.cfg.outbox, topic_of=self._topic_of)
         # `last_seen` and the registry cache's refresh go over a connection of their own: statements
         # over thousands of sensors must not hold up the next batch's commit (at 10,000 sensors they
         # made publish→commit latency spike every `last_seen_interval_s` and `registry_refresh_s`).
@@ -201,10 +201,20 @@ class IngestService:
             )
             return
         problems: list[Rejection] = []
-        self.decoder.decode(payload, sensor_id, _KINDS[kind], received, batch.rows, problems)
+        first_row = len(batch.rows)
+        try:
+            self.decoder.decode(payload, sensor_id, _KINDS[kind], received, batch.rows, problems)
+        except Exception as exc:  # a message acknowledged must leave a trace, even after a bug
+            log.exception("decoding a message on %s failed; it is recorded as internal_error", topic)
+            del batch.rows[first_row:]
+            problems = [(Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")]
         batch.seen[sensor_id] = received
         if problems:
             self._reject(batch, received, topic, payload, problems)
+
+    def _topic_of(self, sensor_id: str) -> str:
+        kind, city = self._registry.get(sensor_id, ("", ""))
+        return sensor_topic(city, kind, sensor_id) if kind else sensor_id
 
     def _reject(self, batch: Batch, received: float, topic: str, payload: bytes, problems: list[Rejection]) -> None:
         # The payload is stored once, with the message's first rejection.
@@ -350,6 +360,8 @@ class IngestService:
         self.metrics.duplicates.inc(result.duplicates)
         for rejection in batch.rejections:
             self.metrics.rejected.labels(rejection[3]).inc()
+        if result.conflicts:
+            self.metrics.rejected.labels(Reason.CONFLICTING_VALUE.value).inc(result.conflicts)
         if batch.generation == self.mqtt.generation:
             self.mqtt.ack_many(batch.mids, batch.generation)
             self._inflight -= len(batch.mids)
@@ -365,25 +377,24 @@ class IngestService:
         here, one by one; one the database refuses too is logged in full rather than retried
         for ever (a poison message must not stall ingest).
         """
-        inserted = duplicates = 0
+        inserted = duplicates = conflicts = 0
         dead: list[RejectRow] = []
         for row in batch.rows:
             try:
                 result = await self._retrying(functools.partial(self.writer.write, [row], []))
                 inserted += result.inserted
                 duplicates += result.duplicates
+                conflicts += result.conflicts
             except StoreError as exc:
-                kind, city = self._registry.get(row[1], ("", ""))
-                topic = sensor_topic(city, kind, row[1]) if kind else row[1]
                 detail = f"{row[2]}={row[3]!r} at {row[0]}: {exc}"
-                dead.append((time.time(), topic, None, Reason.STORE_ERROR.value, detail))
+                dead.append((time.time(), self._topic_of(row[1]), None, Reason.STORE_ERROR.value, detail))
         batch.rejections = [*batch.rejections, *dead]
         for rejection in batch.rejections:
             try:
                 await self._retrying(functools.partial(self.writer.write, [], [rejection]))
             except StoreError as exc:
                 log.error("could not record rejection %r: %s", rejection, exc)
-        return WriteResult(inserted, duplicates, len(batch.rejections))
+        return WriteResult(inserted, duplicates, len(batch.rejections) + conflicts, conflicts)
 
     # -- lifecycle ----------------------------------------------------------------------------
 

@@ -2,8 +2,10 @@
 
 Fast path: COPY straight into `readings` inside a savepoint. Redeliveries after a restart make
 that COPY fail on the unique key; the batch then goes through a temp staging table and
-`INSERT ... ON CONFLICT DO NOTHING`, which also counts the duplicates. After a conflict the
-staging path stays on for a while, since redeliveries come in runs.
+`INSERT ... ON CONFLICT DO NOTHING` (the first of a batch's readings for a key wins), which also
+counts the duplicates. After a conflict the staging path stays on for a while, since redeliveries
+come in runs. A staged reading whose key is stored with another value is no redelivery but a
+conflict: it becomes a `conflicting_value` rejection naming both values, in the same transaction.
 
 The rows, their rollup invalidations (plain PostgreSQL), the batch's rejections and its outbox
 row for the rule engine (`ingest_batches`, with a `NOTIFY pantau_batches`; docs/decisions.md D10)
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import logging
 import struct
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from types import TracebackType
@@ -26,6 +30,7 @@ from numpy.typing import NDArray
 from psycopg import AsyncConnection, errors
 
 from ingest.decode import rejected_metric
+from pantau.domain import Reason
 from pantau.errors import StoreError, StoreUnavailable
 from pantau.store import connect
 from pantau.store.maintenance import ensure_partitions
@@ -88,8 +93,9 @@ def decode_outbox(payload: bytes) -> OutboxBatch:
 @dataclass(frozen=True, slots=True)
 class WriteResult:
     inserted: int
-    duplicates: int
-    rejected: int
+    duplicates: int  # the same value already stored (a redelivery): nothing to do
+    rejected: int  # the batch's rejections and its conflicts
+    conflicts: int = 0  # another value already stored for the key (or earlier in the batch)
 
 
 def _text_field(text: str) -> bytes:
@@ -104,10 +110,13 @@ class ReadingWriter:
     a backoff) and StoreError for anything else.
     """
 
-    def __init__(self, url: str, backend: Backend, *, outbox: bool = True) -> None:
+    def __init__(
+        self, url: str, backend: Backend, *, outbox: bool = True, topic_of: Callable[[str], str] = str
+    ) -> None:
         self.url = url
         self.backend = backend
         self.outbox = outbox
+        self.topic_of = topic_of  # sensor id -> its topic, for the rejection of a conflicting value
         self._conn: AsyncConnection | None = None
         self._known_days: set[int] = set()
         self._row_heads: dict[tuple[str, str], bytes] = {}
@@ -130,9 +139,8 @@ class ReadingWriter:
         if self._conn is None or self._conn.closed:
             self._conn = await connect(self.url, autocommit=True)
             await self._conn.execute(
-                "CREATE TEMP TABLE IF NOT EXISTS readings_stage"
-                " (ts timestamptz, value double precision, sensor_id text, metric text)"
-                " ON COMMIT DELETE ROWS"
+                "CREATE TEMP TABLE IF NOT EXISTS readings_stage (ts timestamptz, value double precision,"
+                " sensor_id text, metric text, ord bigint GENERATED ALWAYS AS IDENTITY) ON COMMIT DELETE ROWS"
             )
         return self._conn
 
@@ -188,17 +196,20 @@ class ReadingWriter:
                 await ensure_partitions(conn, {date.fromordinal(d + 719163) for d in days})
                 self._known_days |= days
         inserted = 0
+        conflicts: list[RejectRow] = []
         async with conn.transaction():
             if rows:
                 assert ts is not None
                 data = self._encode(rows, ts)
-                inserted = await self._insert(conn, data, len(rows))
+                inserted, conflicts = await self._insert(conn, data, len(rows))
                 if self.backend is Backend.POSTGRES and inserted:
                     minutes = np.unique(ts // 60.0) * 60.0
                     await conn.execute(
                         "INSERT INTO rollup_invalidations (bucket) SELECT to_timestamp(b) FROM unnest(%s::float8[]) b",
                         (minutes.tolist(),),
                     )
+            if conflicts:
+                rejections = [*rejections, *conflicts]
             if rejections:
                 async with conn.cursor().copy(
                     "COPY rejected_messages (received_at, topic, payload, reason, detail) FROM STDIN"
@@ -214,9 +225,10 @@ class ReadingWriter:
                     (len(rows), len(rejections), outbox_payload(rows, rejections)),
                 )
                 await conn.execute(f"NOTIFY {BATCHES_CHANNEL}")
-        return WriteResult(inserted, len(rows) - inserted, len(rejections))
+        return WriteResult(inserted, len(rows) - inserted - len(conflicts), len(rejections), len(conflicts))
 
-    async def _insert(self, conn: AsyncConnection, data: bytes, count: int) -> int:
+    async def _insert(self, conn: AsyncConnection, data: bytes, count: int) -> tuple[int, list[RejectRow]]:
+        """Insert the COPY data; how many rows were new, and the rejections of conflicting values."""
         if self._staging_left == 0:
             try:
                 async with (
@@ -224,7 +236,7 @@ class ReadingWriter:
                     conn.cursor().copy(f"COPY readings {_COPY_COLUMNS} FROM STDIN (FORMAT BINARY)") as copy,
                 ):
                     await copy.write(data)
-                return count
+                return count, []
             except errors.UniqueViolation:
                 self._staging_left = _STAGING_STREAK
         self._staging_left -= 1
@@ -232,9 +244,32 @@ class ReadingWriter:
             await copy.write(data)
         cur = await conn.execute(
             "INSERT INTO readings (ts, value, sensor_id, metric)"
-            " SELECT ts, value, sensor_id, metric FROM readings_stage ON CONFLICT DO NOTHING"
+            " SELECT DISTINCT ON (sensor_id, metric, ts) ts, value, sensor_id, metric FROM readings_stage"
+            " ORDER BY sensor_id, metric, ts, ord ON CONFLICT DO NOTHING"
         )
-        return cur.rowcount
+        inserted = cur.rowcount
+        if inserted == count:
+            return inserted, []
+        # Staged readings whose key now holds another value: stored before, or earlier in this batch.
+        cur = await conn.execute(
+            "SELECT s.sensor_id, s.metric, s.ts, s.value, r.value FROM readings_stage s"
+            " JOIN readings r ON r.sensor_id = s.sensor_id AND r.metric = s.metric AND r.ts = s.ts"
+            " WHERE r.value <> s.value ORDER BY s.ord"
+        )
+        found: list[tuple[str, str, datetime, float, float]] = await cur.fetchall()
+        now = time.time()
+        conflicts: list[RejectRow] = [
+            (
+                now,
+                self.topic_of(sensor_id),
+                None,
+                Reason.CONFLICTING_VALUE.value,
+                f"{metric}={value!r} at {at.astimezone(UTC).isoformat().replace('+00:00', 'Z')} conflicts with"
+                f" {stored!r} stored for that sensor, metric and time; the stored value is kept",
+            )
+            for sensor_id, metric, at, value, stored in found
+        ]
+        return inserted, conflicts
 
     async def touch_last_seen(self, seen: dict[str, float]) -> None:
         """Raise `sensors.last_seen` to the given receive times (one statement for all)."""

@@ -38,25 +38,29 @@ def sensor_topic(city: str, kind: SensorKind | str, sensor_id: str) -> str:
 class Reason(StrEnum):
     """Why a message or a record went to `rejected_messages`; one code per failure."""
 
-    BAD_TOPIC = "bad_topic"
-    OVERSIZE = "oversize"
-    MALFORMED_JSON = "malformed_json"
-    WRONG_TYPE = "wrong_type"
-    NON_FINITE = "non_finite"
-    INVALID_SENML = "invalid_senml"
-    BAD_TIMESTAMP = "bad_timestamp"
-    FUTURE_TIMESTAMP = "future_timestamp"
-    TOO_OLD = "too_old"
-    UNKNOWN_METRIC = "unknown_metric"
-    METRIC_NOT_FOR_KIND = "metric_not_for_kind"
-    BAD_UNIT = "bad_unit"
-    OUT_OF_RANGE = "out_of_range"
-    TOPIC_MISMATCH = "topic_mismatch"
-    UNKNOWN_SENSOR = "unknown_sensor"
-    KIND_MISMATCH = "kind_mismatch"
-    CITY_MISMATCH = "city_mismatch"
-    EMPTY = "empty"
-    STORE_ERROR = "store_error"
+    BAD_TOPIC = "bad_topic"  # not pantau/v1/{city}/{kind}/{sensor_id}
+    OVERSIZE = "oversize"  # payload over `[ingest] max_payload_bytes`
+    MALFORMED_JSON = "malformed_json"  # not JSON (or not UTF-8, or an unpaired surrogate)
+    WRONG_TYPE = "wrong_type"  # a value of the wrong JSON type (a string reading, a boolean)
+    NON_FINITE = "non_finite"  # NaN, Infinity, or a number too large for a double
+    INVALID_SENML = "invalid_senml"  # breaks RFC 8428 (a bad name, two value fields, a "_" field)
+    BAD_TIMESTAMP = "bad_timestamp"  # a time that is not RFC 3339 with an offset, or epoch seconds
+    FUTURE_TIMESTAMP = "future_timestamp"  # further ahead of the receive time than `max_future_s`
+    TOO_OLD = "too_old"  # older than the store's retention
+    UNKNOWN_METRIC = "unknown_metric"  # not in pantau.metrics
+    METRIC_NOT_FOR_KIND = "metric_not_for_kind"  # a metric of another kind of sensor
+    BAD_UNIT = "bad_unit"  # a SenML unit pantau cannot convert to the metric's
+    OUT_OF_RANGE = "out_of_range"  # outside the metric's plausible range
+    TOPIC_MISMATCH = "topic_mismatch"  # the payload names another sensor than its topic
+    UNKNOWN_SENSOR = "unknown_sensor"  # the topic's sensor is not registered
+    KIND_MISMATCH = "kind_mismatch"  # registered as another kind than the topic says
+    CITY_MISMATCH = "city_mismatch"  # registered in another city than the topic says
+    EMPTY = "empty"  # no payload, or no readings in it
+    STORE_ERROR = "store_error"  # the database refused the reading itself
+    TOO_DEEP = "too_deep"  # JSON nested deeper than the decoder follows
+    DUPLICATE_KEY = "duplicate_key"  # a JSON object names one key twice: which value was meant?
+    CONFLICTING_VALUE = "conflicting_value"  # another value is stored for that sensor, metric and time
+    INTERNAL_ERROR = "internal_error"  # pantau failed on the message (a bug); the payload is kept
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
@@ -43,6 +44,12 @@ def _cases(now: int) -> list[tuple[str, bytes, Reason]]:
         ("pantau/v1/mojokerto/air/MJK-AQ-99", b'{"pm25": 5}', Reason.UNKNOWN_SENSOR),
         ("pantau/v1/mojokerto/flood/MJK-AQ-01", b'{"water_level_cm": 5}', Reason.KIND_MISMATCH),
         ("pantau/v1/sampang/air/MJK-AQ-01", b'{"pm25": 5}', Reason.CITY_MISMATCH),
+        (air, b"[" * 1000 + b"]" * 1000, Reason.TOO_DEEP),
+        (air, b"[" * 32000 + b"]" * 32000, Reason.TOO_DEEP),
+        (air, b'{"a":' * 5000 + b"1" + b"}" * 5000, Reason.TOO_DEEP),
+        (air, b'{"pm25": 20, "pm25": 900}', Reason.DUPLICATE_KEY),
+        (flood, b'[{"n": "water_level_cm", "v": 100, "v": 900}]', Reason.DUPLICATE_KEY),
+        (air, b'{"pm25": 1, "note": "\\ud800"}', Reason.MALFORMED_JSON),
     ]
 
 
@@ -114,6 +121,81 @@ async def test_late_registration_is_picked_up(
         pub.close()
         await await_until(lambda: _readings_count(store, 1), what="reading of a newly registered sensor")
     assert await store.count("rejected_messages") == 0
+
+
+async def test_a_message_too_deep_for_the_decoder_from_a_sensor_just_registered(
+    settings: Settings, backend: Backend, store: Store, broker: EmbeddedMosquitto
+) -> None:
+    """A sensor missing from ingest's registry cache has its messages decoded in the flush loop:
+    a payload nested 1,000 deep there is a rejection too, and ingest keeps going (it raised
+    RecursionError out of the flush loop and exited)."""
+    async with running_ingest(settings, backend) as service:
+        await store.upsert_sensors([AIR])
+        pub = Publisher(broker.port)
+        pub.publish_all([(AIR.topic, b"[" * 1000 + b"]" * 1000), (AIR.topic, b'{"pm25": 11}')])
+        pub.close()
+        await await_until(lambda: _readings_count(store, 1), what="the reading after the deep payload")
+        assert service.mqtt.connected
+    assert settings.database_url is not None
+    with psycopg.connect(settings.database_url) as conn:
+        rows = conn.execute("SELECT reason, detail FROM rejected_messages").fetchall()
+    assert rows == [("too_deep", "JSON nested 1000 levels deep; readings need at most 2")]
+
+
+async def test_a_conflicting_value_is_a_rejection_and_a_redelivery_is_silent(
+    settings: Settings, backend: Backend, store: Store, broker: EmbeddedMosquitto
+) -> None:
+    """A reading for a stored (sensor, metric, time) with another value is recorded as
+    conflicting_value with both values and counted; the same value again is a silent no-op; two
+    records of one pack at the same time keep the first and reject the second."""
+    await store.upsert_sensors([AIR, FLOOD])
+    t0 = int(time.time()) - 3600
+    at = datetime.fromtimestamp(t0 - 600, UTC).isoformat().replace("+00:00", "Z")
+    pack = [
+        {"bn": "MJK-RV-01:", "bt": t0, "n": "water_level_cm", "v": 100},
+        {"n": "water_level_cm", "v": 999},
+        {"n": "water_level_cm", "t": 60, "v": 120},
+    ]
+    first = json.dumps({"ts": at, "pm25": 40}).encode()
+    async with running_ingest(settings, backend) as service:
+        pub = Publisher(broker.port)
+        pub.publish_all([(AIR.topic, first)])
+        await await_until(lambda: _readings_count(store, 1), what="the first reading")
+        pub.publish_all([(AIR.topic, json.dumps({"ts": at, "pm25": 99}).encode())])
+        await await_until(lambda: _rejected_count(store, 1), what="the conflict")
+        pub.publish_all([(AIR.topic, first), (FLOOD.topic, json.dumps(pack).encode())])
+        await await_until(lambda: _readings_count(store, 3), what="the pack's readings")
+        await await_until(lambda: _rejected_count(store, 2), what="the pack's conflict")
+        pub.publish_all([(AIR.topic, json.dumps({"ts": at, "pm10": 50}).encode())])  # a later batch
+        await await_until(lambda: _readings_count(store, 4), what="the reading after them")
+        pub.close()
+        counted = service.metrics.registry.get_sample_value(
+            "pantau_ingest_rejected_total", {"reason": "conflicting_value"}
+        )
+    assert counted == 2
+    assert settings.database_url is not None
+    with psycopg.connect(settings.database_url) as conn:
+        readings = conn.execute("SELECT sensor_id, metric, value FROM readings ORDER BY sensor_id, ts").fetchall()
+        rejected = conn.execute("SELECT topic, reason, detail FROM rejected_messages ORDER BY id").fetchall()
+    assert readings == [
+        ("MJK-AQ-01", "pm25", 40.0),
+        ("MJK-AQ-01", "pm10", 50.0),
+        ("MJK-RV-01", "water_level_cm", 100.0),
+        ("MJK-RV-01", "water_level_cm", 120.0),
+    ]
+    assert rejected == [
+        (
+            AIR.topic,
+            "conflicting_value",
+            f"pm25=99.0 at {at} conflicts with 40.0 stored for that sensor, metric and time; the stored value is kept",
+        ),
+        (
+            FLOOD.topic,
+            "conflicting_value",
+            f"water_level_cm=999.0 at {datetime.fromtimestamp(t0, UTC).isoformat().replace('+00:00', 'Z')}"
+            " conflicts with 100.0 stored for that sensor, metric and time; the stored value is kept",
+        ),
+    ]
 
 
 async def _rejected_count(store: Store, n: int) -> bool:

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from ingest.decode import SENML_RELATIVE_LIMIT, SENML_VERSION, Decoder, Rejection, Row, SenMLRecord
 from pantau.domain import Reason
 from pantau.metrics import METRICS, SensorKind
+from tests.hostile import Hostile, payloads
 
 NOW = 1_700_000_000.0
 MAX_FUTURE_S = 300.0
@@ -128,10 +129,11 @@ def encode(value: Any, ensure_ascii: bool) -> bytes:
     return json.dumps(value, allow_nan=True, ensure_ascii=ensure_ascii).encode()
 
 
-def check(payload: bytes, kind: SensorKind) -> None:
+def check(payload: bytes, kind: SensorKind, decoder: Decoder = DECODER) -> list[Row]:
+    """Decode `payload`: it never raises, and leaves valid rows or rejections with a detail (its rows)."""
     rows: list[Row] = []
     rejections: list[Rejection] = []
-    DECODER.decode(payload, SENSOR_ID, kind, NOW, rows, rejections)
+    decoder.decode(payload, SENSOR_ID, kind, NOW, rows, rejections)
     assert rows or rejections, f"payload {payload!r} produced neither a row nor a rejection"
     for ts, sensor_id, metric_name, value in rows:
         assert sensor_id == SENSOR_ID
@@ -147,9 +149,34 @@ def check(payload: bytes, kind: SensorKind) -> None:
         assert isinstance(reason, Reason)
         assert isinstance(detail, str)
         assert detail
+    return rows
 
 
 kinds = st.sampled_from(list(SensorKind))
+# Room for nesting thousands deep (the default ingest limit).
+ROOMY = Decoder(max_payload_bytes=65536, max_future_s=MAX_FUTURE_S, retention_s=RETENTION_S)
+
+
+@FUZZ
+@given(hostile=payloads, kind=kinds)
+def test_hostile_payloads_are_stored_or_rejected_and_a_duplicate_key_stores_nothing(
+    hostile: Hostile, kind: SensorKind
+) -> None:
+    """Arbitrary bytes, JSON written by hand (keys twice), nesting up to 6,000 deep, numbers past a
+    double and odd Unicode: the decoder never raises (RecursionError did past ~1,000 levels), and
+    a payload naming a key twice in an object stores none of its readings."""
+    rows = check(hostile.payload, kind, ROOMY)
+    if hostile.duplicate:
+        assert rows == [], f"{hostile.payload!r} names a key twice, yet stored {rows}"
+
+
+def test_nesting_beyond_the_parser_is_rejected_as_too_deep() -> None:
+    for payload in (b"[" * 1000 + b"]" * 1000, b'{"a":' * 3000 + b"1" + b"}" * 3000, b'[{"n":"x","v":' + b"[" * 5000):
+        rows: list[Row] = []
+        rejections: list[Rejection] = []
+        ROOMY.decode(payload, SENSOR_ID, SensorKind.AIR, NOW, rows, rejections)
+        assert rows == []
+        assert [r for r, _ in rejections] == [Reason.TOO_DEEP], payload[:20]
 
 
 @FUZZ
