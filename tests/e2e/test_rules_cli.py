@@ -24,3 +24,12 @@ def test_check_names_the_file_rule_and_field_of_a_mistake(tmp_path: Path) -> Non
     assert proc.returncode != 0
     assert str(bad) in proc.stderr and "too-high" in proc.stderr and "for" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_check_of_a_file_too_deep_to_load_is_one_line_naming_it(tmp_path: Path) -> None:
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("[" * 5000 + "]" * 5000)
+    proc = pantau("rules", "--check", "--file", str(deep), env=pantau_env(), check=False)
+    assert proc.returncode == 1
+    assert proc.stderr == f"pantau: {deep}: not valid YAML: nested too deeply to load\n"
+    assert proc.stdout == ""

@@ -510,3 +510,33 @@ def test_missing_file_and_parse_rules_source() -> None:
     with pytest.raises(RuleFileError, match=r"^inline: rule 'x' \(rules\[0\]\): field 'kind': is required"):
         parse_rules({"rules": [{"id": "x"}]}, source="inline")
     assert len(parse_rules({"rules": []})) == 0
+
+
+# Files the YAML loader itself fails on, beyond its own YAMLErrors: each must still be one line
+# naming the file (the CLI prints it as the whole error), never a Python exception.
+UNLOADABLE = {
+    "deep_flow": ("[" * 5000 + "]" * 5000, "not valid YAML: nested too deeply to load"),
+    "deep_block": ("a:\n" + "".join(" " * i + "- \n" for i in range(1, 5000)), "not valid YAML: nested too deeply"),
+    "bad_date": ("rules: 2024-13-01\n", "not valid YAML: ValueError: month must be in 1..12"),
+    "bare_tag": ("rules: !!timestamp\n", "not valid YAML: AttributeError: "),
+    "syntax": ("rules: [\n", "not valid YAML: line 2, column 1: expected the node content"),
+    "nul": ("rules: \x00\n", "not valid YAML: unacceptable character #x0000"),
+}
+
+
+@pytest.mark.parametrize("case", list(UNLOADABLE))
+def test_a_file_the_yaml_loader_fails_on_is_one_line_naming_the_file(tmp_path: Path, case: str) -> None:
+    text, expected = UNLOADABLE[case]
+    path = tmp_path / f"{case}.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(RuleFileError) as info:
+        load_rules(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: {expected}"), message
+    assert "\n" not in message and info.value.path == str(path)
+
+
+def test_a_directory_is_a_rule_file_error(tmp_path: Path) -> None:
+    with pytest.raises(RuleFileError) as info:
+        load_rules(tmp_path)
+    assert str(info.value) == f"{tmp_path}: cannot be read: Is a directory"
