@@ -361,7 +361,10 @@ async def cmd_alerts_silences(args: argparse.Namespace, settings: Settings) -> i
         silences = await AlertStore(store).silences(active_at=None if args.all else datetime.now(UTC))
     for s in silences:
         comment = f" - {s.comment}" if s.comment else ""
-        print(f"{s.id:>5}  {_when(s.starts_at)} → {_when(s.ends_at)}  {s.describe()}  by {s.created_by}{comment}")
+        ended = f", ended by {s.ended_by}" if s.ended_by else ""
+        print(
+            f"{s.id:>5}  {_when(s.starts_at)} → {_when(s.ends_at)}  {s.describe()}  by {s.created_by}{ended}{comment}"
+        )
     print(f"{len(silences)} silence{'s' if len(silences) != 1 else ''} ({'all' if args.all else 'active'})")
     return 0
 
@@ -371,12 +374,11 @@ async def cmd_alerts_unsilence(args: argparse.Namespace, settings: Settings) -> 
     from rules.alerts import AlertStore
 
     async with Store.open(_need(settings, "database_url"), settings.store) as store:
-        ended = await AlertStore(store).end_silence(args.id)
+        ended = await AlertStore(store).end_silence(args.id, args.by)
     if ended is None:
         print(f"no active or future silence {args.id}", file=sys.stderr)
         return 1
-    print(f"silence {ended.id} ended at {_when(ended.ends_at)}: {ended.describe()} (by {args.by})")
-    log.info("silence %d ended by %s", ended.id, args.by)
+    print(f"silence {ended.id} ended at {_when(ended.ends_at)}: {ended.describe()} (by {ended.ended_by})")
     return 0
 
 

@@ -2,6 +2,8 @@
 
 PantauError
  ├── ConfigError            a bad or missing setting; names the key
+ ├── InvalidArgument        a value handed to a domain call is unusable (a blank actor); names the
+ │                          argument (also a ValueError)
  ├── ManifestError          a bad sensor manifest (CSV/YAML); names the file, row and field
  ├── StoreError             PostgreSQL trouble
  │    ├── StoreUnavailable  the server cannot be reached (retry with backoff)
@@ -24,6 +26,15 @@ class ConfigError(PantauError):
     def __init__(self, key: str, problem: str) -> None:
         super().__init__(f"{key}: {problem}")
         self.key = key
+        self.problem = problem
+
+
+class InvalidArgument(PantauError, ValueError):
+    """A caller's value is unusable; the message names the argument and what is wrong with it."""
+
+    def __init__(self, argument: str, problem: str) -> None:
+        super().__init__(f"{argument}: {problem}")
+        self.argument = argument
         self.problem = problem
 
 

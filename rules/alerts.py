@@ -10,6 +10,10 @@ dedup style: a reason, not a bool) and whose `notification` says whether notifie
 or why they hold it back (a silence applies, or the rule and scope are flapping). Alerts are
 recorded either way. The NOTIFY payload is `notify_payload()`; docs/alerts.md describes it.
 
+Who acts is recorded (`acked_by`, `resolved_by`, a silence's `created_by` and `ended_by`, each
+event's `actor`) and must name someone: a blank actor is refused with `InvalidArgument` before
+anything is written.
+
 Clocks: `opened_at`, `acked_at`, `resolved_at` and each event's `at` are the wall clock
 (`AlertStore(clock=...)`); `event_ts` is the event time of the reading behind a transition, given
 by the evaluator. Flapping is counted in event time, silences in wall-clock time.
@@ -30,7 +34,7 @@ import psycopg
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import DictRow, dict_row
 
-from pantau.errors import StoreError
+from pantau.errors import InvalidArgument, StoreError
 from pantau.store import Store
 from rules.config import Severity
 
@@ -205,6 +209,7 @@ class Silence:
     created_at: datetime
     created_by: str
     comment: str
+    ended_by: str | None  # who ended it early (`end_silence`); None while it runs its course
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Silence:
@@ -268,6 +273,12 @@ def _jsonable(value: Any) -> Any:
     return value.isoformat() if isinstance(value, datetime) else value
 
 
+def _require_actor(value: str, argument: str = "actor") -> None:
+    """InvalidArgument unless `value` names who acts (empty or only whitespace does not)."""
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidArgument(argument, f"{value!r} is blank: say who acts (an operator, or a service such as 'rules')")
+
+
 _ALERT_COLUMNS = (
     "id, rule_id, scope, city, district, sensor_id, severity, state, opened_at, event_ts, updated_at,"
     " acked_at, acked_by, resolved_at, resolved_by, trigger_value, current_value, reason, flapping"
@@ -275,7 +286,9 @@ _ALERT_COLUMNS = (
 _EVENT_COLUMNS = (
     "id, alert_id, at, event_ts, kind, actor, value, severity, previous_severity, reason, notification, silence_id"
 )
-_SILENCE_COLUMNS = "id, sensor_id, city, district, rule_id, starts_at, ends_at, created_at, created_by, comment"
+_SILENCE_COLUMNS = (
+    "id, sensor_id, city, district, rule_id, starts_at, ends_at, created_at, created_by, comment, ended_by"
+)
 
 # A silence covers an alert when its rule (if any) is the alert's and it names the alert's sensor,
 # or its city and (if any) district.
@@ -426,6 +439,7 @@ class AlertStore:
         event_ts: datetime | None = None,
     ) -> Transition:
         """`resolve` inside the caller's transaction."""
+        _require_actor(by, "by")
         now = self._clock()
         current = await _lock_open(cur, rule_id, scope)
         if current is None:
@@ -435,7 +449,8 @@ class AlertStore:
     # -- actions by hand -----------------------------------------------------------------------
 
     async def resolve_by_id(self, alert_id: int, actor: str, *, reason: str = "") -> Transition:
-        """Resolve an alert by hand."""
+        """Resolve an alert by hand; `actor` says who."""
+        _require_actor(actor)
         async with self._transaction() as cur:
             now = self._clock()
             current = await _lock_id(cur, alert_id)
@@ -446,7 +461,8 @@ class AlertStore:
             return await self._resolve(cur, current, actor, reason, None, now, now)
 
     async def acknowledge(self, alert_id: int, actor: str, *, reason: str = "") -> Transition:
-        """Acknowledge an open alert: someone is on it."""
+        """Acknowledge an open alert: `actor` is on it."""
+        _require_actor(actor)
         async with self._transaction() as cur:
             now = self._clock()
             current = await _lock_id(cur, alert_id)
@@ -602,6 +618,7 @@ class AlertStore:
         comment: str = "",
     ) -> Silence:
         """Silence a sensor, or a city (optionally one district), optionally for one rule only."""
+        _require_actor(created_by, "created_by")
         if (sensor_id is None) == (city is None):
             raise ValueError("a silence names either a sensor or a city (with an optional district)")
         if district is not None and city is None:
@@ -645,17 +662,22 @@ class AlertStore:
             )
             return [Silence.from_row(r) for r in await cur.fetchall()]
 
-    async def end_silence(self, silence_id: int) -> Silence | None:
-        """End a silence now (a maintenance window finished early); None when there is no such
-        silence or it has already ended. One that has not started yet ends at its start."""
+    async def end_silence(self, silence_id: int, actor: str) -> Silence | None:
+        """End a silence now (a maintenance window finished early), recording `actor` as `ended_by`;
+        None when there is no such silence or it has already ended. One that has not started yet
+        ends at its start."""
+        _require_actor(actor)
         async with self._transaction() as cur:
             await cur.execute(
-                "UPDATE silences SET ends_at = greatest(%(now)s, starts_at + interval '1 microsecond')"  # noqa: S608
-                f" WHERE id = %(id)s AND ends_at > %(now)s RETURNING {_SILENCE_COLUMNS}",
-                {"id": silence_id, "now": self._clock()},
+                "UPDATE silences SET ends_at = greatest(%(now)s, starts_at + interval '1 microsecond'),"  # noqa: S608
+                f" ended_by = %(actor)s WHERE id = %(id)s AND ends_at > %(now)s RETURNING {_SILENCE_COLUMNS}",
+                {"id": silence_id, "now": self._clock(), "actor": actor},
             )
             row = await cur.fetchone()
-        return Silence.from_row(row) if row is not None else None
+        if row is None:
+            return None
+        log.info("silence %d ended by %s", silence_id, actor)
+        return Silence.from_row(row)
 
     # -- reading ---------------------------------------------------------------------------------
 

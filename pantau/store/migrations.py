@@ -288,6 +288,12 @@ CREATE TABLE notify_cursors (
 """
 
 
+# Who ended a silence early (`pantau alerts unsilence`); NULL for one that ran its course.
+SILENCES_ENDED_BY = """
+ALTER TABLE silences ADD COLUMN ended_by text;
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     version: int
@@ -304,6 +310,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(3, "alerts, alert_events and silences", lambda _b: ALERTS),
     Migration(4, "rule engine hand-off: ingest_batches outbox, claims, checkpoints", lambda _b: RULES_HANDOFF),
+    Migration(5, "silences.ended_by: who ended a silence early", lambda _b: SILENCES_ENDED_BY),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

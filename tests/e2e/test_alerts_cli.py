@@ -169,6 +169,29 @@ async def test_list_and_end_silences(database_url: str, store: Store) -> None:
         "siaga-gauge", "SPT-RV-02", city="sampit", sensor_id="SPT-RV-02", severity="warning", value=250.0, event_ts=NOW
     )
     assert result.notification is Notification.NOTIFY  # the silence no longer holds it back
+    assert "ended by rina - pump maintenance" in pantau("alerts", "silences", "--all", env=env).stdout
     for ended in (pump.id, past.id, 999_999):
         again = pantau("alerts", "unsilence", str(ended), "--by", "rina", env=env, check=False)
         assert again.returncode == 1 and f"no active or future silence {ended}" in again.stderr
+
+
+async def test_every_action_needs_someone_who_acts(database_url: str, store: Store) -> None:
+    env = pantau_env(PANTAU_DATABASE_URL=database_url)
+    alerts = AlertStore(store)
+    haze = await _raise(alerts, "ispu-station", "KTG-AQ-07", "kotamobagu", "critical", 320.0)
+    pump = await alerts.add_silence(sensor_id="SPT-RV-02", created_by="rina", ends_at=NOW + timedelta(hours=4))
+    silence = ("silence", "--sensor", "KTG-AQ-07", "--for", "1h", "--comment", "filter change")
+    for action, blank in (
+        (("ack", str(haze)), ""),
+        (("ack", str(haze)), "   "),
+        (("resolve", str(haze)), " "),
+        (silence, ""),
+        (("unsilence", str(pump.id)), "\t"),
+    ):
+        proc = pantau("alerts", *action, "--by", blank, env=env, check=False)
+        assert proc.returncode == 1, (action, proc.stdout, proc.stderr)
+        assert proc.stdout == "" and "Traceback" not in proc.stderr
+        assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("pantau: ") and "is blank" in proc.stderr
+    alert = await alerts.get(haze)
+    assert alert is not None and alert.state is AlertState.OPEN and alert.acked_by is None
+    assert await alerts.silences() == [pump]  # none added, none ended

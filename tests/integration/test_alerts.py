@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from pantau.domain import Sensor
-from pantau.errors import StoreError
+from pantau.errors import InvalidArgument, StoreError
 from pantau.settings import StoreSettings
 from pantau.store import Store, connect
 from rules.alerts import (
@@ -375,6 +375,34 @@ async def test_silence_needs_a_sensor_or_a_city(alerts: AlertStore) -> None:
         await alerts.add_silence(sensor_id=SCOPE, city=CITY, ends_at=end, created_by="x")
     with pytest.raises(ValueError, match="not after"):
         await alerts.add_silence(sensor_id=SCOPE, ends_at=T0, created_by="x")
+
+
+@pytest.mark.parametrize("blank", ["", "   ", "\t\n"])
+async def test_who_acts_must_be_named(alerts: AlertStore, blank: str) -> None:
+    opened = await _raise(alerts, Severity.WARNING, 150.0)
+    assert opened.alert is not None
+    alert_id = opened.alert.id
+    silence = await alerts.add_silence(sensor_id=SCOPE, ends_at=T0 + timedelta(hours=1), created_by="rina")
+    attempts = [
+        ("actor", alerts.acknowledge(alert_id, blank)),
+        ("actor", alerts.resolve_by_id(alert_id, blank)),
+        ("by", alerts.resolve(RULE, SCOPE, by=blank)),
+        ("created_by", alerts.add_silence(city=CITY, ends_at=T0 + timedelta(hours=1), created_by=blank)),
+        ("actor", alerts.end_silence(silence.id, blank)),
+    ]
+    for argument, attempt in attempts:
+        with pytest.raises(InvalidArgument, match="is blank: say who acts") as refused:
+            await attempt
+        assert refused.value.argument == argument and isinstance(refused.value, ValueError)
+    # Nothing was written: the alert is open and unacknowledged, the silence runs on.
+    alert = await alerts.get(alert_id)
+    assert alert is not None and alert.state is AlertState.OPEN
+    assert (alert.acked_by, alert.resolved_by) == (None, None)
+    assert [e.kind for e in await alerts.events(alert_id)] == [EventKind.OPENED]
+    assert await alerts.silences() == [silence]
+
+    ended = await alerts.end_silence(silence.id, "budi")
+    assert ended is not None and ended.ended_by == "budi" and silence.ended_by is None
 
 
 async def test_every_event_is_notified_on_commit(alerts: AlertStore, database_url: str) -> None:
