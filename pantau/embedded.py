@@ -17,7 +17,7 @@ import shutil
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pantau.errors import EmbeddedServiceError
@@ -115,17 +115,17 @@ def _run(cmd: list[str], what: str) -> str:
 
 @dataclass
 class EmbeddedPostgres:
-    """A PostgreSQL cluster in `root` (data in root/data), started with pg_ctl."""
+    """A PostgreSQL cluster in `root` (data in root/data), started with pg_ctl from `bindir`."""
 
     root: Path
     port: int = 0
     host: str = "127.0.0.1"
     timescaledb: bool | None = None  # None: preload when installed
     database: str = "pantau"
+    bindir: Path = field(default_factory=postgres_bindir)  # initdb, pg_ctl, postgres (and pg_config)
 
     def __post_init__(self) -> None:
         self.root = self.root.resolve()
-        self.bindir = postgres_bindir()
         self.data = self.root / "data"
         self.log_file = self.root / "postgres.log"
         self._password_file = self.root / "password"

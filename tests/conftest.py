@@ -1,5 +1,8 @@
 """Fixtures: a private PostgreSQL (or PANTAU_TEST_DATABASE_URL) and private mosquitto brokers.
 
+The private cluster runs the PostgreSQL binaries in PANTAU_TEST_PG_BINDIR (default: the ones
+`pantau up` would use), without TimescaleDB preloaded: pointed at a build that has TimescaleDB's
+files, the whole suite runs on the "installed but not preloaded" fallback to plain PostgreSQL.
 The cluster is started once per session and a migrated template database is made once; each
 test gets a fresh database cloned from it (about 50 ms). Brokers are per test: they are cheap
 and failure tests restart them.
@@ -20,11 +23,17 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
-from pantau.embedded import EmbeddedMosquitto, EmbeddedPostgres
+from pantau.embedded import EmbeddedMosquitto, EmbeddedPostgres, postgres_bindir
 from pantau.settings import IngestSettings, Settings, StoreSettings
 from pantau.store import Backend, Store
 
 EXTERNAL_URL = os.environ.get("PANTAU_TEST_DATABASE_URL")
+
+
+def pg_bindir() -> Path:
+    """The PostgreSQL binaries private test clusters run: PANTAU_TEST_PG_BINDIR, or pantau's default."""
+    configured = os.environ.get("PANTAU_TEST_PG_BINDIR")
+    return Path(configured) if configured else postgres_bindir()
 
 
 def _with_database(url: str, name: str) -> str:
@@ -50,7 +59,7 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
         admin_url = EXTERNAL_URL
     else:
         # CI exercises the plain-PostgreSQL path: no TimescaleDB preload in the private cluster.
-        embedded = EmbeddedPostgres(tmp_path_factory.mktemp("pg"), timescaledb=False)
+        embedded = EmbeddedPostgres(tmp_path_factory.mktemp("pg"), timescaledb=False, bindir=pg_bindir())
         embedded.start()
         admin_url = embedded.admin_url
     template = f"pantau_tpl_{secrets.token_hex(4)}"

@@ -66,8 +66,9 @@ _COUNTABLE = frozenset(
 class Store:
     """A connection pool with pantau's queries. Open with `async with Store.open(...)`."""
 
-    def __init__(self, pool: AsyncConnectionPool, settings: StoreSettings) -> None:
+    def __init__(self, pool: AsyncConnectionPool, settings: StoreSettings, *, url: str) -> None:
         self._pool = pool
+        self._url = url  # for a connection outside the pool (migrate's probe)
         self.settings = settings
 
     @classmethod
@@ -84,7 +85,7 @@ class Store:
             await pool.close()
             raise StoreUnavailable(f"cannot connect to PostgreSQL at {redact_url(url)}") from exc
         try:
-            yield cls(pool, settings)
+            yield cls(pool, settings, url=url)
         finally:
             await pool.close()
 
@@ -102,7 +103,7 @@ class Store:
     async def migrate(self) -> tuple[Backend, list[str]]:
         """Apply pending migrations; returns the backend and the names of what was applied."""
         async with self.connection() as conn:
-            backend, applied = await migrate(conn, self.settings)
+            backend, applied = await migrate(conn, self.settings, connect=lambda: connect(self._url))
         return backend, [f"{m.version}: {m.name}" for m in applied]
 
     async def backend(self) -> Backend:

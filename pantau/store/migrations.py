@@ -2,7 +2,9 @@
 
 Each migration runs once, in its own transaction, and is recorded in `pantau_schema`. The backend
 chosen by the first migrate is recorded in `pantau_meta` and kept: installing TimescaleDB later
-does not silently switch an existing database (`pantau db info` reports what is in use).
+does not silently switch an existing database (`pantau db info` reports what is in use). TimescaleDB
+installed but not in `shared_preload_libraries` means plain PostgreSQL, with one warning saying how
+to preload it (CREATE EXTENSION there is a FATAL that closes the connection).
 Policies (compression, retention, continuous-aggregate refresh) are re-applied on every migrate so
 that changed settings take effect.
 """
@@ -10,7 +12,7 @@ that changed settings take effect.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -315,17 +317,45 @@ MIGRATIONS: tuple[Migration, ...] = (
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 
-async def _can_use_timescaledb(conn: AsyncConnection) -> bool:
+# Opens a fresh autocommit connection to the database being migrated.
+Connect = Callable[[], Awaitable[AsyncConnection]]
+
+NOT_PRELOADED = (
+    "timescaledb is installed but not preloaded; using plain PostgreSQL. To use TimescaleDB, set"
+    " shared_preload_libraries = 'timescaledb' in postgresql.conf and restart PostgreSQL"
+    " (before the first migrate: a migrated database keeps its backend)"
+)
+
+
+def _preloaded(libraries: str) -> bool:
+    """Whether a `shared_preload_libraries` value lists timescaledb (`'timescaledb'`, `'$libdir/timescaledb'`)."""
+    names = (lib.strip().strip('"').rsplit("/", 1)[-1] for lib in libraries.split(","))
+    return any(name == "timescaledb" or name.startswith("timescaledb-") for name in names)
+
+
+async def _can_use_timescaledb(conn: AsyncConnection, connect: Connect) -> bool:
     cur = await conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'")
     if await cur.fetchone() is None:
         return False
-    try:
-        async with conn.transaction():
-            await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
-    except psycopg.Error as exc:
-        # Installed but not in shared_preload_libraries, or no privilege: plain PostgreSQL.
-        log.warning("timescaledb is installed but cannot be used (%s); using plain PostgreSQL", exc)
+    cur = await conn.execute("SELECT current_setting('shared_preload_libraries')")
+    row = await cur.fetchone()
+    if not _preloaded(str(row[0] if row else "")):
+        # CREATE EXTENSION would fail with a FATAL ("must be preloaded") that closes the connection.
+        log.warning(NOT_PRELOADED)
         return False
+    # On a connection of its own: whatever the attempt does to its session (a FATAL closes it), the
+    # migration's connection, holding the migrate lock, carries on.
+    probe = await connect()
+    try:
+        async with probe.transaction():
+            await probe.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+    except psycopg.Error as exc:
+        # No privilege, or a loader and extension version that do not match: plain PostgreSQL.
+        problem = " ".join(str(exc).split())
+        log.warning("timescaledb is installed but cannot be used (%s); using plain PostgreSQL", problem)
+        return False
+    finally:
+        await probe.close()
     return True
 
 
@@ -399,11 +429,14 @@ async def _apply_timescale_policies(conn: AsyncConnection, settings: StoreSettin
             await conn.execute(stmt)
 
 
-async def migrate(conn: AsyncConnection, settings: StoreSettings) -> tuple[Backend, list[Migration]]:
+async def migrate(
+    conn: AsyncConnection, settings: StoreSettings, *, connect: Connect
+) -> tuple[Backend, list[Migration]]:
     """Bring the schema to SCHEMA_VERSION; returns the backend and the migrations applied now.
 
     `conn` must be in autocommit mode; each migration gets its own transaction. Concurrent
-    migrators are serialised by an advisory lock.
+    migrators are serialised by an advisory lock. `connect` opens a second connection to the same
+    database, on which the first migrate tries CREATE EXTENSION timescaledb.
     """
     applied: list[Migration] = []
     await conn.execute("SELECT pg_advisory_lock(hashtext('pantau.migrate'))")
@@ -415,7 +448,7 @@ async def migrate(conn: AsyncConnection, settings: StoreSettings) -> tuple[Backe
         )
         backend = await current_backend(conn)
         if backend is None:
-            use_ts = settings.timescaledb == "auto" and await _can_use_timescaledb(conn)
+            use_ts = settings.timescaledb == "auto" and await _can_use_timescaledb(conn, connect)
             backend = Backend.TIMESCALEDB if use_ts else Backend.POSTGRES
         done = await schema_version(conn)
         if done > SCHEMA_VERSION:
