@@ -23,17 +23,17 @@ from typing import TypeVar
 
 from ingest.decode import Decoder, Rejection, Row
 from ingest.writer import ReadingWriter, RejectRow, WriteResult
-from pantau.domain import OUTPUT_LEVELS, Reason, sensor_topic
+from pantau.domain import Reason
 from pantau.errors import StoreError, StoreUnavailable
 from pantau.metrics import SensorKind
 from pantau.mqtt import AsyncMqttClient, BrokerAddress
 from pantau.settings import Settings
 from pantau.store.migrations import Backend
 from pantau.telemetry import IngestMetrics
+from pantau.topics import RETIRED_SUBSCRIPTIONS, parse_sensor_topic, sensor_subscriptions, sensor_topic
 
 log = logging.getLogger(__name__)
 
-_KINDS = {k.value: k for k in SensorKind}
 # Database retry backoff: quick first retry (a restart takes ~1 s), capped so a long outage
 # costs one attempt every 5 s.
 _DB_BACKOFF_START_S = 0.1
@@ -61,7 +61,7 @@ class Batch:
     rejections: list[RejectRow] = field(default_factory=list)
     seen: dict[str, float] = field(default_factory=dict)
     # Messages from sensors not in the registry cache: resolved against the database at flush.
-    parked: list[tuple[str, str, str, str, bytes, float]] = field(default_factory=list)
+    parked: list[tuple[str, SensorKind, str, str, bytes, float]] = field(default_factory=list)
     messages: int = 0
     qos0: int = 0  # messages the broker will not redeliver
     oldest_received: float = 0.0
@@ -99,7 +99,8 @@ class IngestService:
             BrokerAddress.parse(settings.mqtt_url),
             client_id=self.cfg.client_id,
             on_message=self._on_message,
-            subscriptions=((self.cfg.topic, 1),),
+            subscriptions=tuple((f, 1) for f in sensor_subscriptions()),
+            retired=RETIRED_SUBSCRIPTIONS,
             persistent=True,
             session_expiry_s=self.cfg.session_expiry_s,
             receive_maximum=self.cfg.max_inflight,
@@ -139,14 +140,12 @@ class IngestService:
                 self._pause()
         else:
             batch.qos0 += 1
-        parts = topic.split("/")
-        if len(parts) >= 4 and parts[3] in OUTPUT_LEVELS:
-            return  # pantau's own output (alerts), not a sensor's message
-        if len(parts) != 5 or parts[0] != "pantau" or parts[1] != "v1" or parts[3] not in _KINDS:
+        parsed = parse_sensor_topic(topic)
+        if parsed is None:  # `+` matches an empty level too: pantau/v1//air/
             problem = (Reason.BAD_TOPIC, "expected pantau/v1/{city}/{kind}/{sensor_id}")
             self._reject(batch, received, topic, payload, [problem])
             return
-        city, kind, sensor_id = parts[2], parts[3], parts[4]
+        city, kind, sensor_id = parsed
         entry = self._registry.get(sensor_id)
         if entry is None:
             batch.parked.append((sensor_id, kind, city, topic, payload, received))
@@ -176,7 +175,7 @@ class IngestService:
         batch: Batch,
         entry: tuple[str, str],
         sensor_id: str,
-        kind: str,
+        kind: SensorKind,
         city: str,
         topic: str,
         payload: bytes,
@@ -203,7 +202,7 @@ class IngestService:
         problems: list[Rejection] = []
         first_row = len(batch.rows)
         try:
-            self.decoder.decode(payload, sensor_id, _KINDS[kind], received, batch.rows, problems)
+            self.decoder.decode(payload, sensor_id, kind, received, batch.rows, problems)
         except Exception as exc:  # a message acknowledged must leave a trace, even after a bug
             log.exception("decoding a message on %s failed; it is recorded as internal_error", topic)
             del batch.rows[first_row:]

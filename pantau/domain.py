@@ -1,4 +1,4 @@
-"""Domain value types shared by every service: topics, sensors and rejection reasons."""
+"""Domain value types shared by every service: sensors and rejection reasons (topics: pantau.topics)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from enum import StrEnum
 from typing import Any
 
 from pantau.metrics import SensorKind
+from pantau.topics import sensor_topic
 
-TOPIC_ROOT = "pantau/v1"
 # Sensor ids and city slugs travel in MQTT topics and URLs: keep them to a safe alphabet.
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 _CITY_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
@@ -24,15 +24,6 @@ def valid_sensor_id(text: str) -> bool:
 def valid_city(text: str) -> bool:
     """True for a lower-case slug such as `kotamobagu` or `sampit`."""
     return bool(_CITY_RE.match(text))
-
-
-# pantau's own output under the topic root (alerts from the rule engine): not sensor input.
-OUTPUT_LEVELS = frozenset({"alerts"})
-
-
-def sensor_topic(city: str, kind: SensorKind | str, sensor_id: str) -> str:
-    """The MQTT topic a sensor publishes on."""
-    return f"{TOPIC_ROOT}/{city}/{SensorKind(kind).value}/{sensor_id}"
 
 
 class Reason(StrEnum):

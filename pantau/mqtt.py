@@ -167,6 +167,8 @@ class AsyncMqttClient:
 
     `subscriptions` are (re)made on every connect; with a persistent session the broker keeps
     them and the queue while we are away. A graceful close disconnects without unsubscribing.
+    `retired` filters are unsubscribed whenever the broker resumed a session (one an earlier
+    version subscribed with).
     """
 
     def __init__(
@@ -176,6 +178,7 @@ class AsyncMqttClient:
         client_id: str,
         on_message: MessageHandler | None = None,
         subscriptions: tuple[tuple[str, int], ...] = (),
+        retired: tuple[str, ...] = (),
         persistent: bool = True,
         session_expiry_s: int = 0xFFFFFFFF,
         receive_maximum: int | None = None,
@@ -186,6 +189,7 @@ class AsyncMqttClient:
         self.address = address
         self.client_id = client_id
         self.subscriptions = subscriptions
+        self.retired = retired
         self.persistent = persistent
         self.session_expiry_s = session_expiry_s
         self.receive_maximum = receive_maximum
@@ -329,6 +333,9 @@ class AsyncMqttClient:
             _rc, mid = client.subscribe(topic, qos=qos)
             if mid is not None:
                 self._pending_subs.add(mid)
+        if flags.session_present:
+            for topic in self.retired:
+                client.unsubscribe(topic)
         if not self._pending_subs:
             self._subscribed.set()
         log.info(

@@ -29,9 +29,6 @@ class IngestSettings:
     """Tuning of the MQTT → PostgreSQL path."""
 
     client_id: str = "pantau-ingest"
-    # MQTT subscription filter. Sensors publish on pantau/v1/{city}/{kind}/{sensor_id}; the whole
-    # tree is subscribed so that a misaddressed message is rejected as bad_topic, not lost.
-    topic: str = "pantau/v1/#"
     # A batch is written when it holds this many readings or is this old, whichever comes first:
     # 5,000 rows keep one COPY well under 50 ms; 50 ms of delay keeps publish→commit p99 under
     # 200 ms at 10k msg/s, leaving room for the rule engine's publish→alert target of 250 ms

@@ -57,11 +57,12 @@ from paho.mqtt.reasoncodes import ReasonCode
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
-from pantau.domain import TOPIC_ROOT, valid_city
+from pantau.domain import valid_city
 from pantau.errors import StoreError
 from pantau.mqtt import AsyncMqttClient, BrokerAddress
 from pantau.settings import Settings
 from pantau.store import Store, connect
+from pantau.topics import alerts_topic, open_alerts_topic
 from rules.alerts import ALERTS_CHANNEL, NOTIFY_PAYLOAD_VERSION, Alert, AlertEvent, Notification, notify_payload
 
 __all__ = [
@@ -73,10 +74,8 @@ __all__ = [
     "Sink",
     "SinkStats",
     "WebhookSink",
-    "alerts_topic",
     "idempotency_key",
     "make_sinks",
-    "snapshot_topic",
 ]
 
 log = logging.getLogger(__name__)
@@ -129,15 +128,6 @@ _WEBHOOK_BODY_LOG_CHARS = 200
 _USER_AGENT = "pantau-notifier/1"
 _LOCK_KEY = ("pantau", "notify")  # pg_try_advisory_lock(hashtext(a), hashtext(b)): one notifier per database
 
-
-def alerts_topic(city: str) -> str:
-    """`pantau/v1/{city}/alerts`: one message per alert event."""
-    return f"{TOPIC_ROOT}/{city}/alerts"
-
-
-def snapshot_topic(city: str) -> str:
-    """`pantau/v1/{city}/alerts/open`: the retained list of the city's open alerts."""
-    return f"{TOPIC_ROOT}/{city}/alerts/open"
 
 
 def idempotency_key(event_id: int) -> str:
@@ -994,7 +984,7 @@ class MqttSink:
             payload = json.dumps(
                 {"v": NOTIFY_PAYLOAD_VERSION, "city": city, "at": at, "alerts": alerts}, separators=(",", ":")
             )
-            self._client.publish_tracked(snapshot_topic(city), payload, retain=True, track=False)
+            self._client.publish_tracked(open_alerts_topic(city), payload, retain=True, track=False)
             self._last_snapshot[city] = time.monotonic()
             self.stats.snapshots += 1
             log.debug("notify: mqtt snapshot of %s: %d open alerts", city, len(alerts))

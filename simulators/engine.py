@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pantau.domain import sensor_topic
 from pantau.metrics import METRICS
+from pantau.topics import sensor_topic
 from simulators.faults import FaultInjector, FaultLog
 from simulators.fleet import Fleet
 from simulators.models import DECIMALS, KIND_METRICS, PRIMARY, CityModel

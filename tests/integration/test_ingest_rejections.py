@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import threading
 import time
 from datetime import UTC, datetime
 
@@ -23,8 +25,8 @@ FLOOD = Sensor(id="MJK-RV-01", kind="flood", city="mojokerto", metadata={"river"
 def _cases(now: int) -> list[tuple[str, bytes, Reason]]:
     air, flood = AIR.topic, FLOOD.topic
     return [
-        ("pantau/v1/mojokerto/air", b'{"pm25": 1}', Reason.BAD_TOPIC),
-        ("pantau/v1/mojokerto/weather/MJK-AQ-01", b'{"pm25": 1}', Reason.BAD_TOPIC),
+        ("pantau/v1//air/MJK-AQ-01", b'{"pm25": 1}', Reason.BAD_TOPIC),  # `+` matches an empty city
+        ("pantau/v1/mojokerto/air/", b'{"pm25": 1}', Reason.BAD_TOPIC),
         (air, b'{"pm25": 1, "pad": "' + b"x" * 70000 + b'"}', Reason.OVERSIZE),
         (air, b"", Reason.EMPTY),
         (air, b'{"pm25": 12.0,', Reason.MALFORMED_JSON),
@@ -196,6 +198,45 @@ async def test_a_conflicting_value_is_a_rejection_and_a_redelivery_is_silent(
             " conflicts with 100.0 stored for that sensor, metric and time; the stored value is kept",
         ),
     ]
+
+
+async def test_ingest_takes_sensor_topics_only_and_drops_the_whole_tree_filter(
+    settings: Settings, backend: Backend, store: Store, broker: EmbeddedMosquitto
+) -> None:
+    """Ingest subscribes to pantau/v1/+/{kind}/+ for the four kinds: the notifier's alert events
+    and anything else under pantau/v1 never reach it (they came back to be dropped), and a session
+    an earlier ingest kept with `pantau/v1/#` loses that filter when it is resumed."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    await store.upsert_sensors([AIR])
+    subscribed = threading.Event()
+    old = paho.Client(CallbackAPIVersion.VERSION2, client_id=settings.ingest.client_id, protocol=paho.MQTTv311,
+                      clean_session=False)  # fmt: skip
+    old.on_subscribe = lambda *_args: subscribed.set()
+    old.connect("127.0.0.1", broker.port)
+    old.loop_start()
+    old.subscribe("pantau/v1/#", qos=1)  # what ingest subscribed to before
+    assert subscribed.wait(10), "no SUBACK"
+    old.disconnect()
+    old.loop_stop()
+    settings = dataclasses.replace(settings, ingest=dataclasses.replace(settings.ingest, mqtt_protocol=4))
+    async with running_ingest(settings, backend) as service:
+        pub = Publisher(broker.port)
+        pub.publish_all(
+            [
+                ("pantau/v1/mojokerto/alerts", b'{"event": "opened"}'),
+                ("pantau/v1/mojokerto/alerts/open", b"[]"),
+                ("pantau/v1/mojokerto/weather/MJK-AQ-01", b'{"pm25": 1}'),
+                ("pantau/v1/mojokerto", b'{"pm25": 1}'),
+                (AIR.topic, b'{"pm25": 11}'),
+            ]
+        )
+        pub.close()
+        await await_until(lambda: _readings_count(store, 1), what="the sensor's reading")
+        received = service.metrics.registry.get_sample_value("pantau_ingest_messages_total")
+    assert received == 1, f"ingest received {received} messages, not only the sensor's"
+    assert await store.count("rejected_messages") == 0
 
 
 async def _rejected_count(store: Store, n: int) -> bool:

@@ -29,9 +29,10 @@ from pantau.embedded import EmbeddedMosquitto
 from pantau.mqtt import free_port
 from pantau.settings import Settings
 from pantau.store import Store, connect
+from pantau.topics import alerts_topic, open_alerts_topic
 from rules import notify
 from rules.alerts import AlertStore, Transition, listen
-from rules.notify import AlertNotifier, _retry_after, _Seen, alerts_topic, idempotency_key, snapshot_topic
+from rules.notify import AlertNotifier, _retry_after, _Seen, idempotency_key
 from tests.support import TcpProxy, await_until
 
 CITY = "kotamobagu"
@@ -71,7 +72,7 @@ class MqttWatcher:
         return [e["event"]["id"] for e in self.events(city)]
 
     def last_snapshot(self, city: str = CITY) -> dict[str, Any] | None:
-        snaps = self.on(snapshot_topic(city))
+        snaps = self.on(open_alerts_topic(city))
         return snaps[-1] if snaps else None
 
     def close(self) -> None:
@@ -243,7 +244,7 @@ async def test_snapshot_is_retained_coalesced_and_empty_after_resolve(
 
         assert a.alert and b.alert
         await await_until(lambda: snapshot_ids() == [a.alert.id, b.alert.id], timeout_s=5, what="a 2-alert snapshot")
-        late = await retained(broker, snapshot_topic(CITY))
+        late = await retained(broker, open_alerts_topic(CITY))
         assert late["v"] == 1 and late["city"] == CITY
         assert [(x["id"], x["severity"], x["state"], x["silenced"]) for x in late["alerts"]] == [
             (a.alert.id, "warning", "open", False),
@@ -252,19 +253,19 @@ async def test_snapshot_is_retained_coalesced_and_empty_after_resolve(
         datetime.fromisoformat(late["at"])
 
         # A burst of opens is coalesced, and the last snapshot has them all.
-        before = len(watcher.on(snapshot_topic(CITY)))
+        before = len(watcher.on(open_alerts_topic(CITY)))
         burst = [await raise_(alerts, f"KTG-AQ-{i:02d}") for i in range(10, 25)]
         await await_until(lambda: len(snapshot_ids() or []) == 17, timeout_s=5, what="a 17-alert snapshot")
         await asyncio.sleep(0.4)
         assert len(snapshot_ids() or []) == 17
-        assert len(watcher.on(snapshot_topic(CITY))) - before < len(burst)
+        assert len(watcher.on(open_alerts_topic(CITY))) - before < len(burst)
 
         for t in [a, b, *burst]:
             assert t.alert
             await alerts.resolve_by_id(t.alert.id, "operator")
         await await_until(lambda: snapshot_ids() == [], timeout_s=5, what="an empty snapshot")
-        assert (await retained(broker, snapshot_topic(CITY)))["alerts"] == []
-        assert len((await retained(broker, snapshot_topic(OTHER)))["alerts"]) == 1
+        assert (await retained(broker, open_alerts_topic(CITY)))["alerts"] == []
+        assert len((await retained(broker, open_alerts_topic(OTHER)))["alerts"]) == 1
         assert notifier.stats["mqtt"].snapshots >= 4
 
 
@@ -285,7 +286,7 @@ async def test_silenced_events_are_held_back_but_the_snapshot_lists_the_alert(
             timeout_s=5,
             what="a snapshot with the acknowledgement",
         )
-        (listed,) = (await retained(broker, snapshot_topic(CITY)))["alerts"]
+        (listed,) = (await retained(broker, open_alerts_topic(CITY)))["alerts"]
         assert (listed["id"], listed["silenced"], listed["silence_id"]) == (held.alert.id, True, silence.id)
         stats = notifier.stats["mqtt"]
         assert (stats.sent, stats.held_back) == (1, 2)
@@ -433,8 +434,8 @@ async def test_a_fresh_database_starts_after_the_last_event_without_replaying_hi
         # The snapshot at start lists what is open (and every city with sensors gets one).
         assert old.alert
         await await_until(lambda: watcher.last_snapshot(CITY) and watcher.last_snapshot(OTHER), timeout_s=5)
-        assert [x["id"] for x in (await retained(broker, snapshot_topic(CITY)))["alerts"]] == [old.alert.id]
-        assert (await retained(broker, snapshot_topic(OTHER)))["alerts"] == []
+        assert [x["id"] for x in (await retained(broker, open_alerts_topic(CITY)))["alerts"]] == [old.alert.id]
+        assert (await retained(broker, open_alerts_topic(OTHER)))["alerts"] == []
         new = await raise_(alerts, "KTG-AQ-03")
         await await_until(lambda: watcher.events(), timeout_s=5, what="the new event")
         await asyncio.sleep(0.3)
