@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from tests.e2e.test_cli import pantau
 from tests.support import REPO, pantau_env
@@ -33,3 +36,26 @@ def test_check_of_a_file_too_deep_to_load_is_one_line_naming_it(tmp_path: Path) 
     assert proc.returncode == 1
     assert proc.stderr == f"pantau: {deep}: not valid YAML: nested too deeply to load\n"
     assert proc.stdout == ""
+
+
+def _deep_block(path: Path) -> Path:
+    # 5,000 block-style sequences, each inside the last: one level more indented per line.
+    path.write_text("rules:\n" + "".join(" " * depth + "-\n" for depth in range(1, 5000)))
+    return path
+
+
+def _directory(path: Path) -> Path:
+    path.mkdir()
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "problem"),
+    [(_deep_block, "not valid YAML: nested too deeply to load"), (_directory, "cannot be read: Is a directory")],
+)
+def test_check_of_a_file_that_cannot_be_loaded_is_one_line_naming_it(
+    tmp_path: Path, make: Callable[[Path], Path], problem: str
+) -> None:
+    path = make(tmp_path / "rules.yaml")
+    proc = pantau("rules", "--check", "--file", str(path), env=pantau_env(), check=False)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (1, "", f"pantau: {path}: {problem}\n")
