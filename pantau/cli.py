@@ -16,12 +16,15 @@ from collections import Counter
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pantau import __version__
 from pantau.errors import AlreadyRunning, ConfigError, PantauError
 from pantau.settings import Settings, load_settings
 from pantau.telemetry import setup_logging
+
+if TYPE_CHECKING:
+    from pantau.store import StoreInfo
 
 log = logging.getLogger("pantau")
 
@@ -57,22 +60,74 @@ async def cmd_db_migrate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _span(value: timedelta) -> str:
+    """A duration as `2d`, `12h`, `1h30m`, `30s`."""
+    seconds = int(value.total_seconds())
+    parts = [(seconds // 86400, "d"), (seconds % 86400 // 3600, "h"), (seconds % 3600 // 60, "m"), (seconds % 60, "s")]
+    return "".join(f"{n}{unit}" for n, unit in parts if n) or "0s"
+
+
+def _db_info_lines(info: StoreInfo) -> list[str]:
+    """`pantau db info` for people: what is in use, then what an operator checks first."""
+    backend = "not migrated yet" if info.backend is None else info.backend.value
+    if info.timescaledb_version:
+        backend += f" (TimescaleDB {info.timescaledb_version})"
+    lines = [
+        f"backend:        {backend}",
+        f"server:         PostgreSQL {info.server_version}",
+        f"schema version: {info.schema_version} (this pantau: {info.expected_schema_version})",
+    ]
+    if info.partitions is not None:
+        p = info.partitions
+        newest = f" (newest {p.newest})" if p.newest else ""
+        # Not an outage: ingest makes a missing day's partition with the first reading for it.
+        today = "" if p.has_today else f"; none for today ({p.today}) yet"
+        lines.append(f"partitions:     {p.ahead} days ahead of today{newest}, {len(p.days)} in all{today}")
+    if info.timescaledb is not None:
+        ts = info.timescaledb
+        lines.append(f"chunks:         {_span(ts.chunk_interval) if ts.chunk_interval else '?'} each")
+        compression = "off"
+        if ts.compression:
+            compression = f"on, segmentby {', '.join(ts.segmentby) or '-'}, orderby {', '.join(ts.orderby) or '-'}"
+        lines.append(f"compression:    {compression}")
+        lines.append(f"jobs:           {len(ts.jobs)} TimescaleDB policies")
+        for job in ts.jobs:
+            config = ", ".join(
+                f"{k} {'none' if v is None else v}" for k, v in sorted(job.config.items()) if not k.endswith("_id")
+            )
+            paused = "" if job.scheduled else ", paused"
+            every = _span(job.schedule_interval)
+            lines.append(f"  {job.id:>6} {job.policy} {job.relation} every {every} ({config}){paused}")
+            if job.last_run_started_at is None:
+                last = "not run yet"
+            else:
+                last = f"last run {_when(job.last_run_started_at)}: {job.last_run_status or '?'}"
+                if job.total_failures:
+                    last += f" ({job.total_failures} of {job.total_runs} runs failed)"
+            lines.append(f"         {last}; next {_when(job.next_start)}")
+            for error in job.errors:
+                lines.append(f"         error {_when(error.at)} {error.sqlerrcode or '-'}: {error.message}")
+    run = info.maintenance
+    if run is None:
+        lines.append("maintenance:    never (`pantau maintain` has not run on this database)")
+    else:
+        r = run.report
+        lines.append(
+            f"maintenance:    last run {_when(run.at)} ({run.took_s:.2f} s): {r.partitions_created} partitions made,"
+            f" {r.partitions_dropped} dropped, {r.minute_buckets_refreshed} minute and {r.hour_buckets_refreshed}"
+            f" hour rollups refreshed, {r.rejected_deleted} rejected messages and {r.unclaimed_dropped} unclaimed"
+            " batches deleted"
+        )
+    lines += [f"{table + ':':<16}{count:>12,}" for table, count in info.row_counts.items()]
+    return lines
+
+
 async def cmd_db_info(args: argparse.Namespace, settings: Settings) -> int:
     from pantau.store import Store
 
     async with Store.open(_need(settings, "database_url"), settings.store) as store:
         info = await store.info()
-    if args.json:
-        print(json.dumps({**info.__dict__, "backend": info.backend and info.backend.value}, indent=2))
-        return 0
-    backend = "not migrated yet" if info.backend is None else info.backend.value
-    if info.timescaledb_version:
-        backend += f" (TimescaleDB {info.timescaledb_version})"
-    print(f"backend:        {backend}")
-    print(f"server:         PostgreSQL {info.server_version}")
-    print(f"schema version: {info.schema_version} (this pantau: {info.expected_schema_version})")
-    for table, count in info.row_counts.items():
-        print(f"{table + ':':<16}{count:>12,}")
+    print(json.dumps(info.to_json(), indent=2) if args.json else "\n".join(_db_info_lines(info)))
     return 0
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -25,18 +25,127 @@ from psycopg_pool import AsyncConnectionPool
 from pantau.domain import Sensor
 from pantau.errors import StoreError, StoreUnavailable
 from pantau.settings import StoreSettings
+from pantau.store.maintenance import MaintenanceRun, last_run, partition_days
 from pantau.store.migrations import SCHEMA_VERSION, Backend, current_backend, migrate, schema_version
 
-__all__ = ["SCHEMA_VERSION", "Backend", "Store", "StoreInfo", "connect", "redact_url"]
+__all__ = [
+    "SCHEMA_VERSION", "Backend", "Job", "JobError", "Partitions", "Store", "StoreInfo", "TimescaleInfo", "connect",
+    "redact_url",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
 Resolution = Literal["raw", "1m", "1h"]
 
 
+def _iso(value: datetime | date | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class Partitions:
+    """The daily partitions of `readings` on plain PostgreSQL (UTC days), as seen on `today`."""
+
+    today: date
+    days: tuple[date, ...]  # oldest first
+
+    @property
+    def has_today(self) -> bool:
+        return self.today in self.days
+
+    @property
+    def ahead(self) -> int:
+        """How many days after today have their partition (`pantau maintain` makes them)."""
+        return sum(1 for day in self.days if day > self.today)
+
+    @property
+    def newest(self) -> date | None:
+        return self.days[-1] if self.days else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "today": self.today.isoformat(),
+            "has_today": self.has_today,
+            "days_ahead": self.ahead,
+            "newest": _iso(self.newest),
+            "oldest": _iso(self.days[0] if self.days else None),
+            "count": len(self.days),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class JobError:
+    """One failed run of a TimescaleDB job (timescaledb_information.job_errors)."""
+
+    at: datetime
+    sqlerrcode: str | None
+    message: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"at": self.at.isoformat(), "sqlerrcode": self.sqlerrcode, "message": self.message}
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A TimescaleDB policy pantau set up (`_apply_timescale_policies`), with how its runs went."""
+
+    id: int
+    policy: str  # compression, retention or refresh (of a continuous aggregate)
+    relation: str  # readings, readings_1m or readings_1h
+    schedule_interval: timedelta
+    config: Mapping[str, Any]  # compress_after, drop_after or start_offset / end_offset, as TimescaleDB keeps them
+    scheduled: bool
+    last_run_started_at: datetime | None  # None: it has not run yet
+    last_run_status: str | None  # Success or Failed
+    last_successful_finish: datetime | None
+    next_start: datetime | None
+    total_runs: int
+    total_failures: int
+    errors: tuple[JobError, ...]  # the latest first, at most `_JOB_ERRORS_SHOWN`
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "policy": self.policy,
+            "relation": self.relation,
+            "schedule_interval_s": self.schedule_interval.total_seconds(),
+            "config": dict(self.config),
+            "scheduled": self.scheduled,
+            "last_run_started_at": _iso(self.last_run_started_at),
+            "last_run_status": self.last_run_status,
+            "last_successful_finish": _iso(self.last_successful_finish),
+            "next_start": _iso(self.next_start),
+            "total_runs": self.total_runs,
+            "total_failures": self.total_failures,
+            "errors": [e.to_json() for e in self.errors],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TimescaleInfo:
+    """The `readings` hypertable's layout and compression, and pantau's policies on it and its rollups."""
+
+    chunk_interval: timedelta | None
+    compression: bool
+    segmentby: tuple[str, ...]
+    orderby: tuple[str, ...]
+    jobs: tuple[Job, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "chunk_interval_s": self.chunk_interval.total_seconds() if self.chunk_interval else None,
+            "compression": {
+                "enabled": self.compression,
+                "segmentby": list(self.segmentby),
+                "orderby": list(self.orderby),
+            },
+            "jobs": [job.to_json() for job in self.jobs],
+        }
+
+
 @dataclass(frozen=True, slots=True)
 class StoreInfo:
-    """What `pantau db info` prints."""
+    """What `pantau db info` prints: what is in use, and what an operator checks first."""
 
     backend: Backend | None
     timescaledb_version: str | None
@@ -44,6 +153,105 @@ class StoreInfo:
     schema_version: int
     expected_schema_version: int
     row_counts: dict[str, int]
+    maintenance: MaintenanceRun | None = None  # the last `pantau maintain` round; None: never ran
+    partitions: Partitions | None = None  # plain PostgreSQL
+    timescaledb: TimescaleInfo | None = None  # TimescaleDB
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready mapping (times in ISO 8601, intervals in seconds)."""
+        return {
+            "backend": self.backend.value if self.backend else None,
+            "timescaledb_version": self.timescaledb_version,
+            "server_version": self.server_version,
+            "schema_version": self.schema_version,
+            "expected_schema_version": self.expected_schema_version,
+            "row_counts": self.row_counts,
+            "maintenance": self.maintenance.to_json() if self.maintenance else None,
+            "partitions": self.partitions.to_json() if self.partitions else None,
+            "timescaledb": self.timescaledb.to_json() if self.timescaledb else None,
+        }
+
+
+# TimescaleDB's names for the policies pantau adds, and what `db info` calls them.
+# In the order a reading meets them (into a rollup, compressed, dropped), for listing.
+_POLICIES = {
+    "policy_refresh_continuous_aggregate": "refresh",
+    "policy_compression": "compression",
+    "policy_retention": "retention",
+}
+_POLICY_RELATIONS = ("readings", "readings_1m", "readings_1h")
+# A failing job fails again at every retry: its latest errors say what is wrong, older ones repeat it.
+_JOB_ERRORS_SHOWN = 3
+
+
+async def _timescale_info(conn: AsyncConnection) -> TimescaleInfo:
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(
+        "SELECT d.time_interval, h.compression_enabled FROM timescaledb_information.hypertables h"
+        " LEFT JOIN timescaledb_information.dimensions d ON d.hypertable_schema = h.hypertable_schema"
+        "  AND d.hypertable_name = h.hypertable_name AND d.dimension_number = 1"
+        " WHERE h.hypertable_name = 'readings' AND h.hypertable_schema = current_schema()"
+    )
+    table = await cur.fetchone() or {"time_interval": None, "compression_enabled": False}
+    await cur.execute(
+        "SELECT attname, segmentby_column_index, orderby_column_index, orderby_asc"
+        " FROM timescaledb_information.compression_settings"
+        " WHERE hypertable_name = 'readings' AND hypertable_schema = current_schema()"
+    )
+    columns = await cur.fetchall()
+    segmentby = sorted((r for r in columns if r["segmentby_column_index"]), key=lambda r: r["segmentby_column_index"])
+    orderby = sorted((r for r in columns if r["orderby_column_index"]), key=lambda r: r["orderby_column_index"])
+    await cur.execute(
+        # TimescaleDB writes -infinity for a time that has not happened (no successful finish yet).
+        "SELECT j.job_id, j.proc_name, j.hypertable_name, j.schedule_interval, j.config, j.scheduled,"
+        " s.last_run_status, coalesce(s.total_runs, 0) AS total_runs, coalesce(s.total_failures, 0) AS total_failures,"
+        " CASE WHEN isfinite(s.last_run_started_at) THEN s.last_run_started_at END AS last_run_started_at,"
+        " CASE WHEN isfinite(s.last_successful_finish) THEN s.last_successful_finish END AS last_successful_finish,"
+        " (SELECT t FROM (VALUES (s.next_start), (j.next_start)) AS v(t) WHERE isfinite(t) LIMIT 1) AS next_start"
+        " FROM timescaledb_information.jobs j LEFT JOIN timescaledb_information.job_stats s USING (job_id)"
+        " WHERE j.proc_name = ANY(%s) AND j.hypertable_name = ANY(%s)",
+        (list(_POLICIES), list(_POLICY_RELATIONS)),
+    )
+    order = list(_POLICIES)
+    jobs = sorted(
+        await cur.fetchall(),
+        key=lambda j: (_POLICY_RELATIONS.index(j["hypertable_name"]), order.index(j["proc_name"]), j["job_id"]),
+    )
+    await cur.execute(
+        "SELECT job_id, CASE WHEN isfinite(finish_time) THEN finish_time ELSE start_time END AS at,"
+        " sqlerrcode, err_message FROM ("
+        "  SELECT *, row_number() OVER (PARTITION BY job_id ORDER BY start_time DESC) AS n"
+        "  FROM timescaledb_information.job_errors WHERE job_id = ANY(%s)) e"
+        " WHERE n <= %s ORDER BY job_id, start_time DESC",
+        ([j["job_id"] for j in jobs], _JOB_ERRORS_SHOWN),
+    )
+    errors: dict[int, list[JobError]] = {}
+    for e in await cur.fetchall():
+        errors.setdefault(e["job_id"], []).append(JobError(e["at"], e["sqlerrcode"], e["err_message"] or ""))
+    return TimescaleInfo(
+        chunk_interval=table["time_interval"],
+        compression=bool(table["compression_enabled"]),
+        segmentby=tuple(r["attname"] for r in segmentby),
+        orderby=tuple(r["attname"] + ("" if r["orderby_asc"] else " DESC") for r in orderby),
+        jobs=tuple(
+            Job(
+                id=j["job_id"],
+                policy=_POLICIES[j["proc_name"]],
+                relation=j["hypertable_name"],
+                schedule_interval=j["schedule_interval"],
+                config=j["config"] or {},
+                scheduled=bool(j["scheduled"]),
+                last_run_started_at=j["last_run_started_at"],
+                last_run_status=j["last_run_status"],
+                last_successful_finish=j["last_successful_finish"],
+                next_start=j["next_start"],
+                total_runs=int(j["total_runs"]),
+                total_failures=int(j["total_failures"]),
+                errors=tuple(errors.get(j["job_id"], ())),
+            )
+            for j in jobs
+        ),
+    )
 
 
 async def connect(url: str, *, autocommit: bool = True, timeout_s: float = 10.0) -> AsyncConnection:
@@ -115,7 +323,8 @@ class Store:
         return found
 
     async def info(self) -> StoreInfo:
-        """Backend, versions and row counts."""
+        """Backend, versions, row counts, the last maintenance run, and partitions ahead (plain
+        PostgreSQL) or the hypertable's layout and policy jobs (TimescaleDB)."""
         async with self.connection() as conn:
             backend = await current_backend(conn)
             version = await schema_version(conn)
@@ -131,7 +340,23 @@ class Store:
             if version >= 3:
                 cur = await conn.execute("SELECT count(*) FROM alerts")
                 counts["alerts"] = int((await cur.fetchone() or (0,))[0])
-        return StoreInfo(backend, ts_row[0] if ts_row else None, server, version, SCHEMA_VERSION, counts)
+            maintenance = await last_run(conn) if version >= 1 else None
+            partitions = timescale = None
+            if version >= 2 and backend is Backend.POSTGRES:
+                partitions = Partitions(datetime.now(UTC).date(), tuple(await partition_days(conn)))
+            elif version >= 2 and backend is Backend.TIMESCALEDB:
+                timescale = await _timescale_info(conn)
+        return StoreInfo(
+            backend,
+            ts_row[0] if ts_row else None,
+            server,
+            version,
+            SCHEMA_VERSION,
+            counts,
+            maintenance=maintenance,
+            partitions=partitions,
+            timescaledb=timescale,
+        )
 
     # -- sensors -----------------------------------------------------------------------------
 

@@ -5,15 +5,21 @@ Plain PostgreSQL: make daily partitions ahead, drop those past retention, and re
 `rollup_invalidations`. Both backends: trim `rejected_messages` past retention, and drop
 `ingest_batches` that no rule worker claimed for `unclaimed_max_age` (none is running), with a
 warning naming how many. One maintainer
-runs at a time across machines (an advisory lock), so every node may run the job.
+runs at a time across machines (an advisory lock), so every node may run the job. Each round that
+runs records when and what it did in `pantau_meta` (`last_run`; `pantau db info` shows it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
+import re
+import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import psycopg
 from psycopg import AsyncConnection
@@ -36,6 +42,55 @@ class MaintenanceReport:
     rejected_deleted: int = 0
     unclaimed_dropped: int = 0
     skipped: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MaintenanceRun:
+    """The last round of upkeep that ran (one skipped for another maintainer's lock is not one)."""
+
+    at: datetime
+    took_s: float
+    report: MaintenanceReport
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready mapping: `at` in ISO 8601, then the report's counts."""
+        counts = {k: v for k, v in dataclasses.asdict(self.report).items() if k != "skipped"}
+        return {"at": self.at.isoformat(), "took_s": self.took_s, **counts}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> MaintenanceRun:
+        names = {f.name for f in dataclasses.fields(MaintenanceReport)} - {"skipped"}
+        counts: dict[str, Any] = {name: int(value) for name, value in data.items() if name in names}
+        report = dataclasses.replace(MaintenanceReport(), **counts)
+        return cls(datetime.fromisoformat(data["at"]), float(data["took_s"]), report)
+
+
+# Where the last run is kept: a row of `pantau_meta` (key -> text), a JSON `MaintenanceRun`.
+_LAST_RUN_KEY = "maintenance_last_run"
+
+
+async def last_run(conn: AsyncConnection) -> MaintenanceRun | None:
+    """The last round of upkeep recorded in this database; None when none has run."""
+    cur = await conn.execute("SELECT value FROM pantau_meta WHERE key = %s", (_LAST_RUN_KEY,))
+    row = await cur.fetchone()
+    return MaintenanceRun.from_json(json.loads(row[0])) if row else None
+
+
+_PARTITION_NAME = re.compile(r"readings_p(\d{4})(\d{2})(\d{2})")
+
+
+async def partition_days(conn: AsyncConnection) -> list[date]:
+    """The days that have a partition of `readings` (plain PostgreSQL), oldest first."""
+    cur = await conn.execute(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        " WHERE i.inhparent = 'readings'::regclass"
+    )
+    days = []
+    for (name,) in await cur.fetchall():
+        found = _PARTITION_NAME.fullmatch(name)
+        if found:
+            days.append(date(*(int(part) for part in found.groups())))
+    return sorted(days)
 
 
 async def ensure_partitions(conn: AsyncConnection, days: set[date]) -> int:
@@ -107,6 +162,7 @@ async def maintain_once(
 ) -> MaintenanceReport:
     """One round of upkeep; skipped when another maintainer holds the lock."""
     now = now or datetime.now(UTC)
+    started = time.monotonic()
     cur = await conn.execute(f"SELECT pg_try_advisory_lock({_LOCK})")
     row = await cur.fetchone()
     if not row or not row[0]:
@@ -138,7 +194,14 @@ async def maintain_once(
                 cur.rowcount,
                 unclaimed_max_age,
             )
-        return MaintenanceReport(created, dropped, minutes, hours, rejected, cur.rowcount)
+        report = MaintenanceReport(created, dropped, minutes, hours, rejected, cur.rowcount)
+        run = MaintenanceRun(now, round(time.monotonic() - started, 3), report)
+        await conn.execute(
+            "INSERT INTO pantau_meta (key, value) VALUES (%s, %s)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (_LAST_RUN_KEY, json.dumps(run.to_json())),
+        )
+        return report
     finally:
         await conn.execute(f"SELECT pg_advisory_unlock({_LOCK})")
 
