@@ -63,20 +63,21 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
         embedded.start()
         admin_url = embedded.admin_url
     template = f"pantau_tpl_{secrets.token_hex(4)}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{template}"')
 
     async def _migrate() -> Backend:
         async with Store.open(_with_database(admin_url, template), StoreSettings(pool_max_size=2)) as store:
             backend, _ = await store.migrate()
             return backend
 
-    backend = asyncio.run(_migrate())
-    if backend is Backend.TIMESCALEDB:
-        _close_to_connections(admin_url, template)
-    server = PgServer(admin_url, template, backend, embedded)
+    # The private cluster is stopped even when the template cannot be made: a failed migrate here
+    # used to leave it running after the session.
     try:
-        yield server
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{template}"')
+        backend = asyncio.run(_migrate())
+        if backend is Backend.TIMESCALEDB:
+            _close_to_connections(admin_url, template)
+        yield PgServer(admin_url, template, backend, embedded)
     finally:
         with contextlib.suppress(psycopg.Error), psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{template}" WITH (FORCE)')
