@@ -39,7 +39,7 @@ def _instrument(on: bool) -> None:
 def _engine() -> int:
     import numpy as np
 
-    from ingest.writer import decode_outbox, outbox_payload
+    from pantau.outbox import decode_outbox, outbox_payload
     from rules.bench import bench_rules
     from rules.config import parse_rules
     from rules.engine import Engine
@@ -67,13 +67,14 @@ def _engine() -> int:
 
 
 def _decoder(messages: list[tuple[str, bytes]], readings: int) -> int:
-    from ingest.decode import Decoder, Rejection, Row
+    from ingest.decode import Decoder
     from pantau.metrics import SensorKind
+    from pantau.readings import Problem, Reading
 
     decoder = Decoder(max_payload_bytes=65536, max_future_s=300, retention_s=365 * 86400)
     now = time.time()
-    rows: list[Row] = []
-    rejections: list[Rejection] = []
+    rows: list[Reading] = []
+    rejections: list[Problem] = []
     for sid, payload in messages[:100]:  # warm-up: the names the decoder remembers
         decoder.decode(payload, sid, SensorKind.TRAFFIC, now, rows, rejections)
     rows.clear()

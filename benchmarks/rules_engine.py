@@ -18,9 +18,10 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from ingest.decode import Decoder, Row
+from ingest.decode import Decoder
 from pantau.domain import Reason
 from pantau.metrics import SensorKind
+from pantau.readings import Reading
 from rules.config import load_rules
 from rules.engine import Engine, Rejection, Signal
 from simulators.engine import SimConfig, Simulation
@@ -53,9 +54,9 @@ def main() -> None:
     decoder = Decoder(max_payload_bytes=65536, max_future_s=300, retention_s=3650 * 86400)
 
     print(f"generating {args.hours:g} h of readings from {len(sensors)} sensors ...", flush=True)
-    ticks: list[tuple[float, list[Row], list[Rejection]]] = []
+    ticks: list[tuple[float, list[Reading], list[Rejection]]] = []
     for tick in sim.ticks():
-        rows: list[Row] = []
+        rows: list[Reading] = []
         named: list[Rejection] = []
         for topic, payload in tick.messages:
             _, _, _city, kind, sensor_id = topic.split("/")

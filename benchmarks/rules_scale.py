@@ -20,7 +20,7 @@ import time
 import msgspec
 import numpy as np
 
-from ingest.writer import decode_outbox, outbox_payload
+from pantau.outbox import decode_outbox, outbox_payload
 from rules.bench import bench_rules
 from rules.config import parse_rules
 from rules.engine import Engine

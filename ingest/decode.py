@@ -1,4 +1,4 @@
-"""Payload decoding and validation: MQTT payload → readings (ts, sensor, metric, value) and rejections.
+"""Payload decoding and validation: MQTT payload → readings (ts, sensor, metric, value) and problems.
 
 Two payload forms, told apart by their first byte:
 - a JSON object `{"ts": <RFC 3339 or epoch seconds>, "<metric>": <number>, ...}`;
@@ -10,7 +10,8 @@ that fails on types, or a field name ends in "_" (which RFC 8428 says must be re
 is re-read record by record so that one bad record never costs the good ones.
 
 The decoder knows nothing of the registry or the database: it checks the payload against the
-topic's sensor id and kind and the metric registry, and appends to caller-owned lists.
+topic's sensor id and kind and the metric registry, and appends readings and problems (each with
+the metric it is about, when it is about a value) to caller-owned lists.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np
 
 from pantau.domain import Reason
 from pantau.metrics import METRICS, Metric, SensorKind
+from pantau.readings import Problem, Reading
 
 # RFC 8428 section 4.5.3: a resolved time below 2**28 is relative to now.
 SENML_RELATIVE_LIMIT = 2**28
@@ -36,32 +38,13 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9\-:./_]*\Z")
 _NON_FINITE_RE = re.compile(rb"(?<![A-Za-z\"])-?(NaN|Infinity)(?![A-Za-z\"])")
 _IDENTITY_KEYS = ("sensor_id", "id", "bn")
 
-# A rejection: (reason, detail). A row: (ts epoch seconds, sensor id, metric, value).
-Rejection = tuple[Reason, str]
-Row = tuple[float, str, str, float]
-
 # What a SenML record name resolves to for a sensor and kind (see `Decoder._name`): its metric,
 # or the rejection and whether it comes before the record's value checks (an invalid name) or
 # after them (another sensor's name, a metric that is unknown or not of this kind).
-_NameCheck = Metric | tuple[bool, Rejection]
+_NameCheck = Metric | tuple[bool, Problem]
 # Names remembered at most: a fleet's sensors times their metrics fit many times over; past it
 # the memory starts again (a stream of made-up names cannot grow it without bound).
 _NAME_CACHE_MAX = 65536
-
-
-# The details of value rejections: "[record N: ]<metric>=<value> ..." (out of range), "<metric> is
-# not finite" and "<metric> is too large for a double" (non_finite).
-_VALUE_DETAIL_RE = re.compile(r"^(?:record \d+: )?([a-z][a-z0-9_]*)(?:=| is not finite\Z| is too large for a double\Z)")
-
-
-def rejected_metric(reason: str, detail: str) -> str | None:
-    """The metric a value rejection (out_of_range, or non_finite) was about, from its detail; None
-    for other rejections. The rule engine's out_of_range checks count a sensor's rejections per
-    metric with it."""
-    if reason not in (Reason.OUT_OF_RANGE, Reason.NON_FINITE):
-        return None
-    m = _VALUE_DETAIL_RE.match(detail)
-    return m.group(1) if m is not None and m.group(1) in METRICS else None
 
 
 class SenMLRecord(msgspec.Struct, omit_defaults=True):
@@ -117,12 +100,12 @@ def _key_count(payload: bytes) -> int:
     return payload.count(b'":')
 
 
-def _too_deep(payload: bytes) -> Rejection:
+def _too_deep(payload: bytes) -> Problem:
     """The rejection of a payload nested deeper than msgspec (and Python) follow; says how deep."""
     structure = np.frombuffer(_STRING_RE.sub(b"", payload), dtype=np.uint8)
     steps = np.isin(structure, (ord("["), ord("{"))).astype(np.int32) - np.isin(structure, (ord("]"), ord("}")))
     depth = int(np.cumsum(steps).max()) if len(steps) else 0
-    return Reason.TOO_DEEP, f"JSON nested {depth} levels deep; readings need at most 2"
+    return Reason.TOO_DEEP, f"JSON nested {depth} levels deep; readings need at most 2", None
 
 
 def _lone_surrogate(payload: bytes) -> str | None:
@@ -232,47 +215,47 @@ class Decoder:
 
     # -- checks shared by both forms ------------------------------------------------------------
 
-    def _check_time(self, ts: float, received_at: float) -> Rejection | None:
+    def _check_time(self, ts: float, received_at: float) -> Problem | None:
         if ts > received_at + self.max_future_s:
             hint = " (milliseconds? ts is in seconds)" if ts > received_at * 100 else ""
             ahead = ts - received_at
-            return Reason.FUTURE_TIMESTAMP, f"ts is {ahead:.0f} s ahead of the receive time{hint}"
+            return Reason.FUTURE_TIMESTAMP, f"ts is {ahead:.0f} s ahead of the receive time{hint}", None
         if ts < received_at - self.retention_s:
-            return Reason.TOO_OLD, f"ts is older than the retention of {self.retention_s / 86400:.0f} days"
+            return Reason.TOO_OLD, f"ts is older than the retention of {self.retention_s / 86400:.0f} days", None
         return None
 
     @staticmethod
-    def _check_metric(name: str, kind: SensorKind) -> Metric | Rejection:
+    def _check_metric(name: str, kind: SensorKind) -> Metric | Problem:
         metric = METRICS.get(name)
         if metric is None:
-            return Reason.UNKNOWN_METRIC, f"unknown metric {name!r}"
+            return Reason.UNKNOWN_METRIC, f"unknown metric {name!r}", None
         if kind not in metric.kinds:
-            return Reason.METRIC_NOT_FOR_KIND, f"{name} is not a metric of {kind.value} sensors"
+            return Reason.METRIC_NOT_FOR_KIND, f"{name} is not a metric of {kind.value} sensors", None
         return metric
 
     @classmethod
     def _name(cls, name: str, sensor_id: str, kind: SensorKind) -> _NameCheck:
         """What a SenML record's resolved name means for the topic's sensor and kind."""
         if not name or not _NAME_RE.match(name):
-            return True, (Reason.INVALID_SENML, f"invalid name {name!r}")
+            return True, (Reason.INVALID_SENML, f"invalid name {name!r}", None)
         # The device part of the name must be the topic's sensor: the topic is the identity.
         cut = max(name.rfind(":"), name.rfind("/"))
         if cut >= 0:
             device = name[:cut]
             if device != sensor_id and not device.endswith((":" + sensor_id, "/" + sensor_id)):
-                return False, (Reason.TOPIC_MISMATCH, f"name {name!r} is not for sensor {sensor_id!r}")
+                return False, (Reason.TOPIC_MISMATCH, f"name {name!r} is not for sensor {sensor_id!r}", None)
         metric = cls._check_metric(name[cut + 1 :], kind)
         return (False, metric) if isinstance(metric, tuple) else metric
 
     @staticmethod
-    def _check_value(metric: Metric, value: float, where: str) -> Rejection | None:
-        # The detail starts with `where` and the metric name: `rejected_metric` reads it back.
+    def _check_value(metric: Metric, value: float, where: str) -> Problem | None:
         if not math.isfinite(value):
-            return Reason.NON_FINITE, f"{where}{metric.name} is not finite"
+            return Reason.NON_FINITE, f"{where}{metric.name} is not finite", metric.name
         if not metric.low <= value <= metric.high:
             return (
                 Reason.OUT_OF_RANGE,
                 f"{where}{metric.name}={value:g} {metric.unit} outside {metric.low:g}..{metric.high:g}",
+                metric.name,
             )
         return None
 
@@ -284,31 +267,35 @@ class Decoder:
         sensor_id: str,
         kind: SensorKind,
         received_at: float,
-        rows: list[Row],
-        rejections: list[Rejection],
+        rows: list[Reading],
+        problems: list[Problem],
     ) -> None:
-        """Append the payload's valid readings to `rows` and each problem to `rejections`."""
+        """Append the payload's valid readings to `rows` and each problem to `problems`."""
         if len(payload) > self.max_payload_bytes:
-            rejections.append(
-                (Reason.OVERSIZE, f"payload of {len(payload)} bytes exceeds the limit of {self.max_payload_bytes}")
+            problems.append(
+                (
+                    Reason.OVERSIZE,
+                    f"payload of {len(payload)} bytes exceeds the limit of {self.max_payload_bytes}",
+                    None,
+                )
             )
             return
         start = payload.lstrip()[:1]
         if start == b"[":
-            self._decode_senml(payload, sensor_id, kind, received_at, rows, rejections)
+            self._decode_senml(payload, sensor_id, kind, received_at, rows, problems)
         elif start == b"{":
-            self._decode_object(payload, sensor_id, kind, received_at, rows, rejections)
+            self._decode_object(payload, sensor_id, kind, received_at, rows, problems)
         elif not start:
-            rejections.append((Reason.EMPTY, "empty payload"))
+            problems.append((Reason.EMPTY, "empty payload", None))
         else:
-            self._malformed(payload, rejections, "payload is neither a JSON object nor a SenML array")
+            self._malformed(payload, problems, "payload is neither a JSON object nor a SenML array")
 
     @staticmethod
-    def _malformed(payload: bytes, rejections: list[Rejection], detail: str) -> None:
+    def _malformed(payload: bytes, problems: list[Problem], detail: str) -> None:
         if _NON_FINITE_RE.search(payload):
-            rejections.append((Reason.NON_FINITE, "NaN and Infinity are not numbers in JSON"))
+            problems.append((Reason.NON_FINITE, "NaN and Infinity are not numbers in JSON", None))
         else:
-            rejections.append((Reason.MALFORMED_JSON, detail))
+            problems.append((Reason.MALFORMED_JSON, detail, None))
 
     # -- JSON object form -----------------------------------------------------------------------
 
@@ -318,22 +305,22 @@ class Decoder:
         sensor_id: str,
         kind: SensorKind,
         received_at: float,
-        rows: list[Row],
-        rejections: list[Rejection],
+        rows: list[Reading],
+        problems: list[Problem],
     ) -> None:
         try:
             obj = _ANY_DECODER.decode(payload)
         except msgspec.ValidationError as exc:  # a number too large for a double
-            rejections.append((Reason.NON_FINITE, str(exc)))
+            problems.append((Reason.NON_FINITE, str(exc), None))
             return
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # older msgspec raises the latter for bad UTF-8
-            self._malformed(payload, rejections, _parse_error(payload, exc))
+            self._malformed(payload, problems, _parse_error(payload, exc))
             return
         except RecursionError:
-            rejections.append(_too_deep(payload))
+            problems.append(_too_deep(payload))
             return
         if not isinstance(obj, dict):  # pragma: no cover - guarded by the first byte
-            rejections.append((Reason.WRONG_TYPE, "expected a JSON object"))
+            problems.append((Reason.WRONG_TYPE, "expected a JSON object", None))
             return
         # Quote marks not accounted for by a key or the string values pantau reads (the sensor's
         # id, the time): none, unless a key came twice (msgspec keeps the last without a word), a
@@ -344,8 +331,12 @@ class Decoder:
             claimed = obj.pop(key, None)
             if claimed is not None:
                 if claimed != sensor_id:
-                    rejections.append(
-                        (Reason.TOPIC_MISMATCH, f"payload names sensor {claimed!r} but the topic is {sensor_id!r}")
+                    problems.append(
+                        (
+                            Reason.TOPIC_MISMATCH,
+                            f"payload names sensor {claimed!r} but the topic is {sensor_id!r}",
+                            None,
+                        )
                     )
                     return
                 quotes -= 2
@@ -355,39 +346,39 @@ class Decoder:
         else:
             parsed = _parse_time(raw_ts)
             if isinstance(parsed, str):
-                rejections.append((Reason.BAD_TIMESTAMP, parsed))
+                problems.append((Reason.BAD_TIMESTAMP, parsed, None))
                 return
             ts = parsed
             if raw_ts.__class__ is str:
                 quotes -= 2
         problem = self._check_time(ts, received_at)
         if problem is not None:
-            rejections.append(problem)
+            problems.append(problem)
             return
         if not obj:
-            rejections.append((Reason.EMPTY, "no readings in the payload"))
+            problems.append((Reason.EMPTY, "no readings in the payload", None))
             return
         if quotes:
             duplicate = _duplicate_key(payload)
             if duplicate is not None:
-                rejections.append((Reason.DUPLICATE_KEY, f"{duplicate}: which value was meant is unknown"))
+                problems.append((Reason.DUPLICATE_KEY, f"{duplicate}: which value was meant is unknown", None))
                 return
         for name, value in obj.items():
             metric = self._check_metric(name, kind)
             if isinstance(metric, tuple):
-                rejections.append(metric)
+                problems.append(metric)
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                rejections.append((Reason.WRONG_TYPE, f"{name} must be a number, got {type(value).__name__}"))
+                problems.append((Reason.WRONG_TYPE, f"{name} must be a number, got {type(value).__name__}", None))
                 continue
             try:
                 value = float(value)
             except OverflowError:  # an integer literal too large for a double
-                rejections.append((Reason.NON_FINITE, f"{name} is too large for a double"))  # rejected_metric
+                problems.append((Reason.NON_FINITE, f"{name} is too large for a double", name))
                 continue
             bad = self._check_value(metric, value, "")
             if bad is not None:
-                rejections.append(bad)
+                problems.append(bad)
                 continue
             rows.append((ts, sensor_id, name, value))
 
@@ -399,8 +390,8 @@ class Decoder:
         sensor_id: str,
         kind: SensorKind,
         received_at: float,
-        rows: list[Row],
-        rejections: list[Rejection],
+        rows: list[Reading],
+        problems: list[Problem],
     ) -> None:
         records: list[SenMLRecord] | None = None
         # A key ending in "_" shows as `_"` (or an escaped `\u005f"`) in the raw bytes; only then
@@ -411,13 +402,13 @@ class Decoder:
             except msgspec.ValidationError:
                 records = None  # a type problem in some record: go record by record
             except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-                self._malformed(payload, rejections, _parse_error(payload, exc))
+                self._malformed(payload, problems, _parse_error(payload, exc))
                 return
             except RecursionError:
-                rejections.append(_too_deep(payload))
+                problems.append(_too_deep(payload))
                 return
         if records is None:
-            records = self._records_one_by_one(payload, rejections)
+            records = self._records_one_by_one(payload, problems)
             if records is None:
                 return
             duplicate = _duplicate_key(payload)
@@ -429,47 +420,47 @@ class Decoder:
         else:
             duplicate = None
         if duplicate is not None:
-            rejections.append((Reason.DUPLICATE_KEY, f"{duplicate}: which value was meant is unknown"))
+            problems.append((Reason.DUPLICATE_KEY, f"{duplicate}: which value was meant is unknown", None))
             return
         if not records:
-            rejections.append((Reason.EMPTY, "empty SenML pack"))
+            problems.append((Reason.EMPTY, "empty SenML pack", None))
             return
-        self._resolve(records, sensor_id, kind, received_at, rows, rejections)
+        self._resolve(records, sensor_id, kind, received_at, rows, problems)
 
     @staticmethod
-    def _records_one_by_one(payload: bytes, rejections: list[Rejection]) -> list[Any] | None:
+    def _records_one_by_one(payload: bytes, problems: list[Problem]) -> list[Any] | None:
         """Decode each record on its own; a bad record becomes None plus a rejection."""
         try:
             raw = _ANY_DECODER.decode(payload)
         except msgspec.ValidationError as exc:
-            rejections.append((Reason.NON_FINITE, str(exc)))
+            problems.append((Reason.NON_FINITE, str(exc), None))
             return None
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-            Decoder._malformed(payload, rejections, _parse_error(payload, exc))
+            Decoder._malformed(payload, problems, _parse_error(payload, exc))
             return None
         except RecursionError:
-            rejections.append(_too_deep(payload))
+            problems.append(_too_deep(payload))
             return None
         if not isinstance(raw, list):  # pragma: no cover - guarded by the first byte
-            rejections.append((Reason.WRONG_TYPE, "expected a SenML array"))
+            problems.append((Reason.WRONG_TYPE, "expected a SenML array", None))
             return None
         out: list[Any] = []
         for i, item in enumerate(raw):
             if not isinstance(item, dict):
-                rejections.append((Reason.INVALID_SENML, f"record {i}: not a JSON object"))
+                problems.append((Reason.INVALID_SENML, f"record {i}: not a JSON object", None))
                 out.append(None)
                 continue
             bad_key = next((k for k in item if k.endswith("_")), None)
             if bad_key is not None:
-                rejections.append(
-                    (Reason.INVALID_SENML, f"record {i}: field {bad_key!r} ends in '_' (must-understand)")
+                problems.append(
+                    (Reason.INVALID_SENML, f"record {i}: field {bad_key!r} ends in '_' (must-understand)", None)
                 )
                 out.append(None)
                 continue
             try:
                 out.append(msgspec.convert({k: v for k, v in item.items() if k in _RECORD_FIELDS}, SenMLRecord))
             except msgspec.ValidationError as exc:
-                rejections.append((Reason.WRONG_TYPE, f"record {i}: {exc}"))
+                problems.append((Reason.WRONG_TYPE, f"record {i}: {exc}", None))
                 out.append(None)
         return out
 
@@ -479,8 +470,8 @@ class Decoder:
         sensor_id: str,
         kind: SensorKind,
         received_at: float,
-        rows: list[Row],
-        rejections: list[Rejection],
+        rows: list[Reading],
+        problems: list[Problem],
     ) -> None:
         # Per record on the hot path: the name's checks come from `_name` (remembered), the value's
         # and time's are one comparison each; the checks' own words only for a record that fails.
@@ -492,7 +483,7 @@ class Decoder:
                 continue
             # Base fields carry over to the following records until changed (RFC 8428 4.1).
             if rec.bver is not None and rec.bver > SENML_VERSION:
-                rejections.append((Reason.INVALID_SENML, f"record {i}: SenML version {rec.bver} is not supported"))
+                problems.append((Reason.INVALID_SENML, f"record {i}: SenML version {rec.bver} is not supported", None))
                 return
             if rec.bn is not None:
                 bn = rec.bn
@@ -510,20 +501,20 @@ class Decoder:
                     names.clear()
                 check = names[key] = self._name(name, sensor_id, kind)
             if check.__class__ is tuple and check[0]:  # an invalid name
-                reason, detail = check[1]
-                rejections.append((reason, f"record {i}: {detail}"))
+                reason, detail, _metric = check[1]
+                problems.append((reason, f"record {i}: {detail}", None))
                 continue
             if rec.v is None or rec.vs is not None or rec.vb is not None or rec.vd is not None:
                 n_values = (rec.v is not None) + (rec.vs is not None) + (rec.vb is not None) + (rec.vd is not None)
                 if n_values != 1 and not (n_values == 0 and rec.s is not None):
                     problem = f"record {i}: needs exactly one value field, has {n_values}"
-                    rejections.append((Reason.INVALID_SENML, problem))
+                    problems.append((Reason.INVALID_SENML, problem, None))
                     continue
-                rejections.append((Reason.WRONG_TYPE, f"record {i}: only numeric values (v) are stored"))
+                problems.append((Reason.WRONG_TYPE, f"record {i}: only numeric values (v) are stored", None))
                 continue
             if not isinstance(check, Metric):
-                reason, detail = check[1]
-                rejections.append((reason, f"record {i}: {detail}"))
+                reason, detail, _metric = check[1]
+                problems.append((reason, f"record {i}: {detail}", None))
                 continue
             metric = check
             value = bv + rec.v
@@ -531,23 +522,25 @@ class Decoder:
             if unit is not None and unit != metric.unit:
                 conversion = metric.senml_units.get(unit)
                 if conversion is None:
-                    rejections.append((Reason.BAD_UNIT, f"record {i}: unit {unit!r} is not accepted for {metric.name}"))
+                    problems.append(
+                        (Reason.BAD_UNIT, f"record {i}: unit {unit!r} is not accepted for {metric.name}", None)
+                    )
                     continue
                 value = value * conversion[0] + conversion[1]
             if not metric.low <= value <= metric.high:  # NaN too: _check_value names what is wrong
                 bad = self._check_value(metric, value, f"record {i}: ")
                 assert bad is not None
-                rejections.append(bad)
+                problems.append(bad)
                 continue
             ts = bt + (rec.t or 0.0)
             if not math.isfinite(ts):
-                rejections.append((Reason.BAD_TIMESTAMP, f"record {i}: time is not finite"))
+                problems.append((Reason.BAD_TIMESTAMP, f"record {i}: time is not finite", None))
                 continue
             if ts < SENML_RELATIVE_LIMIT:
                 ts += received_at
             if not earliest <= ts <= latest:
                 late = self._check_time(ts, received_at)
                 assert late is not None
-                rejections.append((late[0], f"record {i}: {late[1]}"))
+                problems.append((late[0], f"record {i}: {late[1]}", None))
                 continue
             rows.append((ts, sensor_id, metric.name, value))

@@ -21,12 +21,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from ingest.decode import Decoder, Rejection, Row
-from ingest.writer import ReadingWriter, RejectRow, WriteResult
+from ingest.decode import Decoder
+from ingest.writer import ReadingWriter, WriteResult
 from pantau.domain import Reason
 from pantau.errors import StoreError, StoreUnavailable
 from pantau.metrics import SensorKind
 from pantau.mqtt import AsyncMqttClient, BrokerAddress
+from pantau.readings import Problem, Reading, Rejection
 from pantau.settings import Settings
 from pantau.store.migrations import Backend
 from pantau.telemetry import IngestMetrics
@@ -46,7 +47,7 @@ _LAST_SEEN_CHUNK = 1000
 # (whatever is not committed is redelivered by the broker on the next start).
 _DRAIN_TIMEOUT_S = 10.0
 
-CommitHook = Callable[[list[Row], float], None]
+CommitHook = Callable[[list[Reading], float], None]
 T = TypeVar("T")
 
 
@@ -57,8 +58,8 @@ class Batch:
     generation: int
     started: float = 0.0
     mids: list[int] = field(default_factory=list)
-    rows: list[Row] = field(default_factory=list)
-    rejections: list[RejectRow] = field(default_factory=list)
+    rows: list[Reading] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
     seen: dict[str, float] = field(default_factory=dict)
     # Messages from sensors not in the registry cache: resolved against the database at flush.
     parked: list[tuple[str, SensorKind, str, str, bytes, float]] = field(default_factory=list)
@@ -142,8 +143,8 @@ class IngestService:
             batch.qos0 += 1
         parsed = parse_sensor_topic(topic)
         if parsed is None:  # `+` matches an empty level too: pantau/v1//air/
-            problem = (Reason.BAD_TOPIC, "expected pantau/v1/{city}/{kind}/{sensor_id}")
-            self._reject(batch, received, topic, payload, [problem])
+            problem = (Reason.BAD_TOPIC, "expected pantau/v1/{city}/{kind}/{sensor_id}", None)
+            self._reject(batch, received, topic, None, payload, [problem])
             return
         city, kind, sensor_id = parsed
         entry = self._registry.get(sensor_id)
@@ -186,8 +187,9 @@ class IngestService:
                 batch,
                 received,
                 topic,
+                sensor_id,
                 payload,
-                [(Reason.KIND_MISMATCH, f"sensor {sensor_id} is registered as {entry[0]}, topic says {kind}")],
+                [(Reason.KIND_MISMATCH, f"sensor {sensor_id} is registered as {entry[0]}, topic says {kind}", None)],
             )
             return
         if entry[1] != city:
@@ -195,31 +197,40 @@ class IngestService:
                 batch,
                 received,
                 topic,
+                sensor_id,
                 payload,
-                [(Reason.CITY_MISMATCH, f"sensor {sensor_id} is registered in {entry[1]}, topic says {city}")],
+                [(Reason.CITY_MISMATCH, f"sensor {sensor_id} is registered in {entry[1]}, topic says {city}", None)],
             )
             return
-        problems: list[Rejection] = []
+        problems: list[Problem] = []
         first_row = len(batch.rows)
         try:
             self.decoder.decode(payload, sensor_id, kind, received, batch.rows, problems)
         except Exception as exc:  # a message acknowledged must leave a trace, even after a bug
             log.exception("decoding a message on %s failed; it is recorded as internal_error", topic)
             del batch.rows[first_row:]
-            problems = [(Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")]
+            problems = [(Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}", None)]
         batch.seen[sensor_id] = received
         if problems:
-            self._reject(batch, received, topic, payload, problems)
+            self._reject(batch, received, topic, sensor_id, payload, problems)
 
     def _topic_of(self, sensor_id: str) -> str:
         kind, city = self._registry.get(sensor_id, ("", ""))
         return sensor_topic(city, kind, sensor_id) if kind else sensor_id
 
-    def _reject(self, batch: Batch, received: float, topic: str, payload: bytes, problems: list[Rejection]) -> None:
+    def _reject(
+        self,
+        batch: Batch,
+        received: float,
+        topic: str,
+        sensor_id: str | None,
+        payload: bytes,
+        problems: list[Problem],
+    ) -> None:
         # The payload is stored once, with the message's first rejection.
-        for i, (reason, detail) in enumerate(problems):
+        for i, (reason, detail, metric) in enumerate(problems):
             stored = payload[: self.cfg.max_payload_bytes] if i == 0 else None
-            batch.rejections.append((received, topic, stored, reason.value, detail))
+            batch.rejections.append(Rejection(received, sensor_id, reason.value, metric, topic, detail, stored))
 
     def _on_connected(self, session_present: bool) -> None:
         # Packet ids of the old connection mean nothing on the new one. If the broker kept our
@@ -333,9 +344,8 @@ class IngestService:
         for sensor_id, kind, city, topic, payload, received in batch.parked:
             entry = self._registry.get(sensor_id)
             if entry is None:
-                self._reject(
-                    batch, received, topic, payload, [(Reason.UNKNOWN_SENSOR, f"sensor {sensor_id} is not registered")]
-                )
+                problem = (Reason.UNKNOWN_SENSOR, f"sensor {sensor_id} is not registered", None)
+                self._reject(batch, received, topic, sensor_id, payload, [problem])
             else:
                 self._accept(batch, entry, sensor_id, kind, city, topic, payload, received)
         batch.parked.clear()
@@ -358,7 +368,7 @@ class IngestService:
         self.metrics.accepted.inc(result.inserted)
         self.metrics.duplicates.inc(result.duplicates)
         for rejection in batch.rejections:
-            self.metrics.rejected.labels(rejection[3]).inc()
+            self.metrics.rejected.labels(rejection.reason).inc()
         if result.conflicts:
             self.metrics.rejected.labels(Reason.CONFLICTING_VALUE.value).inc(result.conflicts)
         if batch.generation == self.mqtt.generation:
@@ -377,7 +387,7 @@ class IngestService:
         for ever (a poison message must not stall ingest).
         """
         inserted = duplicates = conflicts = 0
-        dead: list[RejectRow] = []
+        dead: list[Rejection] = []
         for row in batch.rows:
             try:
                 result = await self._retrying(functools.partial(self.writer.write, [row], []))
@@ -385,8 +395,10 @@ class IngestService:
                 duplicates += result.duplicates
                 conflicts += result.conflicts
             except StoreError as exc:
-                detail = f"{row[2]}={row[3]!r} at {row[0]}: {exc}"
-                dead.append((time.time(), self._topic_of(row[1]), None, Reason.STORE_ERROR.value, detail))
+                ts, sensor_id, metric, value = row
+                detail = f"{metric}={value!r} at {ts}: {exc}"
+                topic = self._topic_of(sensor_id)
+                dead.append(Rejection(time.time(), sensor_id, Reason.STORE_ERROR.value, metric, topic, detail))
         batch.rejections = [*batch.rejections, *dead]
         for rejection in batch.rejections:
             try:

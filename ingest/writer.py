@@ -23,15 +23,15 @@ from datetime import UTC, date, datetime
 from types import TracebackType
 from typing import Any
 
-import msgspec
 import numpy as np
 import psycopg
 from numpy.typing import NDArray
 from psycopg import AsyncConnection, errors
 
-from ingest.decode import rejected_metric
 from pantau.domain import Reason
 from pantau.errors import StoreError, StoreUnavailable
+from pantau.outbox import BATCHES_CHANNEL, outbox_payload
+from pantau.readings import Reading, Rejection
 from pantau.store import connect
 from pantau.store.maintenance import ensure_partitions
 from pantau.store.migrations import Backend
@@ -52,43 +52,6 @@ _ROW_TAIL_BYTES = _ROW_TAIL.itemsize
 _ROW_HEAD_CACHE_MAX = 262144
 # After a batch hit duplicates, this many batches take the staging path before trying COPY again.
 _STAGING_STREAK = 20
-
-# A row as the writer takes it: (ts epoch seconds, sensor id, metric, value).
-WriterRow = tuple[float, str, str, float]
-# A rejection row: (received_at epoch s, topic, payload or None, reason, detail).
-RejectRow = tuple[float, str, bytes | None, str, str]
-
-# A rejection as the rule engine sees it: (received_at epoch s, sensor id, reason, metric): the
-# metric of a value rejection (ingest.decode.rejected_metric), else None.
-NamedRejection = tuple[float, str, str, str | None]
-# One decoded `ingest_batches.payload`: the batch's readings and its rejections that name a sensor.
-OutboxBatch = tuple[list[WriterRow], list[NamedRejection]]
-
-# Channel the rule workers LISTEN on: a batch is waiting in `ingest_batches`.
-BATCHES_CHANNEL = "pantau_batches"
-_encode_outbox = msgspec.msgpack.Encoder().encode
-
-
-def outbox_payload(rows: list[WriterRow], rejections: list[RejectRow]) -> bytes:
-    """The `ingest_batches.payload` of one batch: its readings, and its rejections that name a sensor.
-
-    msgpack {"r": [[ts, sensor_id, metric, value], ...],
-             "x": [[received_at, sensor_id, reason, metric or nil], ...]}.
-    """
-    named: list[NamedRejection] = []
-    for received_at, topic, _payload, reason, detail in rejections:
-        parts = topic.split("/")
-        if len(parts) == 5 and parts[0] == "pantau" and parts[4]:
-            named.append((received_at, parts[4], reason, rejected_metric(reason, detail)))
-    return _encode_outbox({"r": rows, "x": named})
-
-
-def decode_outbox(payload: bytes) -> OutboxBatch:
-    """The readings and named rejections of an `ingest_batches.payload` (a rejection written
-    before rejections carried their metric reads as one without)."""
-    doc = msgspec.msgpack.decode(payload)
-    return [tuple(r) for r in doc["r"]], [(x[0], x[1], x[2], x[3] if len(x) > 3 else None) for x in doc["x"]]
-
 
 @dataclass(frozen=True, slots=True)
 class WriteResult:
@@ -144,7 +107,7 @@ class ReadingWriter:
             )
         return self._conn
 
-    def _encode(self, rows: list[WriterRow], ts: NDArray[np.float64]) -> bytes:
+    def _encode(self, rows: list[Reading], ts: NDArray[np.float64]) -> bytes:
         """The rows as binary COPY data; `ts` is their times as an array (the caller has it)."""
         tail = np.empty(len(rows), dtype=_ROW_TAIL)
         tail["ts_len"] = 8
@@ -169,7 +132,7 @@ class ReadingWriter:
         append(_COPY_TRAILER)
         return b"".join(parts)
 
-    async def write(self, rows: list[WriterRow], rejections: list[RejectRow]) -> WriteResult:
+    async def write(self, rows: list[Reading], rejections: list[Rejection]) -> WriteResult:
         """Commit the readings and rejections of one batch."""
         try:
             return await self._write(rows, rejections)
@@ -187,7 +150,7 @@ class ReadingWriter:
             except psycopg.Error:
                 await self.close()
 
-    async def _write(self, rows: list[WriterRow], rejections: list[RejectRow]) -> WriteResult:
+    async def _write(self, rows: list[Reading], rejections: list[Rejection]) -> WriteResult:
         conn = await self._connection()
         ts = np.fromiter((r[0] for r in rows), dtype=np.float64, count=len(rows)) if rows else None
         if ts is not None and self.backend is Backend.POSTGRES:
@@ -196,7 +159,7 @@ class ReadingWriter:
                 await ensure_partitions(conn, {date.fromordinal(d + 719163) for d in days})
                 self._known_days |= days
         inserted = 0
-        conflicts: list[RejectRow] = []
+        conflicts: list[Rejection] = []
         async with conn.transaction():
             if rows:
                 assert ts is not None
@@ -214,11 +177,11 @@ class ReadingWriter:
                 async with conn.cursor().copy(
                     "COPY rejected_messages (received_at, topic, payload, reason, detail) FROM STDIN"
                 ) as copy:
-                    for received_at, topic, payload, reason, detail in rejections:
+                    for x in rejections:
                         # PostgreSQL text cannot hold NUL: keep it visible rather than fail the batch.
-                        at = datetime.fromtimestamp(received_at, UTC)
-                        topic, detail = topic.replace("\x00", "\\x00"), detail.replace("\x00", "\\x00")
-                        await copy.write_row((at, topic, payload, reason, detail))
+                        at = datetime.fromtimestamp(x.received_at, UTC)
+                        topic, detail = x.topic.replace("\x00", "\\x00"), x.detail.replace("\x00", "\\x00")
+                        await copy.write_row((at, topic, x.payload, x.reason, detail))
             if self.outbox and (rows or rejections):
                 await conn.execute(
                     "INSERT INTO ingest_batches (readings, rejections, payload) VALUES (%s, %s, %s)",
@@ -227,7 +190,7 @@ class ReadingWriter:
                 await conn.execute(f"NOTIFY {BATCHES_CHANNEL}")
         return WriteResult(inserted, len(rows) - inserted - len(conflicts), len(rejections), len(conflicts))
 
-    async def _insert(self, conn: AsyncConnection, data: bytes, count: int) -> tuple[int, list[RejectRow]]:
+    async def _insert(self, conn: AsyncConnection, data: bytes, count: int) -> tuple[int, list[Rejection]]:
         """Insert the COPY data; how many rows were new, and the rejections of conflicting values."""
         if self._staging_left == 0:
             try:
@@ -258,12 +221,13 @@ class ReadingWriter:
         )
         found: list[tuple[str, str, datetime, float, float]] = await cur.fetchall()
         now = time.time()
-        conflicts: list[RejectRow] = [
-            (
+        conflicts = [
+            Rejection(
                 now,
-                self.topic_of(sensor_id),
-                None,
+                sensor_id,
                 Reason.CONFLICTING_VALUE.value,
+                metric,
+                self.topic_of(sensor_id),
                 f"{metric}={value!r} at {at.astimezone(UTC).isoformat().replace('+00:00', 'Z')} conflicts with"
                 f" {stored!r} stored for that sensor, metric and time; the stored value is kept",
             )

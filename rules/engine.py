@@ -40,6 +40,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pantau.domain import Sensor
+from pantau.readings import Reading, Rejection
 from rules.config import (
     AbsenceRule,
     Aggregate,
@@ -110,11 +111,6 @@ __all__ = [
     "Why",
 ]
 
-Reading = tuple[float, str, str, float]  # (ts epoch s, sensor id, metric, value): ingest.decode.Row
-# (received_at epoch s, sensor id, reason, metric): an ingest rejection whose topic named a sensor;
-# the reason is a pantau.domain.Reason value ("out_of_range", ...), the metric that of a value
-# rejection, else None (ingest.decode.rejected_metric). ingest.writer.decode_outbox.
-Rejection = tuple[float, str, str, str | None]
 # 2: the series' cadence moved from each rule's state to the engine's (`intervals`), idle series
 # keep no state, per-series state exports as lists, windows as slot entries (rules.windows).
 # 3: aggregated thresholds read shared histories (the engine's "histories"), keep `recent`.
@@ -1554,7 +1550,7 @@ class Engine:
         stats.rejections += len(rejections)
         by_sensor: dict[str, list[tuple[float, str, str | None]]] = {}
         newest = arrived
-        for received_at, sid, reason, metric in rejections:
+        for received_at, sid, reason, metric, *_ in rejections:
             if sid not in self.sensors:
                 stats.rejections_skipped[Skip.UNKNOWN_SENSOR] += 1
                 continue

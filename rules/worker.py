@@ -43,9 +43,10 @@ import psycopg
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import DictRow, dict_row
 
-from ingest.writer import BATCHES_CHANNEL, NamedRejection, OutboxBatch, WriterRow, decode_outbox
 from pantau.domain import Sensor
 from pantau.errors import StoreUnavailable
+from pantau.outbox import BATCHES_CHANNEL, OutboxBatch, claim, decode_outbox
+from pantau.readings import Reading, Rejection
 from pantau.settings import Settings
 from pantau.store import Store, connect
 from rules.alerts import AlertStore, FlapPolicy, Outcome, Transition
@@ -72,12 +73,6 @@ _REPORT_EVERY_S = 60.0
 # The engine's state is frozen out of the garbage collector's reach (see `_freeze_heap`) and given
 # back for a full collection this often.
 _FULL_COLLECTION_S = 3600.0
-
-_CLAIM = """
-UPDATE ingest_batches SET claim = %(claim)s
-WHERE id IN (SELECT id FROM ingest_batches WHERE claim IS NULL ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
-RETURNING id, payload, extract(epoch FROM created_at)::float8 AS created
-"""
 
 _encode_state = msgspec.msgpack.Encoder().encode
 
@@ -286,9 +281,8 @@ class RuleWorker:
                 conn.cursor(row_factory=dict_row) as cur,
             ):
                 await cur.execute("SELECT nextval('rule_claim_seq') AS claim")
-                claim = int((await cur.fetchone() or {"claim": 0})["claim"])
-                await cur.execute(_CLAIM, {"claim": claim, "limit": self.cfg.claim_max_batches})
-                batches = sorted(await cur.fetchall(), key=lambda b: int(b["id"]))
+                number = int((await cur.fetchone() or {"claim": 0})["claim"])
+                batches = await claim(cur, number, self.cfg.claim_max_batches)
                 if not batches and not tick:
                     idle = True
                     raise psycopg.Rollback(tx)  # nothing to do: no claim number spent on the record
@@ -303,7 +297,7 @@ class RuleWorker:
                 outcomes = [await self._apply(cur, s) for s in signals]
                 await cur.execute(
                     "INSERT INTO rule_claims (claim, worker, at, tick) VALUES (%s, %s, %s, %s)",
-                    (claim, self.name, now, tick),
+                    (number, self.name, now, tick),
                 )
         except psycopg.OperationalError as exc:
             if advanced:
@@ -315,7 +309,7 @@ class RuleWorker:
             raise
         if idle:
             return 0
-        self._last_claim = claim
+        self._last_claim = number
         stats = self.stats
         stats.steps += 1
         stats.batches += len(batches)
@@ -340,8 +334,8 @@ class RuleWorker:
 
     def _evaluate(self, engine: Engine, decoded: Sequence[OutboxBatch], now: float, tick: bool) -> list[Signal]:
         """One step's evaluation; the same for live steps and replays."""
-        readings: list[WriterRow] = []
-        rejections: list[NamedRejection] = []
+        readings: list[Reading] = []
+        rejections: list[Rejection] = []
         for r, x in decoded:
             readings += r
             rejections += x

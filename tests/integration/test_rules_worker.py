@@ -18,8 +18,10 @@ import msgspec
 import pytest
 from psycopg.rows import dict_row
 
-from ingest.writer import ReadingWriter, RejectRow, WriterRow, decode_outbox, outbox_payload
+from ingest.writer import ReadingWriter
 from pantau.domain import Sensor
+from pantau.outbox import decode_outbox
+from pantau.readings import Reading, Rejection
 from pantau.settings import RulesSettings, Settings
 from pantau.store import Store
 from pantau.store.maintenance import maintain_once
@@ -63,12 +65,12 @@ async def sensors(store: Store) -> None:
     await store.upsert_sensors([GAUGE, OTHER])
 
 
-async def write(database_url: str, backend: Backend, rows: list[WriterRow], rejections: list[RejectRow] = []) -> None:  # noqa: B006
+async def write(database_url: str, backend: Backend, rows: list[Reading], rejections: list[Rejection] = []) -> None:  # noqa: B006
     async with ReadingWriter(database_url, backend) as writer:
         await writer.write(rows, rejections)
 
 
-def levels(sensor: Sensor, t0: float, values: list[float], step_s: float = 60.0) -> list[WriterRow]:
+def levels(sensor: Sensor, t0: float, values: list[float], step_s: float = 60.0) -> list[Reading]:
     return [(t0 + i * step_s, sensor.id, "water_level_cm", v) for i, v in enumerate(values)]
 
 
@@ -111,20 +113,6 @@ async def events(store: Store, rule_id: str = "level-high") -> list[tuple[str, s
 
 async def waiting_batches(store: Store) -> int:
     return await store.count("ingest_batches", "claim IS NULL")
-
-
-def test_outbox_payload_round_trip() -> None:
-    rows: list[WriterRow] = [(1.5, "A", "pm25", 3.0), (2.0, "B", "co", 4.25)]
-    rejections: list[RejectRow] = [
-        (9.0, "pantau/v1/sampit/air/A", b"{}", "out_of_range", "pm25=-3 µg/m³ outside 0..2000"),
-        (9.2, "pantau/v1/sampit/air/A", b"{", "malformed_json", "expected '}'"),
-        (9.5, "not/a/sensor/topic", b"", "bad_topic", ""),  # names no sensor: not handed over
-    ]
-    named = [(9.0, "A", "out_of_range", "pm25"), (9.2, "A", "malformed_json", None)]
-    assert decode_outbox(outbox_payload(rows, rejections)) == (rows, named)
-    # A payload written before rejections carried their metric reads as one without.
-    old = msgspec.msgpack.encode({"r": rows, "x": [[9.0, "A", "out_of_range"]]})
-    assert decode_outbox(old) == (rows, [(9.0, "A", "out_of_range", None)])
 
 
 async def test_batch_commits_with_its_outbox_row(

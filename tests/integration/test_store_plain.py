@@ -14,7 +14,8 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from psycopg import AsyncConnection
 
-from ingest.writer import ReadingWriter, WriterRow
+from ingest.writer import ReadingWriter
+from pantau.readings import Reading, Rejection
 from pantau.settings import StoreSettings
 from pantau.store import Backend, Store, connect
 from pantau.store.maintenance import maintain_once, refresh_rollups
@@ -62,7 +63,7 @@ def _epoch(at: datetime) -> float:
     return at.timestamp()
 
 
-def _series(start: datetime, minutes: int, per_minute: int) -> list[WriterRow]:
+def _series(start: datetime, minutes: int, per_minute: int) -> list[Reading]:
     step = 60 / per_minute
     base = _epoch(start)
     return [
@@ -170,8 +171,8 @@ async def test_maintenance_deletes_rejected_messages_past_retention(
     old = _epoch(NOW - timedelta(days=31))
     recent = _epoch(NOW - timedelta(days=29))
     rejections = [
-        (old, "pantau/v1/sampit/flood/X", b"{", "bad_json", "old"),
-        (recent, "pantau/v1/sampit/flood/X", b"{", "bad_json", "recent"),
+        Rejection(old, "X", "bad_json", None, "pantau/v1/sampit/flood/X", "old", b"{"),
+        Rejection(recent, "X", "bad_json", None, "pantau/v1/sampit/flood/X", "recent", b"{"),
     ]
     assert (await writer.write([], rejections)).rejected == 2
     report = await maintain_once(conn, Backend.POSTGRES, settings, now=NOW)

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from ingest.writer import ReadingWriter, WriterRow
+from ingest.writer import ReadingWriter
+from pantau.readings import Reading
 from pantau.settings import StoreSettings
 from pantau.store import Backend, Store
 from tests.conftest import EXTERNAL_URL
@@ -56,7 +57,7 @@ async def _refresh(store: Store) -> None:
         await conn.execute("CALL refresh_continuous_aggregate('readings_1h', NULL, NULL)")
 
 
-def _series(start: float, minutes: int, per_minute: int) -> list[WriterRow]:
+def _series(start: float, minutes: int, per_minute: int) -> list[Reading]:
     """`per_minute` readings in each of `minutes` minutes from `start`, with varied values."""
     step = 60 / per_minute
     return [

@@ -9,12 +9,14 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 
 from ingest.writer import ReadingWriter
+from pantau.readings import Rejection
 from pantau.store import Backend
 
 
 async def test_nul_characters_in_rejections_are_escaped_not_fatal(database_url: str, backend: Backend) -> None:
     async with ReadingWriter(database_url, backend) as writer:
-        result = await writer.write([], [(time.time(), "pantau/v1/x\x00", b"\x00raw", "bad_topic", "detail \x00 here")])
+        bad = Rejection(time.time(), None, "bad_topic", None, "pantau/v1/x\x00", "detail \x00 here", b"\x00raw")
+        result = await writer.write([], [bad])
     assert result.rejected == 1
     with psycopg.connect(database_url) as conn:
         row = conn.execute("SELECT topic, payload, detail FROM rejected_messages").fetchone()

@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
-from ingest.decode import SENML_RELATIVE_LIMIT, Decoder, Rejection, Row, rejected_metric
+from ingest.decode import SENML_RELATIVE_LIMIT, Decoder
 from pantau.domain import Reason
 from pantau.metrics import METRICS, SensorKind
+from pantau.readings import Problem, Reading
 
 # 2023-11-14T22:13:20Z: a round receive time that makes expected timestamps easy to read.
 NOW = 1_700_000_000.0
@@ -23,13 +24,13 @@ TRAFFIC_ID = "MJK-TR-01"
 DECODER = Decoder(max_payload_bytes=MAX_BYTES, max_future_s=MAX_FUTURE_S, retention_s=RETENTION_S)
 
 
-def decode(
+def problems(
     payload: bytes | str | list[Any] | dict[str, Any],
     *,
     sensor_id: str = AIR_ID,
     kind: SensorKind = SensorKind.AIR,
     received_at: float = NOW,
-) -> tuple[list[Row], list[Rejection]]:
+) -> tuple[list[Reading], list[Problem]]:
     """Decode one payload (bytes as is, str encoded, anything else as JSON) into fresh lists."""
     if isinstance(payload, str):
         raw = payload.encode()
@@ -37,20 +38,26 @@ def decode(
         raw = payload
     else:
         raw = json.dumps(payload).encode()
-    rows: list[Row] = []
-    rejections: list[Rejection] = []
-    DECODER.decode(raw, sensor_id, kind, received_at, rows, rejections)
-    return rows, rejections
+    rows: list[Reading] = []
+    found: list[Problem] = []
+    DECODER.decode(raw, sensor_id, kind, received_at, rows, found)
+    return rows, found
 
 
-def rejected(payload: Any, **kwargs: Any) -> list[Rejection]:
-    """The rejections of a payload that must produce no rows at all."""
+def decode(payload: bytes | str | list[Any] | dict[str, Any], **kwargs: Any) -> tuple[list[Reading], list[Any]]:
+    """`problems`, each problem as (reason, detail): the metric a problem names has a test of its own."""
+    rows, found = problems(payload, **kwargs)
+    return rows, [(reason, detail) for reason, detail, _metric in found]
+
+
+def rejected(payload: Any, **kwargs: Any) -> list[tuple[Reason, str]]:
+    """The (reason, detail) of each problem of a payload that must produce no rows at all."""
     rows, rejections = decode(payload, **kwargs)
     assert rows == []
     return rejections
 
 
-def only_reason(payload: Any, **kwargs: Any) -> Rejection:
+def only_reason(payload: Any, **kwargs: Any) -> tuple[Reason, str]:
     """The single rejection of a payload that produces no rows and exactly one rejection."""
     rejections = rejected(payload, **kwargs)
     assert len(rejections) == 1, rejections
@@ -325,27 +332,29 @@ def test_object_value_exactly_at_a_bound_is_accepted(metric: str, value: float) 
     ],
 )
 def test_object_value_out_of_range(metric: str, value: float, detail: str) -> None:
-    assert only_reason({metric: value}) == (Reason.OUT_OF_RANGE, detail)
-    assert rejected_metric(Reason.OUT_OF_RANGE, detail) == metric
+    assert problems({metric: value})[1] == [(Reason.OUT_OF_RANGE, detail, metric)]
 
 
 def test_value_rejections_name_their_metric_for_the_rule_engine() -> None:
-    # Every metric, out of range and non-finite, in a JSON object and in a SenML pack.
+    # Every metric, out of range and non-finite, in a JSON object and in a SenML pack: the problem
+    # carries its metric as a field; other problems carry none.
     for name, metric in METRICS.items():
         kind, sid = next(iter(metric.kinds)), AIR_ID
         for value in (metric.high + 1, metric.low - 1):
-            (reason, detail) = only_reason({name: value}, sensor_id=sid, kind=kind)
-            assert (reason, rejected_metric(reason, detail)) == (Reason.OUT_OF_RANGE, name)
-        pack = [{"bn": f"{sid}:", "bt": 1.7e9}, {"n": "x"}, {"n": name, "v": metric.high + 1}]
-        problems = [p for p in decode(pack, sensor_id=sid, kind=kind)[1] if p[0] is Reason.OUT_OF_RANGE]
-        assert [rejected_metric(*p) for p in problems] == [name], problems
-    assert rejected_metric(Reason.NON_FINITE, "record 3: pm25 is not finite") == "pm25"
-    (reason, detail) = only_reason(b'{"pm10": 1' + b"0" * 400 + b"}")
-    assert (reason, rejected_metric(reason, detail)) == (Reason.NON_FINITE, "pm10")
-    # Other rejections name none, nor does a detail that is not a value's.
-    assert rejected_metric(Reason.UNKNOWN_METRIC, "unknown metric 'pm26'") is None
-    assert rejected_metric(Reason.OUT_OF_RANGE, "record 8") is None
-    assert rejected_metric(Reason.NON_FINITE, "NaN and Infinity are not numbers in JSON") is None
+            [(reason, _detail, about)] = problems({name: value}, sensor_id=sid, kind=kind)[1]
+            assert (reason, about) == (Reason.OUT_OF_RANGE, name)
+        pack = [{"bn": f"{sid}:", "bt": 1.7e9}, {"n": "x", "v": 1}, {"n": name, "v": metric.high + 1}]
+        found = problems(pack, sensor_id=sid, kind=kind)[1]
+        assert [(p[0], p[2]) for p in found] == [
+            (Reason.INVALID_SENML, None),
+            (Reason.UNKNOWN_METRIC, None),
+            (Reason.OUT_OF_RANGE, name),
+        ], found
+    too_large = problems(b'{"pm10": 1' + b"0" * 400 + b"}")[1]
+    assert too_large == [(Reason.NON_FINITE, "pm10 is too large for a double", "pm10")]
+    assert problems([{"n": "pm25", "v": 1e308, "bv": 1e308}])[1][0][::2] == (Reason.NON_FINITE, "pm25")
+    assert problems(b'{"pm26": 3}')[1] == [(Reason.UNKNOWN_METRIC, "unknown metric 'pm26'", None)]
+    assert problems(b'{"pm25": NaN}')[1] == [(Reason.NON_FINITE, "NaN and Infinity are not numbers in JSON", None)]
 
 
 def test_object_traffic_and_flood_kinds() -> None:
@@ -385,11 +394,11 @@ def test_object_bad_ts_rejects_the_whole_message() -> None:
 
 
 def test_decoder_appends_to_the_callers_lists() -> None:
-    rows: list[Row] = [(1.0, "X", "pm25", 1.0)]
-    rejections: list[Rejection] = [(Reason.EMPTY, "earlier")]
+    rows: list[Reading] = [(1.0, "X", "pm25", 1.0)]
+    rejections: list[Problem] = [(Reason.EMPTY, "earlier", None)]
     DECODER.decode(b'{"pm25": 2, "pm1": 1}', AIR_ID, SensorKind.AIR, NOW, rows, rejections)
     assert rows == [(1.0, "X", "pm25", 1.0), (NOW, AIR_ID, "pm25", 2.0)]
-    assert rejections == [(Reason.EMPTY, "earlier"), (Reason.UNKNOWN_METRIC, "unknown metric 'pm1'")]
+    assert rejections == [(Reason.EMPTY, "earlier", None), (Reason.UNKNOWN_METRIC, "unknown metric 'pm1'", None)]
 
 
 # -- SenML: resolution ---------------------------------------------------------------------------

@@ -12,9 +12,10 @@ import msgspec
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from ingest.decode import SENML_RELATIVE_LIMIT, SENML_VERSION, Decoder, Rejection, Row, SenMLRecord
+from ingest.decode import SENML_RELATIVE_LIMIT, SENML_VERSION, Decoder, SenMLRecord
 from pantau.domain import Reason
 from pantau.metrics import METRICS, SensorKind
+from pantau.readings import Problem, Reading
 from tests.hostile import Hostile, payloads
 
 NOW = 1_700_000_000.0
@@ -129,10 +130,10 @@ def encode(value: Any, ensure_ascii: bool) -> bytes:
     return json.dumps(value, allow_nan=True, ensure_ascii=ensure_ascii).encode()
 
 
-def check(payload: bytes, kind: SensorKind, decoder: Decoder = DECODER) -> list[Row]:
+def check(payload: bytes, kind: SensorKind, decoder: Decoder = DECODER) -> list[Reading]:
     """Decode `payload`: it never raises, and leaves valid rows or rejections with a detail (its rows)."""
-    rows: list[Row] = []
-    rejections: list[Rejection] = []
+    rows: list[Reading] = []
+    rejections: list[Problem] = []
     decoder.decode(payload, SENSOR_ID, kind, NOW, rows, rejections)
     assert rows or rejections, f"payload {payload!r} produced neither a row nor a rejection"
     for ts, sensor_id, metric_name, value in rows:
@@ -145,10 +146,11 @@ def check(payload: bytes, kind: SensorKind, decoder: Decoder = DECODER) -> list[
         assert type(ts) is float
         assert math.isfinite(ts)
         assert NOW - RETENTION_S <= ts <= NOW + MAX_FUTURE_S
-    for reason, detail in rejections:
+    for reason, detail, metric in rejections:
         assert isinstance(reason, Reason)
         assert isinstance(detail, str)
         assert detail
+        assert metric is None or (reason in (Reason.OUT_OF_RANGE, Reason.NON_FINITE) and metric in METRICS)
     return rows
 
 
@@ -172,11 +174,11 @@ def test_hostile_payloads_are_stored_or_rejected_and_a_duplicate_key_stores_noth
 
 def test_nesting_beyond_the_parser_is_rejected_as_too_deep() -> None:
     for payload in (b"[" * 1000 + b"]" * 1000, b'{"a":' * 3000 + b"1" + b"}" * 3000, b'[{"n":"x","v":' + b"[" * 5000):
-        rows: list[Row] = []
-        rejections: list[Rejection] = []
+        rows: list[Reading] = []
+        rejections: list[Problem] = []
         ROOMY.decode(payload, SENSOR_ID, SensorKind.AIR, NOW, rows, rejections)
         assert rows == []
-        assert [r for r, _ in rejections] == [Reason.TOO_DEEP], payload[:20]
+        assert [r for r, _d, _m in rejections] == [Reason.TOO_DEEP], payload[:20]
 
 
 @FUZZ
@@ -242,8 +244,8 @@ def test_single_senml_record_is_stored_or_rejected_once(
         record["t"] = t
     payload = encode([record], ensure_ascii=True)
     check(payload, kind)
-    rows: list[Row] = []
-    rejections: list[Rejection] = []
+    rows: list[Reading] = []
+    rejections: list[Problem] = []
     DECODER.decode(payload, SENSOR_ID, kind, NOW, rows, rejections)
     # One record yields exactly one outcome: a row or a rejection, never both, never neither.
     assert len(rows) + len(rejections) == 1
@@ -251,15 +253,15 @@ def test_single_senml_record_is_stored_or_rejected_once(
 
 def reference_resolve(
     records: list[Any], sensor_id: str, kind: SensorKind, received_at: float, decoder: Decoder
-) -> tuple[list[Row], list[Rejection]]:
+) -> tuple[list[Reading], list[Problem]]:
     """The SenML record checks written plainly, one after another per record (as the decoder had
     them before it remembered names and deferred its words): the decoder must agree exactly."""
-    rows: list[Row] = []
-    rejections: list[Rejection] = []
+    rows: list[Reading] = []
+    rejections: list[Problem] = []
     bn, bt, bu, bv = "", 0.0, None, 0.0
     for i, rec in enumerate(records):
         if rec.bver is not None and rec.bver > SENML_VERSION:
-            rejections.append((Reason.INVALID_SENML, f"record {i}: SenML version {rec.bver} is not supported"))
+            rejections.append((Reason.INVALID_SENML, f"record {i}: SenML version {rec.bver} is not supported", None))
             break
         bn = rec.bn if rec.bn is not None else bn
         bt = rec.bt if rec.bt is not None else bt
@@ -268,58 +270,60 @@ def reference_resolve(
         where = f"record {i}: "
         name = bn + (rec.n or "")
         if not name or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9\-:./_]*", name):
-            rejections.append((Reason.INVALID_SENML, f"{where}invalid name {name!r}"))
+            rejections.append((Reason.INVALID_SENML, f"{where}invalid name {name!r}", None))
             continue
         n_values = (rec.v is not None) + (rec.vs is not None) + (rec.vb is not None) + (rec.vd is not None)
         if n_values != 1 and not (n_values == 0 and rec.s is not None):
-            rejections.append((Reason.INVALID_SENML, f"{where}needs exactly one value field, has {n_values}"))
+            rejections.append((Reason.INVALID_SENML, f"{where}needs exactly one value field, has {n_values}", None))
             continue
         if rec.v is None:
-            rejections.append((Reason.WRONG_TYPE, f"{where}only numeric values (v) are stored"))
+            rejections.append((Reason.WRONG_TYPE, f"{where}only numeric values (v) are stored", None))
             continue
         cut = max(name.rfind(":"), name.rfind("/"))
         if cut >= 0:
             device = name[:cut]
             if device != sensor_id and not device.endswith((":" + sensor_id, "/" + sensor_id)):
-                rejections.append((Reason.TOPIC_MISMATCH, f"{where}name {name!r} is not for sensor {sensor_id!r}"))
+                rejections.append(
+                    (Reason.TOPIC_MISMATCH, f"{where}name {name!r} is not for sensor {sensor_id!r}", None)
+                )
                 continue
         metric = METRICS.get(name[cut + 1 :])
         if metric is None:
-            rejections.append((Reason.UNKNOWN_METRIC, f"{where}unknown metric {name[cut + 1 :]!r}"))
+            rejections.append((Reason.UNKNOWN_METRIC, f"{where}unknown metric {name[cut + 1 :]!r}", None))
             continue
         if kind not in metric.kinds:
             detail = f"{where}{metric.name} is not a metric of {kind.value} sensors"
-            rejections.append((Reason.METRIC_NOT_FOR_KIND, detail))
+            rejections.append((Reason.METRIC_NOT_FOR_KIND, detail, None))
             continue
         value = bv + rec.v
         unit = rec.u if rec.u is not None else bu
         if unit is not None and unit != metric.unit:
             conversion = metric.senml_units.get(unit)
             if conversion is None:
-                rejections.append((Reason.BAD_UNIT, f"{where}unit {unit!r} is not accepted for {metric.name}"))
+                rejections.append((Reason.BAD_UNIT, f"{where}unit {unit!r} is not accepted for {metric.name}", None))
                 continue
             value = value * conversion[0] + conversion[1]
         if not math.isfinite(value):
-            rejections.append((Reason.NON_FINITE, f"{where}{metric.name} is not finite"))
+            rejections.append((Reason.NON_FINITE, f"{where}{metric.name} is not finite", metric.name))
             continue
         if not metric.low <= value <= metric.high:
             detail = f"{where}{metric.name}={value:g} {metric.unit} outside {metric.low:g}..{metric.high:g}"
-            rejections.append((Reason.OUT_OF_RANGE, detail))
+            rejections.append((Reason.OUT_OF_RANGE, detail, metric.name))
             continue
         ts = bt + (rec.t or 0.0)
         if not math.isfinite(ts):
-            rejections.append((Reason.BAD_TIMESTAMP, f"{where}time is not finite"))
+            rejections.append((Reason.BAD_TIMESTAMP, f"{where}time is not finite", None))
             continue
         if ts < SENML_RELATIVE_LIMIT:
             ts += received_at
         if ts > received_at + decoder.max_future_s:
             hint = " (milliseconds? ts is in seconds)" if ts > received_at * 100 else ""
             detail = f"{where}ts is {ts - received_at:.0f} s ahead of the receive time{hint}"
-            rejections.append((Reason.FUTURE_TIMESTAMP, detail))
+            rejections.append((Reason.FUTURE_TIMESTAMP, detail, None))
             continue
         if ts < received_at - decoder.retention_s:
             detail = f"{where}ts is older than the retention of {decoder.retention_s / 86400:.0f} days"
-            rejections.append((Reason.TOO_OLD, detail))
+            rejections.append((Reason.TOO_OLD, detail, None))
             continue
         rows.append((ts, sensor_id, metric.name, value))
     return rows, rejections
@@ -337,7 +341,7 @@ def test_senml_record_checks_match_the_plain_checks_cold_and_warm(pack: list[Any
         assume(False)
     decoder = Decoder(max_payload_bytes=8192, max_future_s=MAX_FUTURE_S, retention_s=RETENTION_S)
     for sensor_id in (SENSOR_ID, "OTHER-01", SENSOR_ID):
-        rows: list[Row] = []
-        rejections: list[Rejection] = []
+        rows: list[Reading] = []
+        rejections: list[Problem] = []
         decoder._resolve(records, sensor_id, kind, NOW, rows, rejections)
         assert (rows, rejections) == reference_resolve(records, sensor_id, kind, NOW, decoder)
