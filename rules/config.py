@@ -34,11 +34,11 @@ from types import MappingProxyType
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
-import yaml
 from numpy.typing import ArrayLike, NDArray
 
 from pantau.domain import Reason, Sensor, valid_city, valid_sensor_id
 from pantau.metrics import METRICS, SensorKind, metrics_for
+from pantau.yamlfile import SMALL_FILE_LOADER, YamlFileError, read_yaml
 from rules.durations import parse_duration
 from rules.errors import RuleFileError
 from rules.indices import (
@@ -544,44 +544,14 @@ class RuleSet:
 # -- loading ---------------------------------------------------------------------------------------
 
 
-# What PyYAML's safe loader raises besides YAMLError on some texts: RecursionError on deep nesting
-# (its composer and constructor recurse once per level), ValueError on `2024-13-01` or `!!int x`,
-# AttributeError and IndexError on a bare `!!timestamp` or `!!int` (found by fuzzing the loader).
-_YAML_LOADER_FAILURES = (RecursionError, ValueError, TypeError, LookupError, AttributeError, ArithmeticError)
-
-
 def load_rules(path: Path | str) -> RuleSet:
     """Load and validate a YAML rule file; RuleFileError names the file, rule and field."""
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RuleFileError(f"{source}: file not found", path=source) from None
-    except UnicodeDecodeError as exc:
-        raise RuleFileError(f"{source}: not UTF-8 text: {exc}", path=source) from None
-    except OSError as exc:  # a directory, no permission
-        raise RuleFileError(f"{source}: cannot be read: {exc.strerror or exc}", path=source) from None
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise RuleFileError(f"{source}: not valid YAML: {_yaml_problem(exc)}", path=source) from None
-    except RecursionError:
-        raise RuleFileError(f"{source}: not valid YAML: nested too deeply to load", path=source) from None
-    except _YAML_LOADER_FAILURES as exc:
-        problem = " ".join(str(exc).split())
-        raise RuleFileError(f"{source}: not valid YAML: {type(exc).__name__}: {problem}", path=source) from None
+        doc = read_yaml(path, loader=SMALL_FILE_LOADER)
+    except YamlFileError as exc:
+        raise RuleFileError(f"{source}: {exc}", path=source) from None
     return parse_rules(doc, source=source)
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """PyYAML's several-line message as one line: `line 3, column 7: problem (context)`."""
-    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
-        mark = exc.problem_mark
-        context = f" ({exc.context})" if exc.context else ""
-        return f"line {mark.line + 1}, column {mark.column + 1}: {exc.problem}{context}"
-    if isinstance(exc, yaml.reader.ReaderError):  # its second line names "<unicode string>", not the file
-        return f"{str(exc).splitlines()[0]} (at character offset {exc.position})"
-    return " ".join(str(exc).split())
 
 
 def parse_rules(doc: Any, *, source: str = "<rules>") -> RuleSet:

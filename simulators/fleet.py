@@ -32,7 +32,8 @@ import yaml
 from pantau.domain import Sensor
 from pantau.errors import ManifestError
 from pantau.metrics import SensorKind
-from pantau.sensors import CSV_COLUMNS, YAML_LOADER, load_manifest
+from pantau.sensors import CSV_COLUMNS, load_manifest
+from pantau.yamlfile import read_yaml
 
 FLEET_DIR = Path(__file__).resolve().parent / "fleets"
 CITIES = ("kotamobagu", "mojokerto", "sampang", "sampit")
@@ -140,7 +141,7 @@ def load_fleet(spec: str) -> Fleet:
     if path.suffix.lower() == ".csv":
         doc: dict[str, Any] = {}
     else:
-        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=YAML_LOADER)  # noqa: S506 - a safe loader
+        doc = read_yaml(path)  # load_manifest has read it already
     if not sensors:
         raise ManifestError(f"{path}: field 'sensors': the fleet has no sensors")
     cities = {s.city for s in sensors}

@@ -24,10 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pantau.errors import ConfigError
-from pantau.sensors import YAML_LOADER
+from pantau.yamlfile import YamlFileError, read_yaml
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h|d|w)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, None: 1.0}
@@ -208,8 +206,8 @@ def scenario_from_file(path: Path, depth: int = 0) -> Scenario:
     if depth > 5:
         raise ConfigError(str(path), "includes nest too deeply")
     try:
-        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=YAML_LOADER)  # noqa: S506 - a safe loader
-    except (OSError, yaml.YAMLError) as exc:
+        doc = read_yaml(path)
+    except YamlFileError as exc:
         raise ConfigError(str(path), f"cannot read scenario: {exc}") from None
     if not isinstance(doc, dict):
         raise ConfigError(str(path), "expected a mapping")

@@ -390,3 +390,26 @@ def test_yaml_manifest_of_10000_sensors_loads(tmp_path: Path) -> None:
     assert (last.id, last.kind, last.name, last.lon) == ("SPT-X-09999", SensorKind.RAIN, "Sensor 9999", 112.99999)
     assert last.metadata == {"order": 5, "corridor": "Jl. Tjilik Riwut km 39"}
     assert sensors[4242].metadata == {"order": 3, "corridor": "Jl. Tjilik Riwut km 2"}
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("sensors: " + "[" * 5000 + "]" * 5000 + "\n", "not valid YAML: nested too deeply to load"),
+        (
+            "sensors:\n" + "".join(" " * i + "- \n" for i in range(0, 10000, 2)),
+            "not valid YAML: nested too deeply to load",
+        ),
+        (
+            "sensors: [\n",
+            "not valid YAML: line 2, column 1: did not find expected node content (while parsing a flow node)",
+        ),
+        ("created: 2024-13-01\nsensors: []\n", "not valid YAML: ValueError: month must be in 1..12"),
+    ],
+)
+def test_a_yaml_manifest_the_loader_fails_on_is_one_line_naming_the_file(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    # A 5,000-deep manifest raised RecursionError out of `pantau sensors import` (a traceback).
+    path = write(tmp_path, "f.yaml", text)
+    assert manifest_error(path) == f"{path}: {problem}"
