@@ -7,7 +7,7 @@ to 0.1 %, so a change's effect on the code itself can be read off here when the 
 cannot show it. Each workload runs in its own `valgrind --tool=callgrind` process with
 instrumentation off during set-up and warm-up and on only around the measured part:
 
-- engine: the rule engine at the load's shape (`rules.bench.bench_rules`, 20 rules; 2,000 load
+- engine: the rule engine at the load's shape (`benchmarks.bench_rules.bench_rules`, 20 rules; 2,000 load
   stations reporting pm25 at 1 Hz in batches of 1,000, as the outbox carries them), 10 s of
   event time to warm up, 5 s measured;
 - senml: the decoder on 2,000 SenML packs of 50 traffic readings (the ingest benchmark's packs);
@@ -39,8 +39,8 @@ def _instrument(on: bool) -> None:
 def _engine() -> int:
     import numpy as np
 
+    from benchmarks.bench_rules import bench_rules
     from pantau.outbox import decode_outbox, outbox_payload
-    from rules.bench import bench_rules
     from rules.config import parse_rules
     from rules.engine import Engine
     from simulators.load import load_sensors

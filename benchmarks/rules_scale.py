@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/rules_scale.py [--sensors 10000] [--rules 20] [--seconds 180]
 
-The pack is `rules.bench.bench_rules` (ISPU over a 24 h window, absence, stuck, a rate of change and
+The pack is `benchmarks.bench_rules.bench_rules` (ISPU over a 24 h window, absence, stuck, a rate of change and
 plain and aggregated thresholds, none met by this load), the sensors `simulators.load`'s. Every
 sensor reports once per event-time second (10,000 readings/s), values a noisy level around 25 µg/m³,
 encoded and decoded as the outbox carries them and evaluated with `arrived`, as the rule worker
@@ -20,8 +20,8 @@ import time
 import msgspec
 import numpy as np
 
+from benchmarks.bench_rules import bench_rules
 from pantau.outbox import decode_outbox, outbox_payload
-from rules.bench import bench_rules
 from rules.config import parse_rules
 from rules.engine import Engine
 from simulators.load import load_sensors

@@ -315,8 +315,8 @@ def _when(value: datetime | None) -> str:
 
 
 async def cmd_alerts_list(args: argparse.Namespace, settings: Settings) -> int:
+    from pantau.alerts import AlertStore
     from pantau.store import Store
-    from rules.alerts import AlertStore
 
     async with Store.open(_need(settings, "database_url"), settings.store) as store:
         alerts = await AlertStore(store).list_alerts(
@@ -342,8 +342,8 @@ def _done_by(by: str | None, at: datetime | None) -> str:
 
 
 async def cmd_alerts_ack(args: argparse.Namespace, settings: Settings) -> int:
+    from pantau.alerts import AlertStore, Outcome
     from pantau.store import Store
-    from rules.alerts import AlertStore, Outcome
 
     async with Store.open(_need(settings, "database_url"), settings.store) as store:
         result = await AlertStore(store).acknowledge(args.id, args.by, reason=args.comment)
@@ -365,8 +365,8 @@ async def cmd_alerts_ack(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_alerts_resolve(args: argparse.Namespace, settings: Settings) -> int:
+    from pantau.alerts import AlertStore, Outcome
     from pantau.store import Store
-    from rules.alerts import AlertStore, Outcome
 
     async with Store.open(_need(settings, "database_url"), settings.store) as store:
         result = await AlertStore(store).resolve_by_id(args.id, args.by, reason=args.reason)
@@ -382,8 +382,8 @@ async def cmd_alerts_resolve(args: argparse.Namespace, settings: Settings) -> in
 
 
 async def cmd_alerts_silence(args: argparse.Namespace, settings: Settings) -> int:
+    from pantau.alerts import AlertStore
     from pantau.store import Store
-    from rules.alerts import AlertStore
     from rules.durations import parse_duration
 
     if args.district and not args.city:
@@ -409,8 +409,8 @@ async def cmd_alerts_silence(args: argparse.Namespace, settings: Settings) -> in
 
 
 async def cmd_alerts_silences(args: argparse.Namespace, settings: Settings) -> int:
+    from pantau.alerts import AlertStore
     from pantau.store import Store
-    from rules.alerts import AlertStore
 
     async with Store.open(_need(settings, "database_url"), settings.store) as store:
         silences = await AlertStore(store).silences(active_at=None if args.all else datetime.now(UTC))
@@ -425,8 +425,8 @@ async def cmd_alerts_silences(args: argparse.Namespace, settings: Settings) -> i
 
 
 async def cmd_alerts_unsilence(args: argparse.Namespace, settings: Settings) -> int:
+    from pantau.alerts import AlertStore
     from pantau.store import Store
-    from rules.alerts import AlertStore
 
     async with Store.open(_need(settings, "database_url"), settings.store) as store:
         ended = await AlertStore(store).end_silence(args.id, args.by)
@@ -648,10 +648,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks that print figures")
     bsub = bench.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
-    from ingest.bench import add_arguments as add_bench_arguments
+    from benchmarks.bench_ingest import add_arguments as add_bench_arguments
 
     add_bench_arguments(bsub.add_parser("ingest", help="ingest throughput, latency and memory vs a naive baseline"))
-    from rules.bench import add_arguments as add_rules_bench_arguments
+    from benchmarks.bench_rules import add_arguments as add_rules_bench_arguments
 
     add_rules_bench_arguments(bsub.add_parser("rules", help="publish→alert latency with the whole stack under load"))
 

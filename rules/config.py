@@ -36,6 +36,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from pantau.alerts import Severity
 from pantau.domain import Reason, Sensor, valid_city, valid_sensor_id
 from pantau.metrics import METRICS, SensorKind, metrics_for
 from pantau.yamlfile import SMALL_FILE_LOADER, YamlFileError, read_yaml
@@ -95,20 +96,6 @@ _ID_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 # -- value types -----------------------------------------------------------------------------------
 
 
-class Severity(StrEnum):
-    """Alert severity, least to most urgent."""
-
-    INFO = "info"
-    WARNING = "warning"
-    CRITICAL = "critical"
-
-    @property
-    def rank(self) -> int:
-        """0, 1, 2: compare severities (escalation) by rank."""
-        return _SEVERITY_RANK[self]
-
-
-_SEVERITY_RANK = {s: i for i, s in enumerate(Severity)}
 
 
 class Op(StrEnum):

@@ -5,7 +5,7 @@
          └── catch-up / gap check (pool) ─────────┘   └▶ lane "webhook" ──▶ WebhookSink  POST, retries, Idempotency-Key
 
 *Dispatcher.* One dedicated connection holds the notifier lock (one notifier per database; a second
-stands by) and LISTENs on `pantau_alerts`; each NOTIFY payload (`rules.alerts.notify_payload`) is
+stands by) and LISTENs on `pantau_alerts`; each NOTIFY payload (`pantau.alerts.notify_payload`) is
 parsed once and offered to every lane. No polling on the live path. After (re)connecting it reads
 `alert_events` joined to `alerts` with an id above what it has seen, so nothing committed while it
 was away is missed; an id it has already seen is dropped, so nothing is offered twice.
@@ -57,13 +57,13 @@ from paho.mqtt.reasoncodes import ReasonCode
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
+from pantau.alerts import ALERTS_CHANNEL, NOTIFY_PAYLOAD_VERSION, Alert, AlertEvent, Notification, notify_payload
 from pantau.domain import valid_city
 from pantau.errors import StoreError
 from pantau.mqtt import AsyncMqttClient, BrokerAddress
 from pantau.settings import Settings
 from pantau.store import Store, connect
 from pantau.topics import alerts_topic, open_alerts_topic
-from rules.alerts import ALERTS_CHANNEL, NOTIFY_PAYLOAD_VERSION, Alert, AlertEvent, Notification, notify_payload
 
 __all__ = [
     "AlertNotifier",
@@ -992,7 +992,7 @@ class MqttSink:
 
 # Reasons are cut as in the events' payload (the tables keep the full text).
 _SNAPSHOT_REASON_CHARS = 500
-# The silence covering each alert now: the same matching as rules.alerts (the rule if any, then the
+# The silence covering each alert now: the same matching as pantau.alerts (the rule if any, then the
 # sensor, or the city and district if any).
 _OPEN_ALERTS = f"""
 SELECT {", ".join(f"a.{n}" for n in _ALERT_FIELDS)}, s.id AS silence_id

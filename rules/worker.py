@@ -43,13 +43,13 @@ import psycopg
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import DictRow, dict_row
 
+from pantau.alerts import AlertStore, FlapPolicy, Outcome, Transition
 from pantau.domain import Sensor
 from pantau.errors import StoreUnavailable
 from pantau.outbox import BATCHES_CHANNEL, OutboxBatch, claim, decode_outbox
 from pantau.readings import Reading, Rejection
 from pantau.settings import Settings
 from pantau.store import Store, connect
-from rules.alerts import AlertStore, FlapPolicy, Outcome, Transition
 from rules.config import RuleSet
 from rules.engine import Engine, EngineStats, Signal, SignalKind
 

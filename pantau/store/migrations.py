@@ -164,7 +164,7 @@ WITH NO DATA;
 """
 
 
-# The alert lifecycle (rules/alerts.py owns the queries). Plain tables on both backends: alerts are
+# The alert lifecycle (pantau/alerts.py owns the queries). Plain tables on both backends: alerts are
 # few next to readings and are updated in place, which hypertables are not made for.
 ALERTS = """
 CREATE TABLE alerts (

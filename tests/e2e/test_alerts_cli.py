@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from pantau.alerts import AlertState, AlertStore, Notification
 from pantau.store import Store
-from rules.alerts import AlertState, AlertStore, Notification
 from tests.e2e.test_cli import pantau
 from tests.support import pantau_env
 

@@ -12,11 +12,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from pantau.domain import Sensor
-from pantau.errors import InvalidArgument, StoreError
-from pantau.settings import StoreSettings
-from pantau.store import Store, connect
-from rules.alerts import (
+from pantau.alerts import (
     ALERTS_CHANNEL,
     AlertState,
     AlertStore,
@@ -24,10 +20,14 @@ from rules.alerts import (
     FlapPolicy,
     Notification,
     Outcome,
+    Severity,
     Transition,
     listen,
 )
-from rules.config import Severity
+from pantau.domain import Sensor
+from pantau.errors import InvalidArgument, StoreError
+from pantau.settings import StoreSettings
+from pantau.store import Store, connect
 
 T0 = datetime(2031, 5, 1, 8, 0, tzinfo=UTC)
 RULE = "ispu-station"

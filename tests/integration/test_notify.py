@@ -24,6 +24,7 @@ from aiohttp import web
 from paho.mqtt.enums import CallbackAPIVersion
 from psycopg.rows import dict_row
 
+from pantau.alerts import AlertStore, Transition, listen
 from pantau.domain import Sensor
 from pantau.embedded import EmbeddedMosquitto
 from pantau.mqtt import free_port
@@ -31,7 +32,6 @@ from pantau.settings import Settings
 from pantau.store import Store, connect
 from pantau.topics import alerts_topic, open_alerts_topic
 from rules import notify
-from rules.alerts import AlertStore, Transition, listen
 from rules.notify import AlertNotifier, _retry_after, _Seen, idempotency_key
 from tests.support import TcpProxy, await_until
 

@@ -36,7 +36,6 @@ from psycopg.rows import DictRow, dict_row
 
 from pantau.errors import InvalidArgument, StoreError
 from pantau.store import Store
-from rules.config import Severity
 
 __all__ = [
     "ALERTS_CHANNEL",
@@ -65,6 +64,22 @@ _PAYLOAD_REASON_CHARS = 500
 # A raise that conflicts with an open alert which is resolved before we can lock it inserts again;
 # more than a few such races in a row means something is wrong, not busy.
 _RAISE_ATTEMPTS = 5
+
+
+class Severity(StrEnum):
+    """Alert severity, least to most urgent."""
+
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+    @property
+    def rank(self) -> int:
+        """0, 1, 2: compare severities (escalation) by rank."""
+        return _SEVERITY_RANK[self]
+
+
+_SEVERITY_RANK = {s: i for i, s in enumerate(Severity)}
 
 
 class AlertState(StrEnum):
