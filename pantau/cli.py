@@ -267,7 +267,9 @@ async def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
         backend = await store.backend()
     service = IngestService(settings, backend=backend)
     if settings.ingest.metrics_port >= 0:
-        port = serve_metrics(service.metrics.registry, settings.ingest.metrics_port)
+        port = serve_metrics(
+            service.metrics.registry, settings.ingest.metrics_port, setting="PANTAU_INGEST_METRICS_PORT"
+        )
         log.info("ingest metrics on http://127.0.0.1:%d/metrics", port)
     _install_stop(service.stop)
     await service.run()
@@ -471,10 +473,12 @@ async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 
     from pantau.embedded import EmbeddedMosquitto, EmbeddedPostgres
     from pantau.mqtt import free_port
+    from pantau.ports import ensure_free
     from pantau.store import Store, redact_url
     from pantau.supervisor import Component, Supervisor
 
     home = settings.home.resolve()
+    ensure_free(settings.ingest.metrics_port, "127.0.0.1", "PANTAU_INGEST_METRICS_PORT")  # before starting anything
     lock = _lock_home(home)
     previous = _previous_endpoints(home)
     pg: EmbeddedPostgres | None = None

@@ -10,6 +10,7 @@ PantauError
  │    └── MigrationError    the schema cannot be brought to the expected version
  ├── BrokerError            MQTT trouble (connect refused, protocol error)
  ├── EmbeddedServiceError   a private PostgreSQL or mosquitto failed to start or stop
+ ├── PortInUse              a port pantau must listen on is taken; names it, its setting, its holder
  └── AlreadyRunning         a second `pantau up` on the same state directory
 """
 
@@ -60,6 +61,10 @@ class BrokerError(PantauError):
 
 class EmbeddedServiceError(PantauError):
     """A private PostgreSQL or mosquitto could not be run."""
+
+
+class PortInUse(PantauError):
+    """A port pantau must listen on is taken; the message names the port, the setting and the holder."""
 
 
 class AlreadyRunning(PantauError):

@@ -56,8 +56,10 @@ class IngestSettings:
     # ingest pausing its socket (TCP backpressure) and the broker's max_inflight_messages. Both
     # drain at the same rate since pantau parses PUBLISH packets itself (D15).
     mqtt_protocol: int = 5
-    # Port for Prometheus metrics (0 = pick a free port, -1 = off) until the API serves them.
-    metrics_port: int = 9108
+    # Port for Prometheus metrics until the API serves them: 0 (the default) picks a free one and
+    # logs it (`pantau up` writes it to endpoints.json), so a second ingest on the machine starts
+    # beside the first; set a fixed port for a scrape config; -1 = off.
+    metrics_port: int = 0
     # `last_seen` is written for all sensors heard from at most this often.
     last_seen_interval_s: float = 5.0
     # The registry cache is reloaded this often so edits reach a running ingest.

@@ -7,12 +7,15 @@ serves them.
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from pantau.ports import port_in_use
 
 # Latency buckets in seconds, fine around the 200 ms batch delay so p50/p99 can be read off.
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1, 2, 5, 10, 30)
@@ -105,9 +108,15 @@ class IngestMetrics:
         )
 
 
-def serve_metrics(registry: CollectorRegistry, port: int, host: str = "127.0.0.1") -> int:
-    """Serve `registry` over HTTP on host:port (0 = any free port); returns the port."""
-    server, _thread = start_http_server(port, addr=host, registry=registry)
+def serve_metrics(registry: CollectorRegistry, port: int, *, setting: str, host: str = "127.0.0.1") -> int:
+    """Serve `registry` over HTTP on host:port (0 = any free port); returns the port. A port that
+    is taken is PortInUse naming `setting`, the key that moves it."""
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise port_in_use(port, host, setting) from None
+        raise
     return int(server.server_port)
 
 
