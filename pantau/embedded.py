@@ -22,9 +22,9 @@ from pathlib import Path
 
 from pantau.errors import EmbeddedServiceError
 from pantau.mqtt import free_port
+from pantau.settings import SHIPPED_DIR
 from pantau.supervisor import die_with_parent
 
-DEPLOY_DIR = Path(__file__).resolve().parent.parent / "deploy"
 _SERVICE_USER = "postgres"
 _START_TIMEOUT_S = 60
 
@@ -182,7 +182,7 @@ class EmbeddedPostgres:
             pwfile.unlink(missing_ok=True)
 
     def _write_config(self) -> None:
-        template = (DEPLOY_DIR / "postgresql.conf").read_text()
+        template = (SHIPPED_DIR / "postgresql.conf").read_text()
         preload = (
             "shared_preload_libraries = 'timescaledb'\ntimescaledb.telemetry_level = off" if self.timescaledb else ""
         )
@@ -296,7 +296,7 @@ class EmbeddedMosquitto:
         data = self.root / "data"
         data.mkdir(parents=True, exist_ok=True)
         text = (
-            (DEPLOY_DIR / "mosquitto.conf")
+            (SHIPPED_DIR / "mosquitto.conf")
             .read_text()
             .format(persistence_dir=data, log_file=self.log_file, port=self.port, host=self.host)
         )

@@ -22,6 +22,9 @@ from urllib.parse import urlsplit
 from pantau.errors import ConfigError
 
 ENV_PREFIX = "PANTAU_"
+# The files of deploy/ that pantau reads at run time (the default rule pack, the private servers'
+# configs): `pantau/deploy` links to deploy/ in the source tree, and the wheel ships them there.
+SHIPPED_DIR = (Path(__file__).parent / "deploy").resolve()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

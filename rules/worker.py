@@ -48,7 +48,7 @@ from pantau.domain import Sensor
 from pantau.errors import StoreUnavailable
 from pantau.outbox import BATCHES_CHANNEL, OutboxBatch, claim, decode_outbox
 from pantau.readings import Reading, Rejection
-from pantau.settings import Settings
+from pantau.settings import SHIPPED_DIR, Settings
 from pantau.store import Store, connect
 from rules.config import RuleSet
 from rules.engine import Engine, EngineStats, Signal, SignalKind
@@ -58,7 +58,7 @@ __all__ = ["DEFAULT_RULES_FILE", "RuleWorker", "WorkerStats", "rule_pack_path"]
 log = logging.getLogger(__name__)
 
 # The default pack, shipped beside the code (`[rules] file` overrides it).
-DEFAULT_RULES_FILE = Path(__file__).resolve().parent.parent / "deploy" / "rules.yaml"
+DEFAULT_RULES_FILE = SHIPPED_DIR / "rules.yaml"
 # Who the alert events name as the actor of automatic transitions.
 ACTOR = "rules"
 # Reconnect backoff after the database went away.
