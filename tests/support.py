@@ -162,19 +162,43 @@ class Publisher:
         )
         self.client.max_inflight_messages_set(1000)
         self.client.max_queued_messages_set(0)
+        # Packet ids the broker acknowledged (taken out as `publish_all` sees them): paho's own
+        # `wait_for_publish` raises for a message published while the broker was away, which paho
+        # keeps (QoS 1) and sends once it is back.
+        self._acked: set[int] = set()
+        self._acks = threading.Condition()
+        self.client.on_publish = self._on_publish
         self.client.connect(host, port)
         self.client.loop_start()
 
-    def publish_all(self, messages: Iterable[tuple[str, bytes | str]], qos: int = 1, timeout_s: float = 60) -> int:
-        infos = [self.client.publish(topic, payload, qos=qos) for topic, payload in messages]
+    def _on_publish(self, _client: Any, _userdata: Any, mid: int, _reason: Any, _properties: Any) -> None:
+        with self._acks:
+            self._acked.add(mid)
+            self._acks.notify_all()
+
+    def publish_all(
+        self,
+        messages: Iterable[tuple[str, bytes | str]],
+        qos: int = 1,
+        timeout_s: float = 60,
+        rate_per_s: float | None = None,
+    ) -> int:
+        """Publish, at `rate_per_s` if given (else as fast as paho takes them), then wait for every
+        PUBACK."""
+        mids = []
+        started = time.monotonic()
+        for topic, payload in messages:
+            mids.append(self.client.publish(topic, payload, qos=qos).mid)
+            if rate_per_s is not None and len(mids) % 100 == 0:
+                time.sleep(max(0.0, started + len(mids) / rate_per_s - time.monotonic()))
+        assert len(mids) < 65536, "packet ids repeat past 65,535 messages in flight"
         deadline = time.monotonic() + timeout_s
-        for info in infos:
-            # Not `wait_for_publish`: it raises for a message published while the broker was away,
-            # which paho keeps (QoS 1) and sends once it is back.
-            while not info.is_published():
-                assert time.monotonic() < deadline, "broker did not acknowledge a publish"
-                time.sleep(0.005)
-        return len(infos)
+        with self._acks:
+            for mid in mids:
+                while mid not in self._acked:
+                    assert self._acks.wait(deadline - time.monotonic()), "broker did not acknowledge a publish"
+                self._acked.discard(mid)
+        return len(mids)
 
     def close(self) -> None:
         self.client.disconnect()
@@ -199,8 +223,12 @@ def run_pantau(argv: list[str], env: dict[str, str], timeout_s: float = 120) -> 
 class Subscriber:
     """A paho client subscribed to pantau/v1/# at QoS 1; records (arrival time, topic, payload)."""
 
+    # Topic of the subscriber's own markers (see `wait_for`); never recorded as received.
+    MARKERS = "pantau/v1/_test/marker"
+
     def __init__(self, port: int) -> None:
         self.received: list[tuple[float, str, bytes]] = []
+        self._markers: set[bytes] = set()
         self._subscribed = threading.Event()
         self.granted: list[int] = []
         self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311, clean_session=True)
@@ -217,16 +245,27 @@ class Subscriber:
         self._subscribed.set()
 
     def _on_message(self, client, userdata, msg) -> None:  # type: ignore[no-untyped-def]
+        if msg.topic == self.MARKERS:
+            self._markers.add(msg.payload)
+            return
         self.received.append((time.monotonic(), msg.topic, msg.payload))
 
     def messages(self) -> list[tuple[str, bytes]]:
         return [(topic, payload) for _, topic, payload in self.received]
 
     def wait_for(self, n: int, timeout_s: float = 30) -> None:
-        """Wait for n messages, then a little longer to see that no more arrive."""
+        """Wait for n messages, then make sure no more come from what was published before: a
+        marker this client publishes arrives after everything the broker took before it (it
+        handles publishes in order), so once it is back nothing published earlier is on its way."""
         wait_until(lambda: len(self.received) >= n, timeout_s=timeout_s, what=f"{n} messages")
-        time.sleep(0.3)
+        self.settle()
         assert len(self.received) == n
+
+    def settle(self, timeout_s: float = 10) -> None:
+        """Return once everything the broker took before this call has reached this subscriber."""
+        marker = os.urandom(8).hex().encode()
+        self.client.publish(self.MARKERS, marker, qos=1)
+        wait_until(lambda: marker in self._markers, timeout_s=timeout_s, what="the subscriber's marker")
 
     def close(self) -> None:
         self.client.disconnect()

@@ -96,7 +96,7 @@ class Stream:
 
     def _run(self, messages: list[tuple[str, bytes]]) -> None:
         try:
-            self._pub.publish_all(messages, timeout_s=120)
+            self._pub.publish_all(messages, timeout_s=120, rate_per_s=RATE_PER_S)
         except BaseException as exc:
             self.error = exc
 
@@ -220,9 +220,11 @@ def _wait_subscribed(broker: EmbeddedMosquitto, url: str, topic: str) -> None:
         pub.close()
 
 
-# Each fault test streams this many messages (12-15 s for the publisher here): its faults, in the
-# first 10-15 s, meet an ingest that is taking a stream.
+# Each fault test streams this many messages at this rate, 20 s: its faults, in the first 10-20 s,
+# meet an ingest that is taking a stream (published as fast as paho goes, the stream ended before
+# the last faults on a fast host, and a kill of an idle ingest shows nothing).
 TOTAL = 40000
+RATE_PER_S = 2000.0
 
 
 def test_kill_9_at_random_moments_loses_and_doubles_nothing(
