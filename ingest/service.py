@@ -28,6 +28,7 @@ from pantau.errors import StoreError, StoreUnavailable
 from pantau.metrics import SensorKind
 from pantau.mqtt import AsyncMqttClient, BrokerAddress
 from pantau.readings import Problem, Reading, Rejection
+from pantau.service import task_group
 from pantau.settings import Settings
 from pantau.store.migrations import Backend
 from pantau.telemetry import IngestMetrics
@@ -420,24 +421,17 @@ class IngestService:
             log.info("registry: %d sensors", len(self._registry))
             async with self.mqtt:
                 self.ready.set()
-                flush = asyncio.create_task(self._flush_loop())
-                side = asyncio.create_task(self._side_loop())
-                stop = asyncio.create_task(self._stopping.wait())
-                try:
-                    await asyncio.wait({flush, side, stop}, return_when=asyncio.FIRST_COMPLETED)
-                    for task in (flush, side):
-                        if task.done():
-                            task.result()  # a crash of either loop surfaces here
+                async with task_group() as tasks:  # a crash of either loop ends the wait at once, with its error
+                    flush = tasks.create_task(self._flush_loop())
+                    side = tasks.create_task(self._side_loop())
+                    await self._stopping.wait()
                     self.mqtt.pause_reading()
-                    await asyncio.wait_for(flush, _DRAIN_TIMEOUT_S)
-                    side.cancel()
-                    await asyncio.gather(side, return_exceptions=True)
                     try:
-                        await asyncio.wait_for(self._write_last_seen(), _DRAIN_TIMEOUT_S)  # the last batches' too
+                        await asyncio.wait_for(flush, _DRAIN_TIMEOUT_S)  # the batch in hand, committed and acked
                     except TimeoutError:
-                        log.warning("stopping without writing the last sensors' last_seen (database unavailable)")
-                finally:
-                    flush.cancel()
+                        log.warning("stopping with a batch uncommitted (database away): the broker redelivers it")
                     side.cancel()
-                    stop.cancel()
-                    await asyncio.gather(flush, side, stop, return_exceptions=True)
+                try:
+                    await asyncio.wait_for(self._write_last_seen(), _DRAIN_TIMEOUT_S)  # the last batches' too
+                except TimeoutError:
+                    log.warning("stopping without writing the last sensors' last_seen (database unavailable)")

@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import csv
 import fcntl
 import json
 import logging
 import os
-import signal
 import sys
-from collections import Counter
-from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pantau import __version__
 from pantau.errors import AlreadyRunning, ConfigError, PantauError
-from pantau.settings import Settings, load_settings
+from pantau.service import Handler, Service, on_stop_signals, serve
+from pantau.settings import Settings, load_settings, require
 from pantau.telemetry import setup_logging
 
 if TYPE_CHECKING:
@@ -28,22 +25,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pantau")
 
-# A subcommand handler: async (run on a fresh event loop) or, for tools that drive processes and
-# event loops of their own (the benchmark), plain.
-Handler = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int] | int]
-
-
-def _need(settings: Settings, key: str) -> str:
-    value = getattr(settings, key)
-    if not value:
-        raise ConfigError(f"PANTAU_{key.upper()}", "not set (or run `pantau up`, which starts private services)")
-    return str(value)
-
-
-def _install_stop(callback: Callable[[], None]) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, callback)
 
 
 # -- db ---------------------------------------------------------------------------------------
@@ -52,7 +33,7 @@ def _install_stop(callback: Callable[[], None]) -> None:
 async def cmd_db_migrate(args: argparse.Namespace, settings: Settings) -> int:
     from pantau.store import Store
 
-    async with Store.open(_need(settings, "database_url"), settings.store) as store:
+    async with Store.open(require(settings, "database_url"), settings.store) as store:
         backend, applied = await store.migrate()
     for name in applied:
         print(f"applied {name}")
@@ -125,7 +106,7 @@ def _db_info_lines(info: StoreInfo) -> list[str]:
 async def cmd_db_info(args: argparse.Namespace, settings: Settings) -> int:
     from pantau.store import Store
 
-    async with Store.open(_need(settings, "database_url"), settings.store) as store:
+    async with Store.open(require(settings, "database_url"), settings.store) as store:
         info = await store.info()
     print(json.dumps(info.to_json(), indent=2) if args.json else "\n".join(_db_info_lines(info)))
     return 0
@@ -135,7 +116,7 @@ async def cmd_maintain(args: argparse.Namespace, settings: Settings) -> int:
     from pantau.store import Store
     from pantau.store.maintenance import maintain_once, run_maintenance
 
-    url = _need(settings, "database_url")
+    url = require(settings, "database_url")
     unclaimed = timedelta(hours=settings.rules.unclaimed_max_age_h)
     async with Store.open(url, settings.store) as store:
         backend = await store.backend()
@@ -144,14 +125,12 @@ async def cmd_maintain(args: argparse.Namespace, settings: Settings) -> int:
                 report = await maintain_once(conn, backend, settings.store, unclaimed_max_age=unclaimed)
             print(report)
             return 0
-    task = asyncio.ensure_future(run_maintenance(url, backend, settings.store, unclaimed_max_age=unclaimed))
-
-    def _cancel() -> None:
-        task.cancel()
-
-    _install_stop(_cancel)
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    stopping = asyncio.Event()  # upkeep keeps no work in hand: a stop ends it where it is
+    await serve(
+        stopping.wait(),
+        lambda: run_maintenance(url, backend, settings.store, unclaimed_max_age=unclaimed),
+        stop=stopping.set,
+    )
     return 0
 
 
@@ -184,7 +163,7 @@ async def cmd_sensors_add(args: argparse.Namespace, settings: Settings) -> int:
         },
         "sensors add",
     )
-    async with Store.open(_need(settings, "database_url"), settings.store) as store:
+    async with Store.open(require(settings, "database_url"), settings.store) as store:
         inserted, _updated = await store.upsert_sensors([sensor])
     verb = "added" if inserted else "updated"
     print(f"{verb} {sensor.id} ({sensor.kind.value}, {sensor.city}); topic {sensor.topic}")
@@ -196,7 +175,7 @@ async def cmd_sensors_import(args: argparse.Namespace, settings: Settings) -> in
     from pantau.store import Store
 
     sensors = load_manifest(Path(args.file))
-    async with Store.open(_need(settings, "database_url"), settings.store) as store:
+    async with Store.open(require(settings, "database_url"), settings.store) as store:
         inserted, updated = await store.upsert_sensors(sensors)
     print(f"imported {len(sensors)} sensors from {args.file}: {inserted} new, {updated} updated")
     return 0
@@ -205,7 +184,7 @@ async def cmd_sensors_import(args: argparse.Namespace, settings: Settings) -> in
 async def cmd_sensors_list(args: argparse.Namespace, settings: Settings) -> int:
     from pantau.store import Store
 
-    async with Store.open(_need(settings, "database_url"), settings.store) as store:
+    async with Store.open(require(settings, "database_url"), settings.store) as store:
         sensors = await store.sensors(city=args.city, kind=args.kind)
     if args.format == "json":
         print(
@@ -255,58 +234,7 @@ async def cmd_sensors_list(args: argparse.Namespace, settings: Settings) -> int:
 # -- ingest -----------------------------------------------------------------------------------
 
 
-async def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
-    from ingest.service import IngestService
-    from pantau.store import Store
-    from pantau.telemetry import serve_metrics
-
-    _need(settings, "database_url")
-    _need(settings, "mqtt_url")
-    assert settings.database_url is not None
-    async with Store.open(settings.database_url, settings.store) as store:
-        backend = await store.backend()
-    service = IngestService(settings, backend=backend)
-    if settings.ingest.metrics_port >= 0:
-        port = serve_metrics(
-            service.metrics.registry, settings.ingest.metrics_port, setting="PANTAU_INGEST_METRICS_PORT"
-        )
-        log.info("ingest metrics on http://127.0.0.1:%d/metrics", port)
-    _install_stop(service.stop)
-    await service.run()
-    log.info("ingest stopped")
-    return 0
-
-
 # -- rules ------------------------------------------------------------------------------------
-
-
-async def cmd_rules(args: argparse.Namespace, settings: Settings) -> int:
-    from rules.config import load_rules
-    from rules.worker import RuleWorker, rule_pack_path
-
-    path = rule_pack_path(settings, args.file)
-    rules = load_rules(path)  # a RuleFileError names the file, rule and field
-    if args.check:
-        kinds = Counter(rule.kind.value for rule in rules)
-        print(f"{path}: {len(rules.rules)} rules ok ({', '.join(f'{k} {n}' for k, n in sorted(kinds.items()))})")
-        return 0
-    from pantau.store import Store
-    from rules.notify import AlertNotifier
-
-    url = _need(settings, "database_url")
-    async with Store.open(url, settings.store) as store:
-        worker = RuleWorker(store, settings, rules)
-        notifier = AlertNotifier(store, settings)
-        notifying = asyncio.ensure_future(notifier.run())
-        _install_stop(worker.stop)
-        try:
-            await worker.run()
-        finally:
-            notifying.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await notifying
-    log.info("rules stopped")
-    return 0
 
 
 # -- alerts -----------------------------------------------------------------------------------
@@ -320,7 +248,7 @@ async def cmd_alerts_list(args: argparse.Namespace, settings: Settings) -> int:
     from pantau.alerts import AlertStore
     from pantau.store import Store
 
-    async with Store.open(_need(settings, "database_url"), settings.store) as store:
+    async with Store.open(require(settings, "database_url"), settings.store) as store:
         alerts = await AlertStore(store).list_alerts(
             state=args.state, city=args.city, severity=args.severity, rule_id=args.rule, limit=args.limit
         )
@@ -347,7 +275,7 @@ async def cmd_alerts_ack(args: argparse.Namespace, settings: Settings) -> int:
     from pantau.alerts import AlertStore, Outcome
     from pantau.store import Store
 
-    async with Store.open(_need(settings, "database_url"), settings.store) as store:
+    async with Store.open(require(settings, "database_url"), settings.store) as store:
         result = await AlertStore(store).acknowledge(args.id, args.by, reason=args.comment)
     alert = result.alert
     if result.outcome is Outcome.NOT_FOUND or alert is None:
@@ -370,7 +298,7 @@ async def cmd_alerts_resolve(args: argparse.Namespace, settings: Settings) -> in
     from pantau.alerts import AlertStore, Outcome
     from pantau.store import Store
 
-    async with Store.open(_need(settings, "database_url"), settings.store) as store:
+    async with Store.open(require(settings, "database_url"), settings.store) as store:
         result = await AlertStore(store).resolve_by_id(args.id, args.by, reason=args.reason)
     alert = result.alert
     if result.outcome is Outcome.NOT_FOUND or alert is None:
@@ -396,7 +324,7 @@ async def cmd_alerts_silence(args: argparse.Namespace, settings: Settings) -> in
         raise ConfigError("--for", str(exc)) from None
     if duration <= timedelta(0):
         raise ConfigError("--for", "must be longer than 0s")
-    async with Store.open(_need(settings, "database_url"), settings.store) as store:
+    async with Store.open(require(settings, "database_url"), settings.store) as store:
         silence = await AlertStore(store).add_silence(
             sensor_id=args.sensor,
             city=args.city,
@@ -414,7 +342,7 @@ async def cmd_alerts_silences(args: argparse.Namespace, settings: Settings) -> i
     from pantau.alerts import AlertStore
     from pantau.store import Store
 
-    async with Store.open(_need(settings, "database_url"), settings.store) as store:
+    async with Store.open(require(settings, "database_url"), settings.store) as store:
         silences = await AlertStore(store).silences(active_at=None if args.all else datetime.now(UTC))
     for s in silences:
         comment = f" - {s.comment}" if s.comment else ""
@@ -430,7 +358,7 @@ async def cmd_alerts_unsilence(args: argparse.Namespace, settings: Settings) -> 
     from pantau.alerts import AlertStore
     from pantau.store import Store
 
-    async with Store.open(_need(settings, "database_url"), settings.store) as store:
+    async with Store.open(require(settings, "database_url"), settings.store) as store:
         ended = await AlertStore(store).end_silence(args.id, args.by)
     if ended is None:
         print(f"no active or future silence {args.id}", file=sys.stderr)
@@ -440,6 +368,11 @@ async def cmd_alerts_unsilence(args: argparse.Namespace, settings: Settings) -> 
 
 
 # -- up ---------------------------------------------------------------------------------------
+
+
+# What `pantau up` supervises, each a `pantau <name>` process (docs/decisions.md D9). The api joins
+# here once it serves (issue 12), and each can move to a machine of its own for scale-out.
+UP_SERVICES = ("ingest", "maintain", "rules")
 
 
 def _lock_home(home: Path) -> Any:
@@ -531,14 +464,8 @@ async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
             "PANTAU_INGEST_METRICS_PORT": str(metrics_port),
             "PANTAU_HOME": str(home),
         }
-        supervisor = Supervisor(
-            [
-                Component("ingest", ["ingest"], env),
-                Component("maintain", ["maintain"], env),
-                Component("rules", ["rules"], env),
-            ]
-        )
-        _install_stop(supervisor.stop)
+        supervisor = Supervisor([Component(name, [name], env) for name in UP_SERVICES])
+        on_stop_signals(supervisor.stop)
         await supervisor.run()
         print("stopped", flush=True)
         return 0
@@ -553,6 +480,15 @@ async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 # -- parser -----------------------------------------------------------------------------------
 
 
+def _services() -> list[Service]:
+    """The services' main modules, each with `register` and `run` (pantau.service)."""
+    import ingest.main
+    import rules.main
+    import simulators.main
+
+    return [ingest.main, rules.main, simulators.main]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pantau", description="Telemetry backend for smart-city command centres.")
     parser.add_argument("--version", action="version", version=f"pantau {__version__}")
@@ -561,13 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("up", help="run the whole stack (private PostgreSQL and mosquitto unless URLs are set)")
     p.set_defaults(handler=cmd_up)
 
-    p = sub.add_parser("ingest", help="run the MQTT → database ingest service")
-    p.set_defaults(handler=cmd_ingest)
-
-    p = sub.add_parser("rules", help="run the rule engine and alert notifiers over committed readings")
-    p.add_argument("--file", help="rule pack (default: [rules] file, or the shipped deploy/rules.yaml)")
-    p.add_argument("--check", action="store_true", help="validate the rule pack, print a summary and exit")
-    p.set_defaults(handler=cmd_rules)
+    for service in _services():
+        service.register(sub)
 
     p = sub.add_parser("maintain", help="run store upkeep: partitions, rollups, retention")
     p.add_argument("--once", action="store_true", help="one round, then exit")
@@ -659,12 +590,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_rules_bench_arguments(bsub.add_parser("rules", help="publish→alert latency with the whole stack under load"))
 
-    try:
-        from simulators.cli import register as register_simulate
-    except ImportError:  # simulators are optional at this stage
-        pass
-    else:
-        register_simulate(sub)
     return parser
 
 

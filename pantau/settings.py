@@ -290,3 +290,12 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: Path | None
     settings: Settings = _build(Settings, values, env, ENV_PREFIX)
     _check(settings)
     return settings
+
+
+def require(settings: Settings, key: str) -> str:
+    """A connection setting a command cannot run without (`database_url`, `mqtt_url`); ConfigError
+    names its variable when it is not set."""
+    value = getattr(settings, key)
+    if not value:
+        raise ConfigError(f"PANTAU_{key.upper()}", "not set (or run `pantau up`, which starts private services)")
+    return str(value)

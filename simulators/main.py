@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import IO, Any
 
 from pantau.errors import ConfigError
+from pantau.service import Commands
 from pantau.settings import Settings
 from simulators.scenarios import parse_duration
 
 
-def register(sub: Any) -> None:
+def register(sub: Commands) -> None:
     """Add the `simulate` command (and its `replay` and `load` forms) to pantau's CLI."""
     p = sub.add_parser(
         "simulate",
