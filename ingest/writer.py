@@ -165,6 +165,8 @@ class ReadingWriter:
                 assert ts is not None
                 data = self._encode(rows, ts)
                 inserted, conflicts = await self._insert(conn, data, len(rows))
+                if inserted:
+                    await self._raise_latest(conn, rows, ts)
                 if self.backend is Backend.POSTGRES and inserted:
                     minutes = np.unique(ts // 60.0) * 60.0
                     await conn.execute(
@@ -189,6 +191,34 @@ class ReadingWriter:
                 )
                 await conn.execute(f"NOTIFY {BATCHES_CHANNEL}")
         return WriteResult(inserted, len(rows) - inserted - len(conflicts), len(rejections), len(conflicts))
+
+    @staticmethod
+    async def _raise_latest(conn: AsyncConnection, rows: list[Reading], ts: NDArray[np.float64]) -> None:
+        """Move `latest_readings` forward to the batch's newest reading per sensor and metric (the
+        API's wall map reads it, never `readings`). Times go as the microseconds COPY stored, so a
+        latest row's time is exactly its reading's; a value that conflicted with a stored one never
+        moves it (the stored reading is at least as new)."""
+        micros = np.round((ts - _PG_EPOCH_S) * 1e6).astype(np.int64).tolist()
+        newest: dict[tuple[str, str], int] = {}
+        for i, (_t, sensor_id, metric, _value) in enumerate(rows):
+            key = (sensor_id, metric)
+            at = newest.get(key)
+            if at is None or micros[i] > micros[at]:
+                newest[key] = i
+        picked = list(newest.values())
+        await conn.execute(
+            "INSERT INTO latest_readings (sensor_id, metric, ts, value)"
+            " SELECT s, m, timestamptz '2000-01-01 00:00:00+00' + us * interval '1 microsecond', v"
+            " FROM unnest(%s::text[], %s::text[], %s::int8[], %s::float8[]) AS u(s, m, us, v)"
+            " ON CONFLICT (sensor_id, metric) DO UPDATE SET ts = excluded.ts, value = excluded.value"
+            " WHERE latest_readings.ts < excluded.ts",
+            (
+                [rows[i][1] for i in picked],
+                [rows[i][2] for i in picked],
+                [micros[i] for i in picked],
+                [rows[i][3] for i in picked],
+            ),
+        )
 
     async def _insert(self, conn: AsyncConnection, data: bytes, count: int) -> tuple[int, list[Rejection]]:
         """Insert the COPY data; how many rows were new, and the rejections of conflicting values."""

@@ -171,13 +171,53 @@ async def cmd_sensors_add(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_sensors_import(args: argparse.Namespace, settings: Settings) -> int:
-    from pantau.sensors import load_manifest
+    from pantau.sensors import load_city, load_manifest
     from pantau.store import Store
 
     sensors = load_manifest(Path(args.file))
+    city = load_city(Path(args.file))
     async with Store.open(require(settings, "database_url"), settings.store) as store:
         inserted, updated = await store.upsert_sensors(sensors)
+        if city is not None:
+            await store.upsert_city(city)
     print(f"imported {len(sensors)} sensors from {args.file}: {inserted} new, {updated} updated")
+    if city is not None:
+        print(f"city {city.id}: {city.name or '-'}, {city.province or '-'}, {city.timezone} ({city.zone_name})")
+    return 0
+
+
+async def cmd_cities_list(args: argparse.Namespace, settings: Settings) -> int:
+    from pantau.store import Store
+
+    async with Store.open(require(settings, "database_url"), settings.store) as store:
+        cities = await store.cities()
+    if args.format == "json":
+        print(json.dumps([{"id": c.id, "name": c.name, "province": c.province, "timezone": c.timezone,
+                           "zone": c.zone_name} for c in cities], indent=2))  # fmt: skip
+        return 0
+    for c in cities:
+        print(f"{c.id:<16} {c.timezone:<16} {c.zone_name:<5} {c.name}" + (f", {c.province}" if c.province else ""))
+    return 0
+
+
+async def cmd_cities_set(args: argparse.Namespace, settings: Settings) -> int:
+    from pantau.domain import City
+    from pantau.store import Store
+
+    async with Store.open(require(settings, "database_url"), settings.store) as store:
+        known = {c.id: c for c in await store.cities()}
+        old = known.get(args.id)
+        try:
+            city = City(
+                id=args.id,
+                name=args.name if args.name is not None else (old.name if old else ""),
+                province=args.province if args.province is not None else (old.province if old else ""),
+                timezone=args.timezone or (old.timezone if old else "Asia/Jakarta"),
+            )
+        except ValueError as exc:
+            raise ConfigError("--" + str(exc).split(":", 1)[0], str(exc).split(": ", 1)[1]) from None
+        await store.upsert_city(city)
+    print(f"city {city.id}: {city.name or '-'}, {city.province or '-'}, {city.timezone} ({city.zone_name})")
     return 0
 
 
@@ -511,6 +551,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = dbsub.add_parser("info", help="backend, schema version and row counts")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_db_info)
+
+    cities = sub.add_parser("cities", help="the cities of the registry: list, set (name, province, time zone)")
+    csub = cities.add_subparsers(dest="cities_command", metavar="ACTION", required=True)
+    p = csub.add_parser("list", help="list the cities with their time zones")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.set_defaults(handler=cmd_cities_list)
+    p = csub.add_parser("set", help="add or change a city (a fleet import sets it from the manifest)")
+    p.add_argument("id", help="city slug, e.g. kotamobagu")
+    p.add_argument("--name")
+    p.add_argument("--province")
+    p.add_argument("--timezone", help="IANA zone: Asia/Jakarta (WIB), Asia/Makassar (WITA), Asia/Jayapura (WIT)")
+    p.set_defaults(handler=cmd_cities_set)
 
     sensors = sub.add_parser("sensors", help="sensor registry: add, list, import")
     ssub = sensors.add_subparsers(dest="sensors_command", metavar="ACTION", required=True)

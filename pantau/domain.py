@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pantau.metrics import SensorKind
 from pantau.topics import sensor_topic
@@ -84,3 +85,37 @@ class Sensor:
     def topic(self) -> str:
         """The MQTT topic this sensor publishes on."""
         return sensor_topic(self.city, self.kind, self.id)
+
+
+# Indonesia's three zones (no daylight saving): the IANA zone a fleet's whole-hour UTC offset means,
+# and what the screen calls each zone.
+ZONE_OF_OFFSET = {7: "Asia/Jakarta", 8: "Asia/Makassar", 9: "Asia/Jayapura"}
+ZONE_NAMES = {"Asia/Jakarta": "WIB", "Asia/Pontianak": "WIB", "Asia/Makassar": "WITA", "Asia/Jayapura": "WIT"}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class City:
+    """A city of the registry: its slug (as in topics), name, province and IANA time zone. Every
+    "day" pantau speaks of (daily ISPU, daily rain) is the city's local day."""
+
+    id: str
+    name: str = ""
+    province: str = ""
+    timezone: str = "Asia/Jakarta"
+
+    def __post_init__(self) -> None:
+        if not valid_city(self.id):
+            raise ValueError(f"city: {self.id!r} is not a lower-case slug such as 'kotamobagu'")
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"timezone: {self.timezone!r} is not an IANA time zone such as 'Asia/Makassar'") from None
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def zone_name(self) -> str:
+        """WIB, WITA or WIT (the zone's own abbreviation elsewhere)."""
+        return ZONE_NAMES.get(self.timezone) or (self.zone.tzname(datetime.now(self.zone)) or self.timezone)

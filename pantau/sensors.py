@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pantau.domain import Sensor
+from pantau.domain import ZONE_OF_OFFSET, City, Sensor
 from pantau.errors import ManifestError
 from pantau.yamlfile import YamlFileError, read_yaml
 
@@ -115,6 +115,35 @@ def load_yaml(path: Path) -> list[Sensor]:
             raise ManifestError(f"{path}: sensors[{i}]: expected a mapping")
         sensors.append(sensor_from_mapping(item, f"{path}: sensors[{i}] ({item.get('id', '?')})", city))
     return sensors
+
+
+def load_city(path: Path) -> City | None:
+    """The city a YAML fleet manifest describes at its top (`city`, `name`, `province`, and
+    `timezone` or a whole-hour `utc_offset_h`); None for a CSV manifest or one without `city`."""
+    if path.suffix.lower() not in (".yaml", ".yml"):
+        return None
+    try:
+        doc = read_yaml(path)
+    except YamlFileError as exc:
+        raise ManifestError(f"{path}: {exc}") from None
+    if not isinstance(doc, dict) or not doc.get("city"):
+        return None
+    zone = doc.get("timezone")
+    if zone is None and "utc_offset_h" in doc:
+        zone = ZONE_OF_OFFSET.get(doc["utc_offset_h"])
+        if zone is None:
+            raise ManifestError(
+                f"{path}: field 'utc_offset_h': {doc['utc_offset_h']!r} is not 7, 8 or 9 (give 'timezone')"
+            )
+    try:
+        return City(
+            id=str(doc["city"]),
+            name=str(doc.get("name") or ""),
+            province=str(doc.get("province") or ""),
+            timezone=str(zone or "Asia/Jakarta"),
+        )
+    except ValueError as exc:
+        raise ManifestError(f"{path}: field {exc}") from None
 
 
 def load_manifest(path: Path) -> list[Sensor]:

@@ -22,7 +22,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from pantau.domain import Sensor
+from pantau.domain import City, Sensor
 from pantau.errors import StoreError, StoreUnavailable
 from pantau.settings import StoreSettings
 from pantau.store.maintenance import MaintenanceRun, last_run, partition_days
@@ -386,8 +386,27 @@ class Store:
                 """
             )
             flags = [r[0] for r in await cur.fetchall()]
+            # A sensor's city joins the registry (in Jakarta's zone until a fleet import or
+            # `pantau cities set` says otherwise).
+            await conn.execute("INSERT INTO cities (id) SELECT DISTINCT city FROM sensors_in ON CONFLICT DO NOTHING")
         inserted = sum(1 for f in flags if f)
         return inserted, len(flags) - inserted
+
+    async def upsert_city(self, city: City) -> None:
+        """Insert or update a city of the registry."""
+        async with self.connection() as conn:
+            await conn.execute(
+                "INSERT INTO cities (id, name, province, timezone) VALUES (%s, %s, %s, %s)"
+                " ON CONFLICT (id) DO UPDATE SET name = excluded.name, province = excluded.province,"
+                " timezone = excluded.timezone, updated_at = now()",
+                (city.id, city.name, city.province, city.timezone),
+            )
+
+    async def cities(self) -> list[City]:
+        """The registry's cities, by id."""
+        async with self.connection() as conn:
+            cur = await conn.execute("SELECT id, name, province, timezone FROM cities ORDER BY id")
+            return [City(id=r[0], name=r[1], province=r[2], timezone=r[3]) for r in await cur.fetchall()]
 
     async def sensors(self, *, city: str | None = None, kind: str | None = None) -> list[Sensor]:
         """Registered sensors, optionally filtered, ordered by city and id."""

@@ -296,6 +296,31 @@ ALTER TABLE silences ADD COLUMN ended_by text;
 """
 
 
+# The registry's cities (their local day is the API's day) and every sensor's newest value per
+# metric, kept by ingest in each batch's transaction so that the wall map never scans `readings`.
+CITIES_AND_LATEST = """
+CREATE TABLE cities (
+    id          text PRIMARY KEY,         -- the slug of the topics: kotamobagu, sampit
+    name        text NOT NULL DEFAULT '',
+    province    text NOT NULL DEFAULT '',
+    timezone    text NOT NULL DEFAULT 'Asia/Jakarta',  -- IANA: Asia/Jakarta WIB, Asia/Makassar WITA, Asia/Jayapura WIT
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO cities (id) SELECT DISTINCT city FROM sensors;
+
+CREATE TABLE latest_readings (
+    sensor_id   text NOT NULL,
+    metric      text NOT NULL,
+    ts          timestamptz NOT NULL,
+    value       double precision NOT NULL,
+    PRIMARY KEY (sensor_id, metric)
+);
+-- Once, at this migration: what is stored already (later, ingest keeps it).
+INSERT INTO latest_readings (sensor_id, metric, ts, value)
+SELECT DISTINCT ON (sensor_id, metric) sensor_id, metric, ts, value FROM readings ORDER BY sensor_id, metric, ts DESC;
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     version: int
@@ -313,6 +338,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "alerts, alert_events and silences", lambda _b: ALERTS),
     Migration(4, "rule engine hand-off: ingest_batches outbox, claims, checkpoints", lambda _b: RULES_HANDOFF),
     Migration(5, "silences.ended_by: who ended a silence early", lambda _b: SILENCES_ENDED_BY),
+    Migration(
+        6, "cities (name, province, time zone) and every sensor's latest value per metric", lambda _b: CITIES_AND_LATEST
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

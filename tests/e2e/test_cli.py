@@ -256,3 +256,22 @@ def test_bench_ingest_runs_and_reports(tmp_path: Path) -> None:
     runs = {r["name"]: r for r in json.loads(out_json.read_text())}
     assert runs["single"]["readings"] == 2000 and runs["single"]["rate"] > 0
     assert runs["naive"]["readings"] == 200
+
+
+def test_a_fleet_import_fills_the_city_with_its_time_zone(database_url: str) -> None:
+    env = pantau_env(PANTAU_DATABASE_URL=database_url)
+    imported = pantau("sensors", "import", str(REPO / "simulators/fleets/kotamobagu.yaml"), env=env).stdout
+    assert "city kotamobagu: Kotamobagu, Sulawesi Utara, Asia/Makassar (WITA)" in imported
+    pantau("sensors", "add", "--id", "SPG-AQ-09", "--kind", "air", "--city", "sampang", env=env)
+    cities = json.loads(pantau("cities", "list", "--format", "json", env=env).stdout)
+    assert [(c["id"], c["timezone"], c["zone"]) for c in cities] == [
+        ("kotamobagu", "Asia/Makassar", "WITA"),
+        ("sampang", "Asia/Jakarta", "WIB"),  # a sensor's city joins in Jakarta's zone until set
+    ]
+    changed = pantau("cities", "set", "sampang", "--name", "Sampang", "--province", "Jawa Timur", env=env).stdout
+    assert changed.strip() == "city sampang: Sampang, Jawa Timur, Asia/Jakarta (WIB)"
+    bad = pantau("cities", "set", "sampang", "--timezone", "Asia/Atlantis", env=env, check=False)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip() == (
+        "pantau: configuration error: --timezone: 'Asia/Atlantis' is not an IANA time zone such as 'Asia/Makassar'"
+    )

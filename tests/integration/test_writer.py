@@ -49,3 +49,28 @@ async def test_copy_round_trips_times_values_and_names(database_url: str, backen
     want = sorted((sid, metric, micros(ts), value) for ts, sid, metric, value in rows)
     assert sorted(stored) == want
     assert [str(v) for *_x, v in sorted(stored)] == [str(v) for *_x, v in want]  # -0.0 stays -0.0
+
+
+async def test_latest_readings_follow_the_newest_stored_reading(database_url: str, backend: Backend) -> None:
+    # Out-of-order batches, a redelivery, a conflicting value at the newest time and two values for
+    # one key in a batch: latest_readings always holds exactly the newest stored reading per sensor
+    # and metric, time to the microsecond, as a query over `readings` would find it.
+    t0 = time.time() - 3600
+    batches = [
+        [(t0 + 10.0000005, "A", "pm25", 1.0), (t0 + 5, "A", "pm10", 2.0), (t0, "B", "pm25", 3.0)],
+        [(t0 + 2, "A", "pm25", 9.0), (t0 + 20, "B", "pm25", 4.0)],  # older for A: no move
+        [(t0 + 20, "B", "pm25", 4.0)],  # a redelivery
+        [(t0 + 20, "B", "pm25", 99.0)],  # a conflicting value at the newest time: the stored one stays
+        [(t0 + 30, "A", "pm10", 5.0), (t0 + 30, "A", "pm10", 6.0)],  # twice in a batch: the first wins
+    ]
+    async with ReadingWriter(database_url, backend) as writer:
+        for rows in batches:
+            await writer.write(rows, [])
+    with psycopg.connect(database_url) as conn:
+        latest = conn.execute("SELECT sensor_id, metric, ts, value FROM latest_readings ORDER BY 1, 2").fetchall()
+        newest = conn.execute(
+            "SELECT DISTINCT ON (sensor_id, metric) sensor_id, metric, ts, value FROM readings"
+            " ORDER BY sensor_id, metric, ts DESC"
+        ).fetchall()
+    assert latest == newest
+    assert [(s, m, v) for s, m, _ts, v in latest] == [("A", "pm10", 5.0), ("A", "pm25", 1.0), ("B", "pm25", 4.0)]
