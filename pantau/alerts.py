@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -229,6 +229,10 @@ class Silence:
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Silence:
         return cls(**row)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready mapping (times in ISO 8601)."""
+        return {name: _jsonable(getattr(self, name)) for name in self.__dataclass_fields__}
 
     def describe(self) -> str:
         """`sensor KTG-AQ-07` / `city kotamobagu, district Kotamobagu Barat`, plus the rule if any."""
@@ -719,9 +723,14 @@ class AlertStore:
         city: str | None = None,
         severity: Severity | str | None = None,
         rule_id: str | None = None,
+        sensor_id: str | None = None,
+        cities: Sequence[str] | None = None,
+        before: tuple[datetime, int] | None = None,
         limit: int = 100,
     ) -> list[Alert]:
-        """Alerts, newest first. `state`: one state, "active" (open or acknowledged) or "all"."""
+        """Alerts, newest first. `state`: one state, "active" (open or acknowledged) or "all".
+        `cities` limits them to those (a caller's scope); `before` continues a listing after its
+        last alert's (opened_at, id): keyset paging, stable while alerts keep opening."""
         states = {
             "active": ["open", "acknowledged"],
             "all": ["open", "acknowledged", "resolved"],
@@ -733,12 +742,19 @@ class AlertStore:
                 " AND (%(city)s::text IS NULL OR city = %(city)s)"
                 " AND (%(severity)s::text IS NULL OR severity = %(severity)s)"
                 " AND (%(rule_id)s::text IS NULL OR rule_id = %(rule_id)s)"
+                " AND (%(sensor_id)s::text IS NULL OR sensor_id = %(sensor_id)s)"
+                " AND (%(cities)s::text[] IS NULL OR city = ANY(%(cities)s))"
+                " AND (%(before_at)s::timestamptz IS NULL OR (opened_at, id) < (%(before_at)s, %(before_id)s))"
                 " ORDER BY opened_at DESC, id DESC LIMIT %(limit)s",
                 {
                     "states": states,
                     "city": city,
                     "severity": Severity(severity).value if severity else None,
                     "rule_id": rule_id,
+                    "sensor_id": sensor_id,
+                    "cities": list(cities) if cities is not None else None,
+                    "before_at": before[0] if before else None,
+                    "before_id": before[1] if before else None,
                     "limit": limit,
                 },
             )

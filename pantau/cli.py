@@ -410,9 +410,9 @@ async def cmd_alerts_unsilence(args: argparse.Namespace, settings: Settings) -> 
 # -- up ---------------------------------------------------------------------------------------
 
 
-# What `pantau up` supervises, each a `pantau <name>` process (docs/decisions.md D9). The api joins
-# here once it serves (issue 12), and each can move to a machine of its own for scale-out.
-UP_SERVICES = ("ingest", "maintain", "rules")
+# What `pantau up` supervises, each a `pantau <name>` process (docs/decisions.md D9); each can move
+# to a machine of its own for scale-out.
+UP_SERVICES = ("ingest", "maintain", "rules", "api")
 
 
 def _lock_home(home: Path) -> Any:
@@ -451,12 +451,15 @@ async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     from pantau.supervisor import Component, Supervisor
 
     home = settings.home.resolve()
-    ensure_free(settings.ingest.metrics_port, "127.0.0.1", "PANTAU_INGEST_METRICS_PORT")  # before starting anything
     lock = _lock_home(home)
     previous = _previous_endpoints(home)
     pg: EmbeddedPostgres | None = None
     mq: EmbeddedMosquitto | None = None
     try:
+        # The ports pantau's own services listen on, before starting anything (a second `up` on
+        # the same home is told so by the lock first).
+        ensure_free(settings.ingest.metrics_port, "127.0.0.1", "PANTAU_INGEST_METRICS_PORT")
+        ensure_free(settings.api_port, settings.api_host, "PANTAU_API_PORT")
         db_url = settings.database_url
         if db_url is None:
             old_port = urlsplit(previous.get("database_url", "")).port or 0
@@ -481,10 +484,11 @@ async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         metrics_port = settings.ingest.metrics_port
         if metrics_port == 0:
             metrics_port = free_port()
+        api_port = settings.api_port or free_port()
         endpoints = {
             "database_url": db_url,
             "mqtt_url": mqtt_url,
-            "api_url": f"http://{settings.api_host}:{settings.api_port}",
+            "api_url": f"http://{settings.api_host}:{api_port}/api/v1",
             "ingest_metrics_url": f"http://127.0.0.1:{metrics_port}/metrics" if metrics_port > 0 else None,
             "backend": backend.value,
             "pid": os.getpid(),
@@ -494,7 +498,7 @@ async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         path.chmod(0o600)
         print(f"database  {redact_url(db_url)} ({backend.value})")
         print(f"mqtt      {mqtt_url}  (sensors publish to pantau/v1/{{city}}/{{kind}}/{{sensor_id}})")
-        print(f"api       {endpoints['api_url']} (not served yet: the API comes in a later release)")
+        print(f"api       {endpoints['api_url']}  (its reference: {endpoints['api_url']}/openapi.json)")
         if endpoints["ingest_metrics_url"]:
             print(f"metrics   {endpoints['ingest_metrics_url']}")
         print(f"endpoints written to {path}; Ctrl-C stops everything", flush=True)
@@ -502,6 +506,7 @@ async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
             "PANTAU_DATABASE_URL": db_url,
             "PANTAU_MQTT_URL": mqtt_url,
             "PANTAU_INGEST_METRICS_PORT": str(metrics_port),
+            "PANTAU_API_PORT": str(api_port),
             "PANTAU_HOME": str(home),
         }
         supervisor = Supervisor([Component(name, [name], env) for name in UP_SERVICES])
@@ -522,11 +527,12 @@ async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 
 def _services() -> list[Service]:
     """The services' main modules, each with `register` and `run` (pantau.service)."""
+    import api.main
     import ingest.main
     import rules.main
     import simulators.main
 
-    return [ingest.main, rules.main, simulators.main]
+    return [ingest.main, rules.main, api.main, simulators.main]
 
 
 def build_parser() -> argparse.ArgumentParser:

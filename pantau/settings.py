@@ -202,8 +202,8 @@ def _validate_url(key: str, url: str | None, schemes: tuple[str, ...], *, host_i
 def _check(settings: Settings) -> None:
     _validate_url("PANTAU_DATABASE_URL", settings.database_url, ("postgresql", "postgres"), host_in_query=True)
     _validate_url("PANTAU_MQTT_URL", settings.mqtt_url, ("mqtt", "mqtts"))
-    if not 1 <= settings.api_port <= 65535:
-        raise ConfigError("PANTAU_API_PORT", f"expected a port 1-65535, got {settings.api_port}")
+    if not 0 <= settings.api_port <= 65535:
+        raise ConfigError("PANTAU_API_PORT", f"expected a port 1-65535, or 0 for a free one, got {settings.api_port}")
     if settings.log_level.upper() not in _LOG_LEVELS:
         raise ConfigError("PANTAU_LOG_LEVEL", f"expected one of {', '.join(_LOG_LEVELS)}")
     ing = settings.ingest

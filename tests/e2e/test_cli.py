@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -116,7 +117,7 @@ def up_home(tmp_path: Path) -> Iterator[Path]:
 
 def test_up_runs_the_stack_and_lands_readings(up_home: Path) -> None:
     """`pantau up` on embedded defaults: private services, migrations, ingest; a clean stop."""
-    env = pantau_env(PANTAU_HOME=str(up_home), PANTAU_INGEST_METRICS_PORT="0")
+    env = pantau_env(PANTAU_HOME=str(up_home), PANTAU_INGEST_METRICS_PORT="0", PANTAU_API_PORT="0")
     log = (up_home.parent / "up.log").open("wb")
     up = subprocess.Popen([sys.executable, "-m", "pantau", "up"], env=env, cwd=REPO, stdout=log, stderr=log)
     try:
@@ -128,6 +129,16 @@ def test_up_runs_the_stack_and_lands_readings(up_home: Path) -> None:
 
         second = pantau("up", env=env, check=False)
         assert second.returncode == 1 and "already running" in second.stderr
+
+        def cities() -> list[dict[str, str]] | None:  # the API, supervised by up like the rest
+            try:
+                with urllib.request.urlopen(f"{endpoints['api_url']}/cities", timeout=5) as answer:
+                    return list(json.loads(answer.read())["cities"])
+            except OSError:
+                return None
+
+        wait_until(lambda: cities() is not None, timeout_s=60, what="the API")
+        assert cities() == []  # nothing registered yet
 
         db = endpoints["database_url"]
         pantau(
@@ -200,7 +211,7 @@ def test_up_runs_the_stack_and_lands_readings(up_home: Path) -> None:
 
 
 def test_a_killed_up_takes_its_components_along_and_up_starts_again(up_home: Path) -> None:
-    env = pantau_env(PANTAU_HOME=str(up_home), PANTAU_INGEST_METRICS_PORT="0")
+    env = pantau_env(PANTAU_HOME=str(up_home), PANTAU_INGEST_METRICS_PORT="0", PANTAU_API_PORT="0")
     endpoints_file = up_home / "endpoints.json"
     with (up_home.parent / "up.log").open("wb") as log:
         first = subprocess.Popen([sys.executable, "-m", "pantau", "up"], env=env, cwd=REPO, stdout=log, stderr=log)

@@ -370,7 +370,7 @@ def test_every_payload_example_is_published_by_a_command() -> None:
 def stack(tmp_path: Path) -> Iterator[Stack]:
     """`pantau up` as `make up` runs it, under a temporary PANTAU_HOME."""
     home = tmp_path / "home"
-    env = pantau_env(PANTAU_HOME=str(home), PANTAU_INGEST_METRICS_PORT="0")
+    env = pantau_env(PANTAU_HOME=str(home), PANTAU_INGEST_METRICS_PORT="0", PANTAU_API_PORT="0")
     log_path = tmp_path / "up.log"
     with log_path.open("wb") as log:
         up = subprocess.Popen([sys.executable, "-m", "pantau", "up"], env=env, cwd=REPO, stdout=log, stderr=log)

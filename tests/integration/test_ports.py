@@ -65,3 +65,15 @@ def test_up_checks_a_fixed_metrics_port_before_it_starts_anything(tmp_path: Path
         result = run_pantau(["up"], env, timeout_s=120)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith(f"pantau: port {port} on 127.0.0.1 is taken by pid")
+
+
+def test_a_taken_api_port_is_one_line_naming_it(database_url: str, broker: EmbeddedMosquitto) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = run_pantau(["api"], _env(database_url, broker, PANTAU_API_PORT=str(port)), timeout_s=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"pantau: port {port} on 127.0.0.1 is taken by pid {os.getpid()} ("), last
+    assert last.endswith(": set PANTAU_API_PORT to another port, or to 0 for a free one"), last

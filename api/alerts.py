@@ -1,0 +1,180 @@
+"""Alerts: the list the operators work from, one alert's timeline, and their actions (acknowledge,
+resolve, silence, end a silence), through the kernel's alert domain (`pantau.alerts`), the same
+code the CLI uses. Every action records who made it and their note."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiohttp import web
+
+from api.common import actor, answer, json_body
+from api.keys import ALERTS
+from api.openapi import API, Param
+from api.problems import bad_param, not_found
+from pantau.alerts import Alert
+
+LIMIT = Param("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}, "alerts per page")
+CURSOR = Param("cursor", {"type": "string"}, "the next_cursor of the page before")
+ALERT_ID = Param("alert", {"type": "integer"}, "alert id", where="path")
+NOTE = {"type": "object", "properties": {"note": {"type": "string"}}, "additionalProperties": False}
+
+
+def _cursor(alert: Alert) -> str:
+    raw = json.dumps([alert.opened_at.isoformat(), alert.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _after(cursor: str | None) -> tuple[datetime, int] | None:
+    if cursor is None:
+        return None
+    try:
+        at, alert_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return datetime.fromisoformat(at), int(alert_id)
+    except (ValueError, TypeError):
+        raise bad_param("cursor", "the next_cursor of an earlier page") from None
+
+
+@API.get(
+    "/api/v1/alerts",
+    summary="Alerts, newest first, filtered; paged by cursor",
+    tag="alerts",
+    params=[
+        Param(
+            "state",
+            {"type": "string", "enum": ["active", "open", "acknowledged", "resolved", "all"], "default": "active"},
+            "active is open or acknowledged",
+        ),
+        Param("city", {"type": "string"}, "city slug"),
+        Param("severity", {"type": "string", "enum": ["info", "warning", "critical"]}, "severity"),
+        Param("rule", {"type": "string"}, "rule id"),
+        Param("sensor", {"type": "string"}, "sensor id"),
+        LIMIT,
+        CURSOR,
+    ],
+)
+async def list_alerts(request: web.Request) -> web.Response:
+    q = {p.name: p.read(request) for p in next(o for o in API.operations if o.handler is list_alerts).params}
+    limit = int(q["limit"])
+    alerts = await request.app[ALERTS].list_alerts(
+        state=q["state"], city=q["city"], severity=q["severity"], rule_id=q["rule"], sensor_id=q["sensor"],
+        before=_after(q["cursor"]), limit=limit + 1,
+    )  # fmt: skip
+    page = alerts[:limit]
+    more = len(alerts) > limit
+    return answer(request, {"alerts": [a.to_json() for a in page], "next_cursor": _cursor(page[-1]) if more else None})
+
+
+async def _alert(request: web.Request) -> Alert:
+    alert_id = ALERT_ID.read(request)
+    alert = await request.app[ALERTS].get(alert_id)
+    if alert is None:
+        raise not_found(f"alert {alert_id}")
+    return alert
+
+
+@API.get("/api/v1/alerts/{alert}", summary="One alert with its whole event timeline", tag="alerts", params=[ALERT_ID])
+async def get_alert(request: web.Request) -> web.Response:
+    alert = await _alert(request)
+    events = await request.app[ALERTS].events(alert.id)
+    return answer(request, alert.to_json() | {"events": [e.to_json() for e in events]})
+
+
+def _note(body: dict[str, Any]) -> str:
+    note = body.get("note", "")
+    if not isinstance(note, str):
+        raise bad_param("note", "a string")
+    return note
+
+
+@API.post(
+    "/api/v1/alerts/{alert}/ack",
+    summary="Acknowledge an alert: someone is on it (X-Pantau-Actor names who)",
+    tag="alerts",
+    params=[ALERT_ID],
+    body=NOTE,
+)
+async def ack_alert(request: web.Request) -> web.Response:
+    alert = await _alert(request)
+    transition = await request.app[ALERTS].acknowledge(alert.id, actor(request), reason=_note(await json_body(request)))
+    return answer(request, {"outcome": transition.outcome.value, "alert": (await _alert(request)).to_json()})
+
+
+@API.post(
+    "/api/v1/alerts/{alert}/resolve",
+    summary="Resolve an alert by hand (X-Pantau-Actor names who)",
+    tag="alerts",
+    params=[ALERT_ID],
+    body=NOTE,
+)
+async def resolve_alert(request: web.Request) -> web.Response:
+    alert = await _alert(request)
+    transition = await request.app[ALERTS].resolve_by_id(
+        alert.id, actor(request), reason=_note(await json_body(request))
+    )
+    return answer(request, {"outcome": transition.outcome.value, "alert": (await _alert(request)).to_json()})
+
+
+SILENCE_BODY = {
+    "type": "object",
+    "properties": {
+        "sensor": {"type": "string"},
+        "city": {"type": "string"},
+        "district": {"type": "string"},
+        "rule": {"type": "string"},
+        "minutes": {"type": "integer", "minimum": 1, "maximum": 43200},
+        "note": {"type": "string"},
+    },
+    "required": ["minutes", "note"],
+}
+
+
+@API.get("/api/v1/silences", summary="Silences in force now", tag="alerts")
+async def list_silences(request: web.Request) -> web.Response:
+    silences = await request.app[ALERTS].silences(active_at=datetime.now(UTC))
+    return answer(request, {"silences": [s.to_json() for s in silences]})
+
+
+@API.post(
+    "/api/v1/silences",
+    summary="Hold back notifications for a sensor, or a city or district, for some minutes (still recorded)",
+    tag="alerts",
+    body=SILENCE_BODY,
+    responses={201: "Created"},
+)
+async def add_silence(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    who = actor(request)
+    sensor, city = body.get("sensor"), body.get("city")
+    if (sensor is None) == (city is None):
+        raise bad_param("sensor", "a sensor, or else a city (with a district, if any)")
+    minutes = body.get("minutes")
+    if not isinstance(minutes, int) or isinstance(minutes, bool) or not 1 <= minutes <= 43200:
+        raise bad_param("minutes", "an integer from 1 to 43200 (30 days)")
+    note = _note(body)
+    if not note.strip():
+        raise bad_param("note", "why (maintenance, a known fault, ...)")
+    now = datetime.now(UTC)
+    silence = await request.app[ALERTS].add_silence(
+        sensor_id=sensor, city=city, district=body.get("district"), rule_id=body.get("rule"),
+        starts_at=now, ends_at=now + timedelta(minutes=minutes), created_by=who, comment=note,
+    )  # fmt: skip
+    return answer(request, silence.to_json(), status=201)
+
+
+@API.post(
+    "/api/v1/silences/{silence}/end",
+    summary="End a silence now (maintenance finished early; X-Pantau-Actor names who)",
+    tag="alerts",
+    params=[Param("silence", {"type": "integer"}, "silence id", where="path")],
+    body={"type": "object"},
+)
+async def end_silence(request: web.Request) -> web.Response:
+    silence_id = Param("silence", {"type": "integer"}, "", where="path").read(request)
+    ended = await request.app[ALERTS].end_silence(silence_id, actor(request))
+    if ended is None:
+        raise not_found(f"silence {silence_id} in force")
+    return answer(request, ended.to_json())

@@ -1,0 +1,45 @@
+"""The aiohttp application: `create_app(settings)`, as aiohttp's own examples have it (typed
+`web.AppKey`s for shared state, a `cleanup_ctx` that owns the database pool)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+import api.alerts
+import api.health
+import api.registry
+from api.common import answer
+from api.keys import ALERTS, SETTINGS, STORE
+from api.openapi import API
+from api.problems import problems
+from pantau import __version__
+from pantau.alerts import AlertStore
+from pantau.settings import Settings, require
+from pantau.store import Store
+
+assert api.alerts and api.health  # imported for their routes
+
+
+@API.get("/api/v1/openapi.json", summary="This document", tag="meta")
+async def openapi(request: web.Request) -> web.Response:
+    return answer(request, API.document(version=__version__))
+
+
+async def _store(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    async with Store.open(require(settings, "database_url"), settings.store) as store:
+        app[STORE] = store
+        app[ALERTS] = AlertStore(store)
+        yield
+
+
+def create_app(settings: Settings) -> web.Application:
+    """The API for `settings`: routes, the problem+json middleware, and the database pool for the
+    application's life."""
+    app = web.Application(middlewares=[problems])
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_store)
+    API.install(app)
+    return app

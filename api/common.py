@@ -1,0 +1,68 @@
+"""What every handler shares: JSON out (times in UTC with Z, or a city's offset), the actor of a
+write, and the body of a POST."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from aiohttp import web
+
+from api.problems import Problem, bad_param
+
+# Who acts, until access control names the signed-in user or the token's owner (issue 13): every
+# write records it (pantau.alerts refuses a blank one).
+ACTOR_HEADER = "X-Pantau-Actor"
+
+
+def iso(when: datetime | None, zone: ZoneInfo | None = None) -> str | None:
+    """RFC 3339: UTC with Z, or in `zone` with its offset."""
+    if when is None:
+        return None
+    if zone is None:
+        return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return when.astimezone(zone).isoformat()
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return iso(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def body_of(data: Any) -> bytes:
+    return json.dumps(data, ensure_ascii=False, default=_default).encode()
+
+
+def answer(request: web.Request, data: Any, *, etag: bool = False, status: int = 200) -> web.Response:
+    """`data` as JSON; with `etag`, a strong ETag and 304 when the client has it already."""
+    body = body_of(data)
+    headers = {}
+    if etag:
+        tag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+        headers["ETag"] = tag
+        if tag in request.headers.get("If-None-Match", ""):
+            return web.Response(status=304, headers=headers)
+    return web.Response(body=body, status=status, content_type="application/json", headers=headers)
+
+
+def actor(request: web.Request) -> str:
+    """Who makes this write (the X-Pantau-Actor header)."""
+    who = request.headers.get(ACTOR_HEADER, "").strip()
+    if not who:
+        raise Problem(400, "Bad request", f"{ACTOR_HEADER}: say who acts", param=ACTOR_HEADER)
+    return who
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object body."""
+    try:
+        data = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise bad_param("body", "a JSON object") from None
+    if not isinstance(data, dict):
+        raise bad_param("body", "a JSON object")
+    return data

@@ -1,0 +1,157 @@
+"""Routes declared once, with what the OpenAPI 3.1 document says of them.
+
+Handlers are registered with `API.get/post(path, ...)`, naming their parameters and answers; the
+router and `/api/v1/openapi.json` are both made from that one list, and a test holds the running
+app's routes to the document. Query parameters are read through `Param.read`, so the document's
+types and the parsing agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from api.problems import bad_param
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Param:
+    """A query or path parameter: its name, JSON Schema and what it means."""
+
+    name: str
+    schema: dict[str, Any]
+    description: str
+    where: str = "query"
+    required: bool = False
+
+    def read(self, request: web.Request) -> Any:
+        """The parameter's value, checked against its schema (None when absent and optional)."""
+        raw = request.match_info.get(self.name) if self.where == "path" else request.query.get(self.name)
+        if raw is None or raw == "":
+            if self.required:
+                raise bad_param(self.name, "required")
+            return self.schema.get("default")
+        kind = self.schema.get("type")
+        if "enum" in self.schema and raw not in self.schema["enum"]:
+            raise bad_param(self.name, f"one of {', '.join(self.schema['enum'])}, got {raw!r}")
+        if kind == "integer":
+            try:
+                value: Any = int(raw)
+            except ValueError:
+                raise bad_param(self.name, f"an integer, got {raw!r}") from None
+            low, high = self.schema.get("minimum"), self.schema.get("maximum")
+            if (low is not None and value < low) or (high is not None and value > high):
+                raise bad_param(self.name, f"an integer from {low} to {high}, got {value}")
+            return value
+        if self.schema.get("format") == "date-time":
+            try:
+                when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+            except ValueError:
+                raise bad_param(self.name, f"an RFC 3339 time with an offset, got {raw!r}") from None
+            if when.tzinfo is None:
+                raise bad_param(self.name, f"an RFC 3339 time with an offset (Z or +07:00), got {raw!r}")
+            return when
+        return raw
+
+
+@dataclass
+class Operation:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    tag: str
+    params: Sequence[Param] = ()
+    body: dict[str, Any] | None = None
+    responses: dict[int, str] = field(default_factory=dict)
+
+
+class Api:
+    """The operations of the API, in declaration order."""
+
+    def __init__(self) -> None:
+        self.operations: list[Operation] = []
+
+    def _add(self, method: str, path: str, **meta: Any) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            self.operations.append(Operation(method, path, handler, **meta))
+            return handler
+
+        return register
+
+    def get(self, path: str, *, summary: str, tag: str, params: Sequence[Param] = (),
+            responses: dict[int, str] | None = None) -> Callable[[Handler], Handler]:  # fmt: skip
+        return self._add("GET", path, summary=summary, tag=tag, params=params, responses=responses or {200: "OK"})
+
+    def post(self, path: str, *, summary: str, tag: str, params: Sequence[Param] = (), body: dict[str, Any],
+             responses: dict[int, str] | None = None) -> Callable[[Handler], Handler]:  # fmt: skip
+        return self._add(
+            "POST", path, summary=summary, tag=tag, params=params, body=body, responses=responses or {200: "OK"}
+        )
+
+    def install(self, app: web.Application) -> None:
+        for op in self.operations:
+            app.router.add_route(op.method, op.path, op.handler)
+
+    def document(self, *, version: str) -> dict[str, Any]:
+        """The OpenAPI 3.1 document of every operation."""
+        paths: dict[str, dict[str, Any]] = {}
+        problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+        for op in self.operations:
+            entry: dict[str, Any] = {
+                "summary": op.summary,
+                "tags": [op.tag],
+                "operationId": op.handler.__name__,
+                "parameters": [
+                    {
+                        "name": p.name,
+                        "in": p.where,
+                        "required": p.required or p.where == "path",
+                        "description": p.description,
+                        "schema": p.schema,
+                    }
+                    for p in op.params
+                ],
+                "responses": {
+                    **{
+                        str(code): {"description": text, "content": {"application/json": {"schema": {}}}}
+                        for code, text in op.responses.items()
+                    },
+                    "400": {"description": "A parameter is not what was expected", "content": problem},
+                    "404": {"description": "No such resource", "content": problem},
+                    "503": {"description": "The database is unavailable", "content": problem},
+                },
+            }
+            if op.body is not None:
+                entry["requestBody"] = {"required": True, "content": {"application/json": {"schema": op.body}}}
+            paths.setdefault(op.path, {})[op.method.lower()] = entry
+        return {
+            "openapi": "3.1.0",
+            "info": {"title": "pantau", "version": version, "description": "Telemetry of a city's sensors and alerts."},
+            "paths": paths,
+            "components": {
+                "schemas": {
+                    "Problem": {
+                        "type": "object",
+                        "properties": {
+                            "type": {"type": "string"},
+                            "title": {"type": "string"},
+                            "status": {"type": "integer"},
+                            "detail": {"type": "string"},
+                            "instance": {"type": "string"},
+                            "invalid-params": {"type": "array", "items": {"type": "object"}},
+                        },
+                        "required": ["title", "status"],
+                    }
+                }
+            },
+        }
+
+
+API = Api()

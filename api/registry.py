@@ -1,0 +1,151 @@
+"""Cities, sensors and their latest values: what the wall map and the agency's lists read.
+
+Latest values come from `latest_readings`, which ingest keeps in each batch's transaction: one
+indexed read for a whole city, never a scan of `readings`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from api.common import answer, iso
+from api.keys import ALERTS, STORE
+from api.openapi import API, Param
+from api.problems import not_found
+from pantau.domain import City
+
+CITY = Param("city", {"type": "string"}, "city slug, e.g. sampit")
+KIND = Param("kind", {"type": "string", "enum": ["air", "traffic", "flood", "rain"]}, "sensor kind")
+TZ = Param("tz", {"type": "string", "enum": ["utc", "local"], "default": "utc"}, "times in UTC (Z) or the city's zone")
+
+
+def city_json(city: City) -> dict[str, Any]:
+    return {"id": city.id, "name": city.name, "province": city.province, "timezone": city.timezone,
+            "zone": city.zone_name}  # fmt: skip
+
+
+async def _cities(request: web.Request) -> dict[str, City]:
+    return {c.id: c for c in await request.app[STORE].cities()}
+
+
+@API.get("/api/v1/cities", summary="The cities of the registry with their time zones", tag="registry")
+async def list_cities(request: web.Request) -> web.Response:
+    return answer(request, {"cities": [city_json(c) for c in (await _cities(request)).values()]})
+
+
+@API.get(
+    "/api/v1/cities/{city}",
+    summary="One city",
+    tag="registry",
+    params=[Param("city", {"type": "string"}, "city slug", where="path")],
+)
+async def get_city(request: web.Request) -> web.Response:
+    city = (await _cities(request)).get(request.match_info["city"])
+    if city is None:
+        raise not_found(f"city {request.match_info['city']!r}")
+    return answer(request, city_json(city))
+
+
+_SENSOR_COLUMNS = "id, kind, city, district, name, lat, lon, metadata, created_at, last_seen"
+
+
+def _sensor_json(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "kind": row["kind"],
+        "city": row["city"],
+        "district": row["district"],
+        "name": row["name"],
+        "lat": row["lat"],
+        "lon": row["lon"],
+        "river": (row["metadata"] or {}).get("river"),
+        "metadata": row["metadata"],
+        "created_at": iso(row["created_at"]),
+        "last_seen": iso(row["last_seen"]),
+    }
+
+
+@API.get(
+    "/api/v1/sensors",
+    summary="Sensors, filtered by city, kind, district and river",
+    tag="registry",
+    params=[
+        CITY,
+        KIND,
+        Param("district", {"type": "string"}, "district name"),
+        Param("river", {"type": "string"}, "river name (a flood gauge's metadata)"),
+    ],
+)
+async def list_sensors(request: web.Request) -> web.Response:
+    city, kind = CITY.read(request), KIND.read(request)
+    district, river = request.query.get("district"), request.query.get("river")
+    async with request.app[STORE].connection() as conn:
+        cur = await conn.execute(
+            f"SELECT {_SENSOR_COLUMNS} FROM sensors"  # noqa: S608 - a fixed column list
+            " WHERE (%(city)s::text IS NULL OR city = %(city)s) AND (%(kind)s::text IS NULL OR kind = %(kind)s)"
+            " AND (%(district)s::text IS NULL OR district = %(district)s)"
+            " AND (%(river)s::text IS NULL OR metadata->>'river' = %(river)s) ORDER BY city, id",
+            {"city": city, "kind": kind, "district": district, "river": river},
+        )
+        names = [c.name for c in cur.description or ()]
+        rows = [dict(zip(names, r, strict=True)) for r in await cur.fetchall()]
+    return answer(request, {"sensors": [_sensor_json(r) for r in rows]})
+
+
+@API.get(
+    "/api/v1/sensors/{sensor}",
+    summary="One sensor: metadata, last seen, latest value per metric and open alerts",
+    tag="registry",
+    params=[Param("sensor", {"type": "string"}, "sensor id", where="path"), TZ],
+)
+async def get_sensor(request: web.Request) -> web.Response:
+    sensor_id = request.match_info["sensor"]
+    async with request.app[STORE].connection() as conn:
+        cur = await conn.execute(f"SELECT {_SENSOR_COLUMNS} FROM sensors WHERE id = %s", (sensor_id,))  # noqa: S608
+        row = await cur.fetchone()
+        if row is None:
+            raise not_found(f"sensor {sensor_id!r}")
+        names = [c.name for c in cur.description or ()]
+        sensor = dict(zip(names, row, strict=True))
+        cur = await conn.execute(
+            "SELECT metric, ts, value FROM latest_readings WHERE sensor_id = %s ORDER BY metric", (sensor_id,)
+        )
+        latest = await cur.fetchall()
+    zone = (await _cities(request)).get(sensor["city"]) if TZ.read(request) == "local" else None
+    tz = zone.zone if zone else None
+    alerts = await request.app[ALERTS].list_alerts(state="active", sensor_id=sensor_id)
+    return answer(
+        request,
+        _sensor_json(sensor)
+        | {
+            "last_seen": iso(sensor["last_seen"], tz),
+            "latest": {m: {"ts": iso(ts, tz), "value": v} for m, ts, v in latest},
+            "open_alerts": [a.to_json() for a in alerts],
+        },
+    )
+
+
+@API.get(
+    "/api/v1/latest",
+    summary="Every sensor's latest value per metric, for the wall map (ETag; 304 when unchanged)",
+    tag="readings",
+    params=[CITY, KIND],
+)
+async def latest(request: web.Request) -> web.Response:
+    city, kind = CITY.read(request), KIND.read(request)
+    async with request.app[STORE].connection() as conn:
+        cur = await conn.execute(
+            "SELECT s.id, s.city, s.kind, l.metric, l.ts, l.value"
+            " FROM latest_readings l JOIN sensors s ON s.id = l.sensor_id"
+            " WHERE (%(city)s::text IS NULL OR s.city = %(city)s) AND (%(kind)s::text IS NULL OR s.kind = %(kind)s)"
+            " ORDER BY s.id, l.metric",
+            {"city": city, "kind": kind},
+        )
+        rows = await cur.fetchall()
+    sensors: dict[str, dict[str, Any]] = {}
+    for sensor_id, city_id, kind_of, metric, ts, value in rows:
+        entry = sensors.setdefault(sensor_id, {"id": sensor_id, "city": city_id, "kind": kind_of, "values": {}})
+        entry["values"][metric] = {"ts": iso(ts), "value": value}
+    return answer(request, {"sensors": list(sensors.values())}, etag=True)

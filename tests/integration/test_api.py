@@ -1,0 +1,171 @@
+"""The HTTP API against a real PostgreSQL (and a real broker for readiness): cities, sensors,
+latest values, alerts and their actions, errors as problem documents, and the OpenAPI document
+held to the routes."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import psycopg
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from api.app import create_app
+from api.openapi import API
+from ingest.writer import ReadingWriter
+from pantau.alerts import AlertStore
+from pantau.domain import City, Sensor
+from pantau.embedded import EmbeddedMosquitto
+from pantau.mqtt import free_port
+from pantau.settings import Settings
+from pantau.store import Backend, Store
+
+KTG = City(id="kotamobagu", name="Kotamobagu", province="Sulawesi Utara", timezone="Asia/Makassar")
+AIR = Sensor(id="KTG-AQ-01", kind="air", city="kotamobagu", district="Kotamobagu Barat")
+GAUGE = Sensor(id="SPT-WL-01", kind="flood", city="sampit", metadata={"river": "Mentaya"})
+ACTOR = {"X-Pantau-Actor": "rina"}
+
+
+@pytest.fixture
+async def client(settings: Settings, store: Store) -> AsyncIterator[TestClient]:
+    await store.upsert_sensors([AIR, GAUGE])
+    await store.upsert_city(KTG)
+    async with TestClient(TestServer(create_app(settings))) as c:
+        yield c
+
+
+def _problem(doc: dict[str, object], status: int, param: str) -> None:
+    assert doc["status"] == status
+    assert [p["name"] for p in doc["invalid-params"]] == [param]  # type: ignore[union-attr]
+
+
+async def test_every_route_is_in_the_openapi_document_and_back(client: TestClient) -> None:
+    doc = await (await client.get("/api/v1/openapi.json")).json()
+    assert doc["openapi"] == "3.1.0"
+    documented = {(method.upper(), path) for path, ops in doc["paths"].items() for method in ops}
+    routed = {
+        (route.method, route.resource.canonical)
+        for route in client.server.app.router.routes()
+        if route.method != "HEAD" and route.resource is not None
+    }
+    assert documented == routed
+    assert len(documented) == len(API.operations)
+
+
+async def test_cities_and_sensors(client: TestClient) -> None:
+    cities = (await (await client.get("/api/v1/cities")).json())["cities"]
+    assert [(c["id"], c["timezone"], c["zone"]) for c in cities] == [
+        ("kotamobagu", "Asia/Makassar", "WITA"),
+        ("sampit", "Asia/Jakarta", "WIB"),
+    ]
+    missing = await client.get("/api/v1/cities/atlantis")
+    assert missing.status == 404 and missing.content_type == "application/problem+json"
+    assert (await missing.json())["detail"] == "city 'atlantis' does not exist"
+    gauges = (await (await client.get("/api/v1/sensors", params={"river": "Mentaya"})).json())["sensors"]
+    assert [(s["id"], s["river"]) for s in gauges] == [("SPT-WL-01", "Mentaya")]
+    air = (await (await client.get("/api/v1/sensors", params={"city": "kotamobagu", "kind": "air"})).json())["sensors"]
+    assert [s["id"] for s in air] == ["KTG-AQ-01"]
+    bad = await client.get("/api/v1/sensors", params={"kind": "weather"})
+    assert bad.status == 400
+    _problem(await bad.json(), 400, "kind")
+
+
+async def test_latest_values_with_etag_and_local_time(
+    client: TestClient, settings: Settings, backend: Backend, store: Store, database_url: str
+) -> None:
+    t = float(int(time.time()) - 600)
+    async with ReadingWriter(database_url, backend) as writer:  # what ingest does
+        await writer.write(
+            [(t - 60, AIR.id, "pm25", 30.0), (t, AIR.id, "pm25", 41.5), (t, GAUGE.id, "water_level_cm", 180.0)], []
+        )
+    first = await client.get("/api/v1/latest", params={"city": "kotamobagu"})
+    body = await first.json()
+    at = datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
+    values = {"pm25": {"ts": at, "value": 41.5}}
+    assert body == {"sensors": [{"id": AIR.id, "city": "kotamobagu", "kind": "air", "values": values}]}
+    again = await client.get(
+        "/api/v1/latest", params={"city": "kotamobagu"}, headers={"If-None-Match": first.headers["ETag"]}
+    )
+    assert again.status == 304
+    one = await (await client.get(f"/api/v1/sensors/{AIR.id}", params={"tz": "local"})).json()
+    assert one["latest"]["pm25"]["ts"].endswith("+08:00")  # WITA
+    assert one["latest"]["pm25"]["value"] == 41.5 and one["open_alerts"] == []
+    assert (await client.get("/api/v1/sensors/NOPE")).status == 404
+
+
+async def test_alerts_paged_by_cursor_and_acted_on_with_actor_and_note(
+    client: TestClient, store: Store, database_url: str
+) -> None:
+    alerts = AlertStore(store)
+    opened = []
+    for i in range(5):
+        t = await alerts.raise_alert(
+            "air-ispu", f"S{i}", city="kotamobagu", sensor_id=f"S{i}", severity="warning", value=150.0 + i,
+            event_ts=datetime.now(UTC), reason="ISPU",
+        )  # fmt: skip
+        assert t.alert is not None
+        opened.append(t.alert.id)
+    seen, cursor = [], None
+    while True:
+        params = {"limit": "2", "city": "kotamobagu"} | ({"cursor": cursor} if cursor else {})
+        page = await (await client.get("/api/v1/alerts", params=params)).json()
+        seen += [a["id"] for a in page["alerts"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == sorted(opened, reverse=True)  # every alert once, newest first
+
+    no_actor = await client.post(f"/api/v1/alerts/{opened[0]}/ack", json={"note": "on it"})
+    assert no_actor.status == 400
+    _problem(await no_actor.json(), 400, "X-Pantau-Actor")
+    acked = await client.post(f"/api/v1/alerts/{opened[0]}/ack", json={"note": "tim BPBD berangkat"}, headers=ACTOR)
+    assert acked.status == 200 and (await acked.json())["alert"]["acked_by"] == "rina"
+    detail = await (await client.get(f"/api/v1/alerts/{opened[0]}")).json()
+    assert [(e["kind"], e["actor"], e["reason"]) for e in detail["events"]][-1] == (
+        "acknowledged",
+        "rina",
+        "tim BPBD berangkat",
+    )
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT actor, reason FROM alert_events WHERE alert_id = %s AND kind = 'acknowledged'", (opened[0],)
+        ).fetchone()
+    assert row == ("rina", "tim BPBD berangkat")
+    assert (await client.post("/api/v1/alerts/999999/resolve", json={}, headers=ACTOR)).status == 404
+    bad = await client.get("/api/v1/alerts", params={"limit": "lots"})
+    _problem(await bad.json(), 400, "limit")
+    worse = await client.get("/api/v1/alerts", params={"cursor": "not-a-cursor"})
+    _problem(await worse.json(), 400, "cursor")
+
+
+async def test_silences_are_added_listed_and_ended_by_someone(client: TestClient) -> None:
+    made = await client.post(
+        "/api/v1/silences", json={"sensor": AIR.id, "minutes": 60, "note": "kalibrasi"}, headers=ACTOR
+    )
+    assert made.status == 201
+    silence = await made.json()
+    assert (silence["sensor_id"], silence["created_by"], silence["comment"]) == (AIR.id, "rina", "kalibrasi")
+    listed = (await (await client.get("/api/v1/silences")).json())["silences"]
+    assert [s["id"] for s in listed] == [silence["id"]]
+    both = await client.post(
+        "/api/v1/silences", json={"sensor": AIR.id, "city": "kotamobagu", "minutes": 5, "note": "x"}, headers=ACTOR
+    )
+    _problem(await both.json(), 400, "sensor")
+    ended = await client.post(f"/api/v1/silences/{silence['id']}/end", json={}, headers=ACTOR)
+    assert (await ended.json())["ended_by"] == "rina"
+    assert (await (await client.get("/api/v1/silences")).json())["silences"] == []
+
+
+async def test_ready_names_what_is_not(settings: Settings, store: Store, broker: EmbeddedMosquitto) -> None:
+    async with TestClient(TestServer(create_app(settings))) as ok:
+        assert (await ok.get("/healthz")).status == 200
+        ready = await ok.get("/readyz")
+        assert ready.status == 200 and (await ready.json())["broker"]["ok"] is True
+    elsewhere = dataclasses.replace(settings, mqtt_url=f"mqtt://127.0.0.1:{free_port()}")
+    async with TestClient(TestServer(create_app(elsewhere))) as not_ready:
+        answer = await not_ready.get("/readyz")
+        body = await answer.json()
+        assert answer.status == 503 and body["database"]["ok"] is True and body["broker"]["ok"] is False
