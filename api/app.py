@@ -10,6 +10,7 @@ from aiohttp import web
 import api.alerts
 import api.health
 import api.registry
+import api.series
 from api.common import answer
 from api.keys import ALERTS, SETTINGS, STORE
 from api.openapi import API
@@ -19,7 +20,8 @@ from pantau.alerts import AlertStore
 from pantau.settings import Settings, require
 from pantau.store import Store
 
-assert api.alerts and api.health  # imported for their routes
+# The modules whose routes join API as they are imported.
+ROUTES = (api.alerts, api.health, api.registry, api.series)
 
 
 @API.get("/api/v1/openapi.json", summary="This document", tag="meta")
