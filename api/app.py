@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 import api.alerts
+import api.export
 import api.health
 import api.registry
 import api.series
@@ -21,7 +22,7 @@ from pantau.settings import Settings, require
 from pantau.store import Store
 
 # The modules whose routes join API as they are imported.
-ROUTES = (api.alerts, api.health, api.registry, api.series)
+ROUTES = (api.alerts, api.export, api.health, api.registry, api.series)
 
 
 @API.get("/api/v1/openapi.json", summary="This document", tag="meta")

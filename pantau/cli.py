@@ -186,6 +186,48 @@ async def cmd_sensors_import(args: argparse.Namespace, settings: Settings) -> in
     return 0
 
 
+def _rfc3339(key: str, text: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(key, f"expected an RFC 3339 time such as 2026-12-01T00:00:00+07:00, got {text!r}") from None
+    if when.tzinfo is None:
+        raise ConfigError(key, f"{text!r} has no offset (Z, +07:00, +08:00 or +09:00)")
+    return when
+
+
+async def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+
+    from pantau.store import Store
+    from pantau.store.export import ExportFilter, export
+
+    f = ExportFilter(
+        start=_rfc3339("--from", args.start),
+        end=_rfc3339("--to", args.end),
+        sensors=args.sensor or (),
+        city=args.city,
+        kind=args.kind,
+        metrics=args.metric or (),
+    )
+    out = sys.stdout.buffer if args.output in (None, "-") else open(args.output, "wb")  # noqa: SIM115 - closed below
+    written, shown = 0, time.monotonic()
+    try:
+        async with Store.open(require(settings, "database_url"), settings.store) as store, store.connection() as conn:
+            async for chunk in export(conn, f, args.format):
+                out.write(chunk)
+                written += len(chunk)
+                if args.output not in (None, "-") and time.monotonic() - shown > 1.0:
+                    print(f"\r{written / 1e6:,.1f} MB written ...", end="", file=sys.stderr, flush=True)
+                    shown = time.monotonic()
+    finally:
+        if out is not sys.stdout.buffer:
+            out.close()
+    if args.output not in (None, "-"):
+        print(f"\r{written / 1e6:,.1f} MB of {args.format} written to {args.output}", file=sys.stderr)
+    return 0
+
+
 async def cmd_cities_list(args: argparse.Namespace, settings: Settings) -> int:
     from pantau.store import Store
 
@@ -557,6 +599,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = dbsub.add_parser("info", help="backend, schema version and row counts")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_db_info)
+
+    p = sub.add_parser("export", help="readings for a filter and range as CSV or NDJSON (streamed, no row cap)")
+    p.add_argument("--from", dest="start", required=True, help="start, RFC 3339 with an offset")
+    p.add_argument("--to", dest="end", required=True, help="end (excluded), RFC 3339 with an offset")
+    p.add_argument("--city")
+    p.add_argument("--kind", choices=["air", "traffic", "flood", "rain"])
+    p.add_argument("--sensor", action="append", help="sensor id; repeatable")
+    p.add_argument("--metric", action="append", help="metric; repeatable")
+    p.add_argument("--format", choices=["csv", "ndjson"], default="csv")
+    p.add_argument("-o", "--output", help="file (default: standard output)")
+    p.set_defaults(handler=cmd_export)
 
     cities = sub.add_parser("cities", help="the cities of the registry: list, set (name, province, time zone)")
     csub = cities.add_subparsers(dest="cities_command", metavar="ACTION", required=True)
