@@ -5,7 +5,9 @@ the CLI and the API share).
 
 Modules:
     rules.indices    ISPU, US EPA AQI (PM2.5), Siaga levels, BMKG rain classes, degree of saturation / LOS
-    rules.config     YAML rule files → frozen, validated rule values (`load_rules`); default pack deploy/rules.yaml
+    rules.model      the rule values: RuleSet, the rule kinds' frozen dataclasses, Selector, Condition, enums
+    rules.config     YAML rule files → rules.model values, errors naming file, rule and field (`load_rules`);
+                     the default pack is deploy/rules.yaml
     rules.durations  "90s" / "30m" / "1h30m" / "2d" ↔ timedelta
     rules.errors     RuleError (a PantauError) and its subclasses
     rules.engine     the pure evaluation core: readings in event time → RAISE/CLEAR `Signal`s with a

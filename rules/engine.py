@@ -39,9 +39,25 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
+from pantau.alerts import Severity
 from pantau.domain import Sensor
 from pantau.readings import Reading, Rejection
-from rules.config import (
+from rules.durations import format_duration
+from rules.errors import SensorMetadataError
+from rules.indices import (
+    IspuCategories,
+    SiagaLevel,
+    SiagaThresholds,
+    capacity_pcu_h,
+    degree_of_saturation,
+    flow_pcu_h,
+    ispu_station,
+    level_of_service,
+    rain_class,
+    siaga_level,
+    siaga_thresholds,
+)
+from rules.model import (
     AbsenceRule,
     Aggregate,
     CompositeCondition,
@@ -61,27 +77,11 @@ from rules.config import (
     Rule,
     RuleSet,
     Scope,
-    Severity,
     SiagaParams,
     StuckRule,
     ThresholdCondition,
     ThresholdRule,
     level_order,
-)
-from rules.durations import format_duration
-from rules.errors import SensorMetadataError
-from rules.indices import (
-    IspuCategories,
-    SiagaLevel,
-    SiagaThresholds,
-    capacity_pcu_h,
-    degree_of_saturation,
-    flow_pcu_h,
-    ispu_station,
-    level_of_service,
-    rain_class,
-    siaga_level,
-    siaga_thresholds,
 )
 from rules.state import (
     AbsenceState,

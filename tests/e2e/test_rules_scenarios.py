@@ -21,11 +21,12 @@ from typing import Any
 
 from psycopg.rows import dict_row
 
+from pantau.alerts import Severity
 from pantau.embedded import EmbeddedMosquitto
 from pantau.metrics import SensorKind
 from pantau.settings import Settings
 from pantau.store import Store
-from rules.config import Severity, load_rules
+from rules.config import load_rules
 from rules.engine import Engine, Signal, SignalKind
 from simulators.engine import SimConfig, Simulation
 from simulators.fleet import Fleet, load_fleet

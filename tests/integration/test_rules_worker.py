@@ -26,7 +26,8 @@ from pantau.settings import RulesSettings, Settings
 from pantau.store import Store
 from pantau.store.maintenance import maintain_once
 from pantau.store.migrations import Backend
-from rules.config import RuleSet, parse_rules
+from rules.config import parse_rules
+from rules.model import RuleSet
 from rules.worker import RuleWorker, _lowest_priority
 from tests.support import TcpProxy, await_until
 

@@ -9,9 +9,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from pantau.alerts import Severity
 from pantau.domain import Sensor
 from pantau.metrics import SensorKind
-from rules.config import Severity, load_rules, parse_rules
+from rules.config import load_rules, parse_rules
 from rules.engine import Engine, Reading, Signal, SignalKind, Skip, Why
 from simulators.fleet import load_fleet
 from tests.support import MIN, T0, continued

@@ -8,10 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from pantau.alerts import Severity
 from pantau.domain import Reason, Sensor
 from pantau.errors import PantauError
 from pantau.metrics import SensorKind
-from rules.config import (
+from rules.config import load_rules, parse_rules
+from rules.durations import format_duration, parse_duration
+from rules.errors import RuleFileError
+from rules.indices import AtThreshold, IspuCategory, LevelOfService, RainClass, RainPeriod, SiagaLevel
+from rules.model import (
     AbsenceRule,
     Aggregate,
     CompositeRule,
@@ -30,18 +35,12 @@ from rules.config import (
     RuleKind,
     Scope,
     Selector,
-    Severity,
     SiagaParams,
     StuckRule,
     ThresholdCondition,
     ThresholdRule,
     default_levels,
-    load_rules,
-    parse_rules,
 )
-from rules.durations import format_duration, parse_duration
-from rules.errors import RuleFileError
-from rules.indices import AtThreshold, IspuCategory, LevelOfService, RainClass, RainPeriod, SiagaLevel
 
 DEFAULT_PACK = Path(__file__).resolve().parents[2] / "deploy" / "rules.yaml"
 

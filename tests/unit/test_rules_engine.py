@@ -11,9 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from pantau.alerts import Severity
 from pantau.domain import Sensor
 from pantau.metrics import SensorKind
-from rules.config import Severity, load_rules, parse_rules
+from rules.config import load_rules, parse_rules
 from rules.engine import Engine, IndexEvaluator, Reading, Signal, SignalKind, Skip, Why
 from rules.indices import ISPU_P14_2020, ISPU_POLLUTANTS, IspuCategories, ispu_station
 from rules.state import IndexState

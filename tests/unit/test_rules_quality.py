@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from ingest.decode import Decoder
+from pantau.alerts import Severity
 from pantau.domain import Sensor
 from pantau.metrics import SensorKind
-from rules.config import Severity, load_rules, parse_rules
+from rules.config import load_rules, parse_rules
 from rules.engine import Engine, Reading, Rejection, Signal, SignalKind, Skip, Why
 from simulators.engine import SimConfig, Simulation
 from simulators.faults import FaultLog
