@@ -119,6 +119,27 @@ def test_invalid_utf8_is_malformed(payload: bytes) -> None:
     assert "utf-8" in detail
 
 
+@pytest.mark.parametrize(
+    ("payload", "detail"),
+    [
+        (b'{"pm25": "\\ud800"}', "unpaired UTF-16 surrogate \\ud800 at byte 10: JSON text must be valid Unicode"),
+        (
+            b'[{"n": "pm25", "vs": "a\\uDC01b"}]',
+            "unpaired UTF-16 surrogate \\uDC01 at byte 23: JSON text must be valid Unicode",
+        ),
+        (b'{"\\ud83d": 1}', "unpaired UTF-16 surrogate \\ud83d at byte 2: JSON text must be valid Unicode"),
+    ],
+)
+def test_a_lone_surrogate_is_named_where_it_is(payload: bytes, detail: str) -> None:
+    # msgspec's own words were "Input data was truncated".
+    assert only_reason(payload) == (Reason.MALFORMED_JSON, detail)
+
+
+def test_a_surrogate_pair_and_an_escaped_backslash_are_no_lone_surrogate() -> None:
+    rows, problems = decode(b'{"pm25": 12, "note": "\\ud83d\\ude00 \\\\ud800"}')
+    assert rows == [(NOW, AIR_ID, "pm25", 12.0)] and [p[0] for p in problems] == [Reason.UNKNOWN_METRIC]
+
+
 def test_nan_inside_a_string_of_broken_json_is_still_malformed() -> None:
     # The non-finite hint looks only at bare NaN/Infinity tokens, not at text inside strings.
     reason, _ = only_reason(b'{"note": "NaN", "pm25": ')
