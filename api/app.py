@@ -10,6 +10,7 @@ from aiohttp import web
 import api.alerts
 import api.export
 import api.health
+import api.reference
 import api.registry
 import api.series
 from api.common import answer
@@ -22,7 +23,7 @@ from pantau.settings import Settings, require
 from pantau.store import Store
 
 # The modules whose routes join API as they are imported.
-ROUTES = (api.alerts, api.export, api.health, api.registry, api.series)
+ROUTES = (api.alerts, api.export, api.health, api.reference, api.registry, api.series)
 
 
 @API.get("/api/v1/openapi.json", summary="This document", tag="meta")

@@ -169,3 +169,11 @@ async def test_ready_names_what_is_not(settings: Settings, store: Store, broker:
         answer = await not_ready.get("/readyz")
         body = await answer.json()
         assert answer.status == 503 and body["database"]["ok"] is True and body["broker"]["ok"] is False
+
+
+async def test_the_reference_page_is_served_offline(client: TestClient) -> None:
+    page = await client.get("/api/v1/docs")
+    html = await page.text()
+    assert page.status == 200 and page.content_type == "text/html"
+    assert 'fetch("/api/v1/openapi.json")' in html
+    assert "http://" not in html and "https://" not in html  # nothing from elsewhere: it works with the internet cut
