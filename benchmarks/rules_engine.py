@@ -21,9 +21,10 @@ from pathlib import Path
 from ingest.decode import Decoder
 from pantau.domain import Reason
 from pantau.metrics import SensorKind
-from pantau.readings import Reading
+from pantau.readings import Reading, Rejection
 from rules.config import load_rules
-from rules.engine import Engine, Rejection, Signal
+from rules.engine import Engine
+from rules.signals import Signal
 from simulators.engine import SimConfig, Simulation
 from simulators.fleet import load_fleet, scale_fleet
 from simulators.scenarios import load_scenario

@@ -10,8 +10,14 @@ Modules:
                      the default pack is deploy/rules.yaml
     rules.durations  "90s" / "30m" / "1h30m" / "2d" ↔ timedelta
     rules.errors     RuleError (a PantauError) and its subclasses
-    rules.engine     the pure evaluation core: readings in event time → RAISE/CLEAR `Signal`s with a
-                     named `Why`; every rule kind; state export/restore (rules.state, rules.windows)
+    rules.engine     the pure evaluation core: readings in event time → RAISE/CLEAR `Signal`s, through
+                     the pipeline group → order → route → evaluate → finish → reject; state export/restore
+    rules.signals    what evaluation reports: `Signal` with a named `Why`, `EngineStats` with named `Skip`s
+    rules.kinds      one module per rule kind (threshold, rate, index, absence, quality, composite), each an
+                     `Evaluator`; base: the Protocol, the no-op stages, Series, Batch, Context
+    rules.state      per-rule, per-series evaluation state that exports to JSON and loads back
+    rules.windows    trailing windows and the shared histories of the aggregated thresholds
+    rules.main       `pantau rules [--check]`: `register` and `run` (the worker, the notifier beside it)
     rules.worker     `pantau rules`: committed ingest batches (the outbox of docs/decisions.md D10)
                      → engine → alert transitions, exactly once; checkpoint and replay
     rules.notify     alert events → MQTT pantau/v1/{city}/alerts (+ retained snapshot) and webhook

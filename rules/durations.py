@@ -35,3 +35,10 @@ def format_duration(value: timedelta) -> str:
         if count:
             parts.append(f"{count}{unit}")
     return "".join(parts)
+
+
+def format_seconds(seconds: float) -> str:
+    """A number of seconds as rule files write durations ("1h30m"); "12.5s" when not whole."""
+    if seconds == int(seconds) and seconds >= 0:
+        return format_duration(timedelta(seconds=int(seconds)))
+    return f"{seconds:g}s"

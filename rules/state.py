@@ -1,6 +1,6 @@
 """Per-(rule, series) evaluation state: plain dataclasses that export to JSON and load back.
 
-The engine (rules.engine) keeps one of these per rule and sensor (per rule and scope for
+The rule kinds (rules.kinds) keep one of these per rule and sensor (per rule and scope for
 composites). Everything a restart needs to neither lose a pending `for` nor fire a duplicate is
 here: whether the alert is active (and at which index level), since when a pending condition has
 held, the trailing windows, a stuck sensor's current run of unchanged readings, the rejections

@@ -278,8 +278,8 @@ class History:
     It holds the widest of its readers' windows; a reader asks for its own width with
     `Window.summary`. Each reader's far edge is exact to within the history's resolution, which is
     no coarser than the reader's own (`resolution_s`). Readings are pushed once per reading, not
-    once per rule, and a rule that cannot fire need not look at them at all (the engine's
-    ThresholdEvaluator): the history is what lets it skip a sensor without losing the window.
+    once per rule, and a rule that cannot fire need not look at them at all (ThresholdEvaluator,
+    rules.kinds.threshold): the history is what lets it skip a sensor without losing the window.
     """
 
     __slots__ = ("metric", "resolution", "width_s", "windows")

@@ -50,8 +50,9 @@ from pantau.outbox import BATCHES_CHANNEL, OutboxBatch, claim, decode_outbox
 from pantau.readings import Reading, Rejection
 from pantau.settings import SHIPPED_DIR, Settings
 from pantau.store import Store, connect
-from rules.engine import Engine, EngineStats, Signal, SignalKind
+from rules.engine import Engine
 from rules.model import RuleSet
+from rules.signals import EngineStats, Signal, SignalKind
 
 __all__ = ["DEFAULT_RULES_FILE", "RuleWorker", "WorkerStats", "rule_pack_path"]
 

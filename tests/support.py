@@ -25,7 +25,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from ingest.decode import Decoder
 from pantau.metrics import SensorKind
 from pantau.readings import Reading
-from rules.engine import Engine, Signal
+from rules.engine import Engine
+from rules.signals import Signal
 
 REPO = Path(__file__).resolve().parent.parent
 

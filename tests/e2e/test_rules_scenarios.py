@@ -27,7 +27,8 @@ from pantau.metrics import SensorKind
 from pantau.settings import Settings
 from pantau.store import Store
 from rules.config import load_rules
-from rules.engine import Engine, Signal, SignalKind
+from rules.engine import Engine
+from rules.signals import Signal, SignalKind
 from simulators.engine import SimConfig, Simulation
 from simulators.fleet import Fleet, load_fleet
 from simulators.scenarios import load_scenario

@@ -12,8 +12,10 @@ from typing import Any
 from pantau.alerts import Severity
 from pantau.domain import Sensor
 from pantau.metrics import SensorKind
+from pantau.readings import Reading
 from rules.config import load_rules, parse_rules
-from rules.engine import Engine, Reading, Signal, SignalKind, Skip, Why
+from rules.engine import Engine
+from rules.signals import Signal, SignalKind, Skip, Why
 from simulators.fleet import load_fleet
 from tests.support import MIN, T0, continued
 from tests.support import minutes as at

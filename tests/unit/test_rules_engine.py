@@ -14,9 +14,12 @@ import pytest
 from pantau.alerts import Severity
 from pantau.domain import Sensor
 from pantau.metrics import SensorKind
+from pantau.readings import Reading
 from rules.config import load_rules, parse_rules
-from rules.engine import Engine, IndexEvaluator, Reading, Signal, SignalKind, Skip, Why
+from rules.engine import Engine
 from rules.indices import ISPU_P14_2020, ISPU_POLLUTANTS, IspuCategories, ispu_station
+from rules.kinds.index import IndexEvaluator
+from rules.signals import Signal, SignalKind, Skip, Why
 from rules.state import IndexState
 from simulators.engine import SimConfig, Simulation
 from simulators.fleet import load_fleet

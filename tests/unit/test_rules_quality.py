@@ -13,8 +13,10 @@ from ingest.decode import Decoder
 from pantau.alerts import Severity
 from pantau.domain import Sensor
 from pantau.metrics import SensorKind
+from pantau.readings import Reading, Rejection
 from rules.config import load_rules, parse_rules
-from rules.engine import Engine, Reading, Rejection, Signal, SignalKind, Skip, Why
+from rules.engine import Engine
+from rules.signals import Signal, SignalKind, Skip, Why
 from simulators.engine import SimConfig, Simulation
 from simulators.faults import FaultLog
 from simulators.fleet import load_fleet
