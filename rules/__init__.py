@@ -20,5 +20,7 @@ Modules:
     rules.main       `pantau rules [--check]`: `register` and `run` (the worker, the notifier beside it)
     rules.worker     `pantau rules`: committed ingest batches (the outbox of docs/decisions.md D10)
                      → engine → alert transitions, exactly once; checkpoint and replay
-    rules.notify     alert events → MQTT pantau/v1/{city}/alerts (+ retained snapshot) and webhook
+    rules.notify     `AlertNotifier`: alert events → each sink in commit order, none lost, none doubled
+                     (LISTEN pantau_alerts, a lane and a cursor per sink, gaps of uncommitted ids)
+    rules.sinks      where events go: MQTT pantau/v1/{city}/alerts (+ retained snapshot) and webhook
 """

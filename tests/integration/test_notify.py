@@ -32,7 +32,8 @@ from pantau.settings import Settings
 from pantau.store import Store, connect
 from pantau.topics import alerts_topic, open_alerts_topic
 from rules import notify
-from rules.notify import AlertNotifier, _retry_after, _Seen, idempotency_key
+from rules.notify import AlertNotifier, _Seen
+from rules.sinks import _retry_after, idempotency_key
 from tests.support import TcpProxy, await_until
 
 CITY = "kotamobagu"
