@@ -7,6 +7,10 @@ rule), duplicate ids, durations, metric names against the registry and the selec
 thresholds inside the metric's plausible range, hysteresis that does not overlap its trigger,
 severities that do not fall as an index level worsens. Every error names the file, the rule and
 the field: `deploy/rules.yaml: rule 'pm25-high' (rules[3]): field 'for': '5x' is not a duration`.
+
+The whole file format is read here, one `_parse_<kind>` per rule kind in the order docs/rules.md
+gives them, on one set of field helpers (`_Fields`): about 700 lines, kept together so that a rule
+file's every check is found in one place.
 """
 
 from __future__ import annotations

@@ -20,6 +20,9 @@ here and in `docs/rules.md`, and each is a parameter:
   the level below).
 - Level of service (PM 96/2015): each upper bound is inclusive (A: DS ≤ 0.20, B: 0.20 < DS ≤ 0.44,
   …, F: DS > 1.00), which closes the gaps of the two-decimal table (0.20 → 0.21) without rounding.
+
+About 800 lines, a section per index, in one module because they share the threshold conventions
+above and the scalar/array pairs that the tests hold to the same results.
 """
 
 from __future__ import annotations
