@@ -100,6 +100,8 @@ class NotifierStats:
     duplicates: int = 0  # events seen again (a catch-up overlapping the live stream) and dropped
     reconnects: int = 0
     gaps_given_up: int = 0  # ids never committed (rolled back), given up after the gap check
+    upkeeps: int = 0  # rounds of gap checks and cursor saves done (every _CURSOR_SAVE_S)
+    lock_refusals: int = 0  # times another notifier held the lock when this one asked for it
     sinks: dict[str, SinkStats] = field(default_factory=dict)
 
     def __getitem__(self, sink: str) -> SinkStats:
@@ -429,8 +431,10 @@ class AlertNotifier:
             log.warning("notify: another notifier took over while we were disconnected; standing by")
             await self._end_session()
         log.warning("notify: another notifier is running on this database; standing by")
+        self.stats.lock_refusals += 1
         waited = 0.0
         while not await _try_lock(conn):
+            self.stats.lock_refusals += 1
             await asyncio.sleep(_LOCK_RETRY_S)
             waited += _LOCK_RETRY_S
             if waited >= _LOCK_WAIT_LOG_S:
@@ -582,6 +586,7 @@ class AlertNotifier:
                         continue
                     await self._check_gaps(self._seen)
                     await self._save_cursors()
+                    self.stats.upkeeps += 1
                 if failing:
                     log.info("notify: cursors saved again")
                 failing = False

@@ -175,6 +175,12 @@ async def raise_(
     )
 
 
+async def upkeeps(notifier: AlertNotifier, rounds: int) -> None:
+    """Wait until the notifier has done `rounds` more rounds of gap checks and cursor saves."""
+    target = notifier.stats.upkeeps + rounds
+    await await_until(lambda: notifier.stats.upkeeps >= target, timeout_s=10, what=f"{rounds} cursor saves")
+
+
 async def cursors(store: Store) -> dict[str, int]:
     async with store.connection() as conn:
         cur = await conn.execute("SELECT sink, last_event FROM notify_cursors")
@@ -298,12 +304,12 @@ async def test_events_committed_while_the_broker_is_down_arrive_when_it_is_back(
 ) -> None:
     watcher = MqttWatcher(broker, f"pantau/v1/{CITY}/alerts", client_id=f"watcher-{secrets.token_hex(3)}")
     try:
-        async with running(store, configure(settings)):
+        async with running(store, configure(settings)) as notifier:
             first = event_id(await raise_(alerts, "KTG-AQ-07"))
             await await_until(lambda: watcher.event_ids() == [first], timeout_s=5, what="the first event")
             await asyncio.to_thread(broker.stop)
             second = event_id(await raise_(alerts, "KTG-AQ-07", "critical"))
-            await asyncio.sleep(1.5)
+            await upkeeps(notifier, 2)  # two rounds of cursor saves with the event read and unacknowledged
             assert (await cursors(store))["mqtt"] == first  # not past an event the broker has not acknowledged
             await asyncio.to_thread(broker.start)
             await await_until(lambda: second in watcher.event_ids(), timeout_s=10, what="the event sent meanwhile")
@@ -460,7 +466,7 @@ async def test_out_of_order_commits_and_rollbacks_hold_the_cursor_but_lose_nothi
         fast = event_id(await raise_(alerts, "KTG-AQ-02"))
         assert fast > gap
         await await_until(lambda: watcher.event_ids() == [fast], timeout_s=5, what="the later event")
-        await asyncio.sleep(2.5)  # two cursor saves and gap checks
+        await upkeeps(notifier, 2)  # two cursor saves and gap checks with the gap open
         assert (await cursors(store))["mqtt"] == gap - 1  # not past the open transaction's event
         await slow.commit()
         await slow.close()
@@ -518,7 +524,7 @@ async def test_a_second_notifier_stands_by_and_takes_over_from_the_cursor(
         second = AlertNotifier(store, cfg)
         standby = asyncio.create_task(second.run())
         try:
-            await asyncio.sleep(1.0)
+            await await_until(lambda: second.stats.lock_refusals >= 2, timeout_s=10, what="the second asking twice")
             assert not second.ready.is_set()
             first_ids.append(event_id(await raise_(alerts, "KTG-AQ-07")))
             await await_until(lambda: watcher.event_ids() == first_ids, timeout_s=5, what="the first event")
