@@ -181,7 +181,6 @@ def test_config_error_is_a_pantau_error_with_the_key() -> None:
 @pytest.mark.parametrize(
     ("key", "value"),
     [
-        ("PANTAU_API_PORT", "0"),
         ("PANTAU_API_PORT", "65536"),
         ("PANTAU_API_PORT", "-1"),
         ("PANTAU_API_PORT", "http"),
@@ -196,7 +195,12 @@ def test_bad_api_port(tmp_path: Path, key: str, value: str) -> None:
 
 def test_bad_port_in_the_file_names_the_key(tmp_path: Path) -> None:
     error = config_error({}, write(tmp_path, "api_port = 70000\n"))
-    assert str(error) == "PANTAU_API_PORT: expected a port 1-65535, got 70000"
+    assert str(error) == "PANTAU_API_PORT: expected a port 1-65535, or 0 for a free one, got 70000"
+
+
+def test_api_port_0_asks_for_a_free_one(tmp_path: Path) -> None:
+    # Every listening port is either chosen free (0) or fails with one clear line (issue 11).
+    assert load_settings({"PANTAU_API_PORT": "0"}, write(tmp_path, "")).api_port == 0
 
 
 @pytest.mark.parametrize(
