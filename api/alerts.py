@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,7 +16,7 @@ from api.common import actor, answer, json_body
 from api.keys import ALERTS
 from api.openapi import API, Param
 from api.problems import bad_param, not_found
-from pantau.alerts import Alert
+from pantau.alerts import Alert, Transition
 
 LIMIT = Param("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}, "alerts per page")
 CURSOR = Param("cursor", {"type": "string"}, "the next_cursor of the page before")
@@ -98,9 +99,7 @@ def _note(body: dict[str, Any]) -> str:
     body=NOTE,
 )
 async def ack_alert(request: web.Request) -> web.Response:
-    alert = await _alert(request)
-    transition = await request.app[ALERTS].acknowledge(alert.id, actor(request), reason=_note(await json_body(request)))
-    return answer(request, {"outcome": transition.outcome.value, "alert": (await _alert(request)).to_json()})
+    return await _act(request, request.app[ALERTS].acknowledge)
 
 
 @API.post(
@@ -111,10 +110,15 @@ async def ack_alert(request: web.Request) -> web.Response:
     body=NOTE,
 )
 async def resolve_alert(request: web.Request) -> web.Response:
+    return await _act(request, request.app[ALERTS].resolve_by_id)
+
+
+async def _act(request: web.Request, action: Callable[..., Awaitable[Transition]]) -> web.Response:
+    """An alert action of the kernel's alert store, by the request's actor, with its note; answers
+    the outcome and the alert as it is now."""
     alert = await _alert(request)
-    transition = await request.app[ALERTS].resolve_by_id(
-        alert.id, actor(request), reason=_note(await json_body(request))
-    )
+    who, note = actor(request), _note(await json_body(request))
+    transition = await action(alert.id, who, reason=note)
     return answer(request, {"outcome": transition.outcome.value, "alert": (await _alert(request)).to_json()})
 
 
