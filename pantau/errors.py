@@ -4,6 +4,8 @@ PantauError
  ├── ConfigError            a bad or missing setting; names the key
  ├── InvalidArgument        a value handed to a domain call is unusable (a blank actor); names the
  │                          argument (also a ValueError)
+ ├── SensorMetadataError    a sensor lacks metadata an index needs (Siaga levels, capacity); names the
+ │                          sensor and the key
  ├── ManifestError          a bad sensor manifest (CSV/YAML); names the file, row and field
  ├── StoreError             PostgreSQL trouble
  │    ├── StoreUnavailable  the server cannot be reached (retry with backoff)
@@ -69,3 +71,13 @@ class PortInUse(PantauError):
 
 class AlreadyRunning(PantauError):
     """Another `pantau up` holds the state directory."""
+
+
+class SensorMetadataError(PantauError):
+    """A sensor's metadata lacks a key an index needs, or holds a bad value there."""
+
+    def __init__(self, sensor_id: str, key: str, problem: str) -> None:
+        super().__init__(f"sensor {sensor_id!r}: metadata {key!r}: {problem}")
+        self.sensor_id = sensor_id
+        self.key = key
+        self.problem = problem

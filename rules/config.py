@@ -29,11 +29,11 @@ from typing import Any, TypeVar
 
 from pantau.alerts import Severity
 from pantau.domain import Reason, valid_city, valid_sensor_id
+from pantau.indices import ISPU_P14_2020, AtThreshold, RainClass, RainPeriod, SiagaLevel
 from pantau.metrics import METRICS, SensorKind, metrics_for
 from pantau.yamlfile import SMALL_FILE_LOADER, YamlFileError, read_yaml
 from rules.durations import parse_duration
 from rules.errors import RuleFileError
-from rules.indices import ISPU_P14_2020, AtThreshold, RainClass, RainPeriod, SiagaLevel
 from rules.model import (
     AbsenceRule,
     Aggregate,

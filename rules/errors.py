@@ -2,8 +2,9 @@
 
 PantauError
  └── RuleError               anything the rules package raises on purpose
-      ├── RuleFileError      a rule file cannot be loaded; names the file, the rule and the field
-      └── SensorMetadataError a sensor lacks metadata an index needs; names the sensor and the key
+      └── RuleFileError      a rule file cannot be loaded; names the file, the rule and the field
+
+(A sensor lacking metadata an index needs is the kernel's pantau.errors.SensorMetadataError.)
 """
 
 from __future__ import annotations
@@ -23,13 +24,3 @@ class RuleFileError(RuleError):
         self.path = path
         self.rule = rule
         self.field = field
-
-
-class SensorMetadataError(RuleError):
-    """A sensor's metadata lacks a key an index needs, or holds a bad value there."""
-
-    def __init__(self, sensor_id: str, key: str, problem: str) -> None:
-        super().__init__(f"sensor {sensor_id!r}: metadata {key!r}: {problem}")
-        self.sensor_id = sensor_id
-        self.key = key
-        self.problem = problem

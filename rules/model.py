@@ -25,8 +25,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from pantau.alerts import Severity
 from pantau.domain import Reason, Sensor
-from pantau.metrics import SensorKind
-from rules.indices import (
+from pantau.indices import (
     ISPU_P14_2020,
     AtThreshold,
     IspuCategory,
@@ -36,6 +35,7 @@ from rules.indices import (
     RainPeriod,
     SiagaLevel,
 )
+from pantau.metrics import SensorKind
 
 __all__ = [
     "AbsenceRule",
@@ -151,7 +151,7 @@ class Aggregate(StrEnum):
 
 
 class IndexName(StrEnum):
-    """The domain index an index_band rule evaluates (rules.indices)."""
+    """The domain index an index_band rule evaluates (pantau.indices)."""
 
     ISPU = "ispu"
     SIAGA = "siaga"
@@ -316,7 +316,7 @@ class SiagaParams:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LosParams:
-    """Level of service: pcu per counted vehicle (see rules.indices.flow_pcu_h)."""
+    """Level of service: pcu per counted vehicle (see pantau.indices.flow_pcu_h)."""
 
     pcu_factor: float = 1.0
 

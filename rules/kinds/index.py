@@ -1,4 +1,4 @@
-"""index_band: a sensor's index level (ISPU, Siaga, LOS, BMKG rain class; rules.indices) mapped to
+"""index_band: a sensor's index level (ISPU, Siaga, LOS, BMKG rain class; pantau.indices) mapped to
 a severity, one alert per sensor that escalates and de-escalates with the level.
 """
 
@@ -9,8 +9,8 @@ from functools import partial
 from typing import Any
 
 from pantau.domain import Sensor
-from rules.errors import SensorMetadataError
-from rules.indices import (
+from pantau.errors import SensorMetadataError
+from pantau.indices import (
     IspuCategories,
     SiagaLevel,
     SiagaThresholds,
@@ -161,7 +161,7 @@ class IndexEvaluator(BaseEvaluator):
         return los, lambda: (ds, f"LOS {los.value}: degree of saturation {ds:.2f}")
 
     def _ispu(self, sensor: Sensor, st: IndexState, ts: float, values: dict[str, float]) -> _Level | None:
-        # The station's category from each pollutant's window mean (rules.indices.IspuCategories);
+        # The station's category from each pollutant's window mean (pantau.indices.IspuCategories);
         # the index and critical pollutant only if the alert moves (`_ispu_detail`).
         widths, categories = self._widths, self._categories
         assert categories is not None

@@ -11,11 +11,11 @@ import pytest
 from pantau.alerts import Severity
 from pantau.domain import Reason, Sensor
 from pantau.errors import PantauError
+from pantau.indices import AtThreshold, IspuCategory, LevelOfService, RainClass, RainPeriod, SiagaLevel
 from pantau.metrics import SensorKind
 from rules.config import load_rules, parse_rules
 from rules.durations import format_duration, parse_duration
 from rules.errors import RuleFileError
-from rules.indices import AtThreshold, IspuCategory, LevelOfService, RainClass, RainPeriod, SiagaLevel
 from rules.model import (
     AbsenceRule,
     Aggregate,

@@ -13,11 +13,11 @@ import pytest
 
 from pantau.alerts import Severity
 from pantau.domain import Sensor
+from pantau.indices import ISPU_P14_2020, ISPU_POLLUTANTS, IspuCategories, ispu_station
 from pantau.metrics import SensorKind
 from pantau.readings import Reading
 from rules.config import load_rules, parse_rules
 from rules.engine import Engine
-from rules.indices import ISPU_P14_2020, ISPU_POLLUTANTS, IspuCategories, ispu_station
 from rules.kinds.index import IndexEvaluator
 from rules.signals import Signal, SignalKind, Skip, Why
 from rules.state import IndexState
@@ -461,7 +461,7 @@ def test_ispu_state_round_trips_mid_window() -> None:
 def test_ispu_per_reading_category_and_transition_text_match_the_full_station_ispu(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Per reading the engine scores only the station's category (rules.indices.IspuCategories) and
+    # Per reading the engine scores only the station's category (pantau.indices.IspuCategories) and
     # computes the index and reason text when the alert moves. Shadow every step with the full
     # `ispu_station` of the same window means: the same category, and `describe` gives exactly the
     # value and text a transition at that step carries. Values straddle category edges and breakpoints,

@@ -43,7 +43,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from pantau.domain import Sensor
-from rules.errors import SensorMetadataError
+from pantau.errors import SensorMetadataError
 
 __all__ = [
     "BMKG_DAILY_MM",
@@ -341,7 +341,7 @@ class IspuCategories:
     The rule engine needs a station's *category* at every reading and its index and critical
     pollutant only when an alert moves. A sub-index's category is a non-decreasing function of the
     concentration (the interpolation is monotone, and so are rounding and banding: the property
-    tests in tests/unit/test_rules_indices.py), so for each pollutant it steps up at fixed
+    tests in tests/unit/test_indices.py), so for each pollutant it steps up at fixed
     concentrations: `edges[pollutant][k - 1]` is the smallest double whose category is the k-th
     or worse. They are found once per table by bisecting over the doubles themselves (ordered
     like their bit patterns when not negative) with `ispu_subindex` as the oracle, so
