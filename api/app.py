@@ -7,12 +7,16 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+import api.air
 import api.alerts
 import api.export
+import api.flood
 import api.health
+import api.overview
 import api.reference
 import api.registry
 import api.series
+import api.traffic
 from api.common import answer
 from api.keys import ALERTS, SETTINGS, STORE
 from api.openapi import API
@@ -23,7 +27,10 @@ from pantau.settings import Settings, require
 from pantau.store import Store
 
 # The modules whose routes join API as they are imported.
-ROUTES = (api.alerts, api.export, api.health, api.reference, api.registry, api.series)
+ROUTES = (
+    api.air, api.alerts, api.export, api.flood, api.health, api.overview, api.reference, api.registry, api.series,
+    api.traffic,
+)  # fmt: skip
 
 
 @API.get("/api/v1/openapi.json", summary="This document", tag="meta")

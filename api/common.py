@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
+from psycopg import AsyncConnection
 
-from api.problems import Problem, bad_param
+from api.keys import STORE
+from api.problems import Problem, bad_param, not_found
+from pantau.domain import City
 
 # Who acts, until access control names the signed-in user or the token's owner (issue 13): every
 # write records it (pantau.alerts refuses a blank one).
@@ -66,3 +71,24 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise bad_param("body", "a JSON object")
     return data
+
+
+# Every query a request makes runs under this budget: past it, a 422 with a hint (the `problems`
+# middleware turns a cancelled statement into one), never a worker held for minutes.
+STATEMENT_TIMEOUT_MS = 5000
+
+
+@asynccontextmanager
+async def statement_budget(conn: AsyncConnection, timeout_ms: int = STATEMENT_TIMEOUT_MS) -> AsyncIterator[None]:
+    """A transaction on `conn` whose statements are cancelled after `timeout_ms`."""
+    async with conn.transaction():
+        await conn.execute(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
+        yield
+
+
+async def city_or_404(request: web.Request, city_id: str) -> City:
+    """The registry's city `city_id`, or a 404 naming it."""
+    for city in await request.app[STORE].cities():
+        if city.id == city_id:
+            return city
+    raise not_found(f"city {city_id!r}")

@@ -50,6 +50,8 @@ class Param:
                 raise bad_param(self.name, f"an integer from {low} to {high}, got {value}")
             return value
         if self.schema.get("format") == "date-time":
+            if len(raw) > 6 and raw[-6] == " " and "T" in raw:  # a "+07:00" typed into a URL arrives as " 07:00"
+                raw = raw[:-6] + "+" + raw[-5:]
             try:
                 when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
             except ValueError:

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import psycopg
 from aiohttp import web
 
 from pantau.errors import InvalidArgument, StoreUnavailable
@@ -71,6 +72,10 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         log.warning("database unavailable for %s %s", request.method, request.path)
         return problem_response(
             Problem(503, "Database unavailable", "try again shortly"), request, {"Retry-After": "5"}
+        )
+    except psycopg.errors.QueryCanceled:
+        return problem_response(
+            Problem(422, "Over the query budget", "the query took too long: narrow the range or the filter"), request
         )
     except web.HTTPException as exc:
         if exc.status < 400:

@@ -6,6 +6,7 @@ indexed read for a whole city, never a scan of `readings`.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -15,9 +16,14 @@ from api.keys import ALERTS, STORE
 from api.openapi import API, Param
 from api.problems import not_found
 from pantau.domain import City
+from pantau.store import views
 
 CITY = Param("city", {"type": "string"}, "city slug, e.g. sampit")
 KIND = Param("kind", {"type": "string", "enum": ["air", "traffic", "flood", "rain"]}, "sensor kind")
+STATUS = Param(
+    "status", {"type": "string", "enum": list(views.STATUSES)},
+    "ok; offline (silent 15 min); rejected (its newest message was); stuck (a metric unchanged over an hour)",
+)  # fmt: skip
 TZ = Param("tz", {"type": "string", "enum": ["utc", "local"], "default": "utc"}, "times in UTC (Z) or the city's zone")
 
 
@@ -76,10 +82,11 @@ def _sensor_json(row: dict[str, Any]) -> dict[str, Any]:
         KIND,
         Param("district", {"type": "string"}, "district name"),
         Param("river", {"type": "string"}, "river name (a flood gauge's metadata)"),
+        STATUS,
     ],
 )
 async def list_sensors(request: web.Request) -> web.Response:
-    city, kind = CITY.read(request), KIND.read(request)
+    city, kind, wanted = CITY.read(request), KIND.read(request), STATUS.read(request)
     district, river = request.query.get("district"), request.query.get("river")
     async with request.app[STORE].connection() as conn:
         cur = await conn.execute(
@@ -91,7 +98,9 @@ async def list_sensors(request: web.Request) -> web.Response:
         )
         names = [c.name for c in cur.description or ()]
         rows = [dict(zip(names, r, strict=True)) for r in await cur.fetchall()]
-    return answer(request, {"sensors": [_sensor_json(r) for r in rows]})
+        status = await views.statuses(conn, {r["id"]: r["last_seen"] for r in rows}, datetime.now(UTC))
+    return answer(request, {"sensors": [_sensor_json(r) | {"status": status[r["id"]]} for r in rows
+                                        if wanted is None or status[r["id"]] == wanted]})  # fmt: skip
 
 
 @API.get(
@@ -113,6 +122,7 @@ async def get_sensor(request: web.Request) -> web.Response:
             "SELECT metric, ts, value FROM latest_readings WHERE sensor_id = %s ORDER BY metric", (sensor_id,)
         )
         latest = await cur.fetchall()
+        status = await views.statuses(conn, {sensor_id: sensor["last_seen"]}, datetime.now(UTC))
     zone = (await _cities(request)).get(sensor["city"]) if TZ.read(request) == "local" else None
     tz = zone.zone if zone else None
     alerts = await request.app[ALERTS].list_alerts(state="active", sensor_id=sensor_id)
@@ -121,6 +131,7 @@ async def get_sensor(request: web.Request) -> web.Response:
         _sensor_json(sensor)
         | {
             "last_seen": iso(sensor["last_seen"], tz),
+            "status": status[sensor_id],
             "latest": {m: {"ts": iso(ts, tz), "value": v} for m, ts, v in latest},
             "open_alerts": [a.to_json() for a in alerts],
         },

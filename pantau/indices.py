@@ -31,7 +31,7 @@ import math
 import struct
 import sys
 from bisect import bisect_left, bisect_right
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from enum import IntEnum, StrEnum
@@ -55,6 +55,7 @@ __all__ = [
     "SIAGA_KEYS",
     "AqiCategory",
     "AtThreshold",
+    "DayWindow",
     "EpaAqi",
     "IspuCategories",
     "IspuCategory",
@@ -69,6 +70,7 @@ __all__ = [
     "StationIspu",
     "StationIspuArray",
     "capacity_pcu_h",
+    "day_window_max",
     "degree_of_saturation",
     "degree_of_saturation_array",
     "epa_aqi_pm25",
@@ -426,6 +428,39 @@ def ispu_station(concentrations: Mapping[str, float | None], *, table: IspuTable
         return None
     top = max(subs.values(), key=_critical_key)  # max keeps the first of equal keys
     return StationIspu(top.index, top.category, top.pollutant, top.beyond, MappingProxyType(subs))
+
+
+@dataclass(frozen=True, slots=True)
+class DayWindow:
+    """The day's highest window mean of one pollutant: over hours [start, start + width) of the day."""
+
+    mean: float
+    start: int  # the window's first hour of the day (0-23)
+    width: int  # hours
+    n: int  # readings in the window
+    hours: int  # hours of the window with at least one reading
+
+
+def day_window_max(hours: Sequence[tuple[int, float] | None], width: int) -> DayWindow | None:
+    """The highest mean over `width` consecutive whole hours lying within one day.
+
+    `hours` holds the day's 24 hours in order, each (readings, sum) or None when it has none. The
+    daily ISPU takes, per pollutant, the worst window of its averaging period inside the local day
+    (for a 24 h period, the day's mean), so a day's report depends on that day's readings only. A
+    window's mean is the mean of its readings; a window with none is skipped. None: no reading at all.
+    """
+    if not 1 <= width <= len(hours):
+        raise ValueError(f"window of {width} h does not fit in a day of {len(hours)} h")
+    best: DayWindow | None = None
+    for start in range(len(hours) - width + 1):
+        span = [h for h in hours[start : start + width] if h is not None and h[0] > 0]
+        n = sum(h[0] for h in span)
+        if n == 0:
+            continue
+        mean = sum(h[1] for h in span) / n
+        if best is None or mean > best.mean:
+            best = DayWindow(mean, start, width, n, len(span))
+    return best
 
 
 @dataclass(frozen=True, slots=True)

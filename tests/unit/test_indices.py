@@ -25,6 +25,7 @@ from pantau.indices import (
     SiagaLevel,
     SiagaThresholds,
     capacity_pcu_h,
+    day_window_max,
     degree_of_saturation,
     degree_of_saturation_array,
     epa_aqi_pm25,
@@ -630,3 +631,17 @@ def test_capacity_from_metadata() -> None:
     zero = Sensor(id="KTG-TC-10", kind=SensorKind.TRAFFIC, city="kotamobagu", metadata={"capacity_pcu_h": 0})
     with pytest.raises(SensorMetadataError, match="must be positive"):
         capacity_pcu_h(zero)
+
+
+def test_the_days_worst_window_lies_inside_the_day_and_skips_empty_hours() -> None:
+    hours: list[tuple[int, float] | None] = [None] * 24
+    hours[3] = (2, 20.0)  # mean 10
+    hours[5] = (1, 40.0)
+    hours[6] = (3, 30.0)  # hours 5-6: 70 over 4 readings
+    best = day_window_max(hours, 2)
+    assert best is not None and (best.mean, best.start, best.n, best.hours) == (40.0, 4, 1, 1)
+    day = day_window_max(hours, 24)
+    assert day is not None and (day.mean, day.start, day.n, day.hours) == (15.0, 0, 6, 3)
+    assert day_window_max([None] * 24, 8) is None
+    with pytest.raises(ValueError, match="does not fit"):
+        day_window_max(hours, 25)
