@@ -114,6 +114,7 @@ def _local_date(request: web.Request, city: City) -> date:
     summary="The daily ISPU report of a city for a local date (JSON, or CSV as DLH files it)",
     tag="air",
     params=[CITY_REQUIRED, DATE, FORMAT],
+    media=("application/json", "text/csv"),
 )
 async def get_ispu_daily(request: web.Request) -> web.StreamResponse:
     city = await city_or_404(request, CITY_REQUIRED.read(request))

@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from api.common import actor, answer, json_body
-from api.keys import ALERTS
+from api.keys import ALERTS, STORE
 from api.openapi import API, Param
 from api.problems import bad_param, not_found
 from pantau.alerts import Alert, Transition
@@ -117,7 +117,7 @@ async def _act(request: web.Request, action: Callable[..., Awaitable[Transition]
     """An alert action of the kernel's alert store, by the request's actor, with its note; answers
     the outcome and the alert as it is now."""
     alert = await _alert(request)
-    who, note = actor(request), _note(await json_body(request))
+    who, note = actor(request), _note(await json_body(request, NOTE))
     transition = await action(alert.id, who, reason=note)
     return answer(request, {"outcome": transition.outcome.value, "alert": (await _alert(request)).to_json()})
 
@@ -133,6 +133,7 @@ SILENCE_BODY = {
         "note": {"type": "string"},
     },
     "required": ["minutes", "note"],
+    "additionalProperties": False,
 }
 
 
@@ -150,8 +151,11 @@ async def list_silences(request: web.Request) -> web.Response:
     responses={201: "Created"},
 )
 async def add_silence(request: web.Request) -> web.Response:
-    body = await json_body(request)
+    body = await json_body(request, SILENCE_BODY)
     who = actor(request)
+    for field in ("sensor", "city", "district", "rule"):
+        if field in body and not isinstance(body[field], str):
+            raise bad_param(field, "a string")
     sensor, city = body.get("sensor"), body.get("city")
     if (sensor is None) == (city is None):
         raise bad_param("sensor", "a sensor, or else a city (with a district, if any)")
@@ -161,12 +165,26 @@ async def add_silence(request: web.Request) -> web.Response:
     note = _note(body)
     if not note.strip():
         raise bad_param("note", "why (maintenance, a known fault, ...)")
+    await _exists(request, "sensors", "sensor", sensor)
+    await _exists(request, "cities", "city", city)
     now = datetime.now(UTC)
     silence = await request.app[ALERTS].add_silence(
         sensor_id=sensor, city=city, district=body.get("district"), rule_id=body.get("rule"),
         starts_at=now, ends_at=now + timedelta(minutes=minutes), created_by=who, comment=note,
     )  # fmt: skip
     return answer(request, silence.to_json(), status=201)
+
+
+async def _exists(request: web.Request, table: str, field: str, value: Any) -> None:
+    """A silence names a registered sensor or city, or it would silence nothing."""
+    if value is None:
+        return
+    if not isinstance(value, str) or not value or "\x00" in value:
+        raise bad_param(field, f"a {field} id")
+    async with request.app[STORE].connection() as conn:
+        cur = await conn.execute(f"SELECT 1 FROM {table} WHERE id = %s", (value,))  # noqa: S608 - one of two tables
+        if await cur.fetchone() is None:
+            raise not_found(f"{field} {value!r}")
 
 
 @API.post(
@@ -178,6 +196,7 @@ async def add_silence(request: web.Request) -> web.Response:
 )
 async def end_silence(request: web.Request) -> web.Response:
     silence_id = Param("silence", {"type": "integer"}, "", where="path").read(request)
+    await json_body(request)  # an object (may be empty); anything else is a mistake to name
     ended = await request.app[ALERTS].end_silence(silence_id, actor(request))
     if ended is None:
         raise not_found(f"silence {silence_id} in force")

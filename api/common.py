@@ -62,14 +62,22 @@ def actor(request: web.Request) -> str:
     return who
 
 
-async def json_body(request: web.Request) -> dict[str, Any]:
-    """The request's JSON object body."""
+async def json_body(request: web.Request, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The request's JSON object body; with `schema`, a field it does not name is refused when it
+    says `additionalProperties: false` (a misspelt field must not be ignored)."""
     try:
         data = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise bad_param("body", "a JSON object") from None
     if not isinstance(data, dict):
         raise bad_param("body", "a JSON object")
+    for key, value in data.items():  # PostgreSQL text cannot hold NUL
+        if "\x00" in key or (isinstance(value, str) and "\x00" in value):
+            raise bad_param(key.replace("\x00", "\\x00"), "text without NUL characters")
+    if schema is not None and schema.get("additionalProperties") is False:
+        unknown = [key for key in data if key not in schema.get("properties", {})]
+        if unknown:
+            raise bad_param(unknown[0], f"a field of this body ({', '.join(schema.get('properties', {}))})")
     return data
 
 

@@ -17,6 +17,8 @@ TO = Param("to", {"type": "string", "format": "date-time"}, "end (excluded), RFC
 FORMAT = Param("format", {"type": "string", "enum": list(FORMATS), "default": "csv"}, "csv or ndjson")
 CITY = Param("city", {"type": "string"}, "city slug")
 KIND = Param("kind", {"type": "string", "enum": ["air", "traffic", "flood", "rain"]}, "sensor kind")
+SENSORS = Param("sensor", {"type": "string"}, "sensor id (repeat for several)")
+METRICS_PARAM = Param("metric", {"type": "string", "enum": sorted(METRICS)}, "metric (repeat for several)")
 
 
 @API.get(
@@ -29,19 +31,17 @@ KIND = Param("kind", {"type": "string", "enum": ["air", "traffic", "flood", "rai
         FORMAT,
         CITY,
         KIND,
-        Param("sensor", {"type": "string"}, "sensor id (repeat for several)"),
-        Param("metric", {"type": "string"}, "metric (repeat for several)"),
+        SENSORS,
+        METRICS_PARAM,
     ],
+    media=("text/csv", "application/x-ndjson"),
 )
 async def export_readings(request: web.Request) -> web.StreamResponse:
     start, end, fmt = FROM.read(request), TO.read(request), FORMAT.read(request)
     if end <= start:
         raise bad_param("to", "after from")
-    metrics = request.query.getall("metric", [])
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown:
-        raise bad_param("metric", f"a metric of pantau.metrics, got {unknown[0]!r}")
-    f = ExportFilter(start=start, end=end, sensors=request.query.getall("sensor", []), city=CITY.read(request),
+    metrics = METRICS_PARAM.read_all(request)
+    f = ExportFilter(start=start, end=end, sensors=SENSORS.read_all(request), city=CITY.read(request),
                      kind=KIND.read(request), metrics=metrics)  # fmt: skip
     response = web.StreamResponse(
         headers={

@@ -80,8 +80,8 @@ async def gauge_states(request: web.Request, gauges: list[Sensor], at: datetime)
     return [gauge_state(g, levels.get(g.id), before.get(g.id), at) for g in gauges]
 
 
-def _zone_of(request: web.Request, cities: dict[str, City], city: str) -> Any:
-    return cities[city].zone if TZ.read(request) == "local" and city in cities else None
+def _zone_of(local: bool, cities: dict[str, City], city: str) -> Any:
+    return cities[city].zone if local and city in cities else None
 
 
 @API.get(
@@ -91,7 +91,7 @@ def _zone_of(request: web.Request, cities: dict[str, City], city: str) -> Any:
     params=[CITY, RIVER, TZ],
 )
 async def get_rivers(request: web.Request) -> web.Response:
-    city, river, at = CITY.read(request), RIVER.read(request), datetime.now(UTC)
+    city, river, local, at = CITY.read(request), RIVER.read(request), TZ.read(request) == "local", datetime.now(UTC)
     if city is not None:
         await city_or_404(request, city)
     gauges = await river_gauges(request, city, river, at)
@@ -99,7 +99,7 @@ async def get_rivers(request: web.Request) -> web.Response:
     cities = {c.id: c for c in await request.app[STORE].cities()}
     rivers: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for gauge, state in zip(gauges, states, strict=True):
-        zone = _zone_of(request, cities, gauge.city)
+        zone = _zone_of(local, cities, gauge.city)
         rivers[(gauge.city, str(gauge.metadata.get("river") or ""))].append(state | {"ts": iso(state["ts"], zone)})
     return answer(request, {"at": iso(at), "rivers": [
         {"city": c, "river": name or None, "gauges": gs} for (c, name), gs in rivers.items()
@@ -130,7 +130,7 @@ def rain_json(mm: float | None, period: RainPeriod) -> dict[str, Any]:
     params=[CITY, AT, DATE, TZ],
 )
 async def get_rain(request: web.Request) -> web.Response:
-    city_id, at = CITY.read(request), AT.read(request) or datetime.now(UTC)
+    city_id, at, local = CITY.read(request), AT.read(request) or datetime.now(UTC), TZ.read(request) == "local"
     cities = {c.id: c for c in await request.app[STORE].cities()}
     if city_id is not None:
         await city_or_404(request, city_id)
@@ -148,7 +148,7 @@ async def get_rain(request: web.Request) -> web.Response:
             day_sums = await views.sums(conn, RAIN, ids, start, end)
             days |= {sid: (start, end, day_sums.get(sid)) for sid in ids}
     for gauge in gauges:
-        zone = _zone_of(request, cities, gauge.city)
+        zone = _zone_of(local, cities, gauge.city)
         start, end, day = days[gauge.id]
         h = hour.get(gauge.id)
         out.append({

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -18,6 +18,9 @@ from aiohttp import web
 from api.problems import bad_param
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Times a request may name: real zones lie within ±14:00, and pantau's data within these years.
+MAX_OFFSET = timedelta(hours=14)
+MIN_YEAR, MAX_YEAR = 1970, 2200
 
 
 @dataclass(frozen=True)
@@ -30,13 +33,31 @@ class Param:
     where: str = "query"
     required: bool = False
 
+    def __post_init__(self) -> None:
+        if self.schema.get("type") == "string":  # an empty value is a mistake, not "absent"
+            self.schema.setdefault("minLength", 1)
+
     def read(self, request: web.Request) -> Any:
         """The parameter's value, checked against its schema (None when absent and optional)."""
         raw = request.match_info.get(self.name) if self.where == "path" else request.query.get(self.name)
-        if raw is None or raw == "":
+        if raw is None:
             if self.required:
                 raise bad_param(self.name, "required")
             return self.schema.get("default")
+        return self._parse(raw)
+
+    def read_all(self, request: web.Request) -> list[Any]:
+        """Every value of a repeatable query parameter, each checked as `read` checks one."""
+        values = request.query.getall(self.name, [])
+        if not values and self.required:
+            raise bad_param(self.name, "required")
+        return [self._parse(raw) for raw in values]
+
+    def _parse(self, raw: str) -> Any:
+        if raw == "":
+            raise bad_param(self.name, "a value (leave the parameter out for its default)")
+        if "\x00" in raw:
+            raise bad_param(self.name, "text without NUL characters")
         kind = self.schema.get("type")
         if "enum" in self.schema and raw not in self.schema["enum"]:
             raise bad_param(self.name, f"one of {', '.join(self.schema['enum'])}, got {raw!r}")
@@ -58,6 +79,10 @@ class Param:
                 raise bad_param(self.name, f"an RFC 3339 time with an offset, got {raw!r}") from None
             if when.tzinfo is None:
                 raise bad_param(self.name, f"an RFC 3339 time with an offset (Z or +07:00), got {raw!r}")
+            offset = when.utcoffset()
+            if offset is None or abs(offset) > MAX_OFFSET or not MIN_YEAR <= when.year <= MAX_YEAR:
+                expected = f"a time from {MIN_YEAR} to {MAX_YEAR} with an offset within ±14:00, got {raw!r}"
+                raise bad_param(self.name, expected)
             return when
         return raw
 
@@ -72,6 +97,14 @@ class Operation:
     params: Sequence[Param] = ()
     body: dict[str, Any] | None = None
     responses: dict[int, str] = field(default_factory=dict)
+    media: Sequence[str] = ("application/json",)  # what a 2xx answer can be
+
+
+def _response(code: int, text: str, media: Sequence[str]) -> dict[str, Any]:
+    if code == 304:  # no body
+        return {"description": text}
+    kinds = media if code < 300 else ("application/problem+json",)
+    return {"description": text, "content": {m: {"schema": {}} for m in kinds}}
 
 
 class Api:
@@ -88,8 +121,11 @@ class Api:
         return register
 
     def get(self, path: str, *, summary: str, tag: str, params: Sequence[Param] = (),
-            responses: dict[int, str] | None = None) -> Callable[[Handler], Handler]:  # fmt: skip
-        return self._add("GET", path, summary=summary, tag=tag, params=params, responses=responses or {200: "OK"})
+            responses: dict[int, str] | None = None,
+            media: Sequence[str] = ("application/json",)) -> Callable[[Handler], Handler]:  # fmt: skip
+        return self._add(
+            "GET", path, summary=summary, tag=tag, params=params, responses=responses or {200: "OK"}, media=media
+        )
 
     def post(self, path: str, *, summary: str, tag: str, params: Sequence[Param] = (), body: dict[str, Any],
              responses: dict[int, str] | None = None) -> Callable[[Handler], Handler]:  # fmt: skip
@@ -122,11 +158,12 @@ class Api:
                 ],
                 "responses": {
                     **{
-                        str(code): {"description": text, "content": {"application/json": {"schema": {}}}}
-                        for code, text in op.responses.items()
+                        str(code): _response(code, text, op.media) for code, text in op.responses.items()
                     },
                     "400": {"description": "A parameter is not what was expected", "content": problem},
                     "404": {"description": "No such resource", "content": problem},
+                    "405": {"description": "Not a method of this path (Allow names them)", "content": problem},
+                    "422": {"description": "Over the query budget: narrow the range or the filter", "content": problem},
                     "503": {"description": "The database is unavailable", "content": problem},
                 },
             }

@@ -28,6 +28,7 @@ AT = Param("at", {"type": "string", "format": "date-time"}, "the moment asked (d
     summary="A city at a glance: sensor status, open alerts by severity, worst ISPU, Siaga and LOS, ingest lag",
     tag="readings",
     params=[CITY, AT],
+    responses={200: "OK", 304: "Not modified (If-None-Match held the ETag)"},
 )
 async def get_overview(request: web.Request) -> web.Response:
     city = await city_or_404(request, CITY.read(request))
@@ -53,7 +54,8 @@ async def get_overview(request: web.Request) -> web.Response:
     stations = [s for s in await ispu_now(request, city.id, now) if s["ispu"] is not None]
     gauges = [g for g in await gauge_states(request, await river_gauges(request, city.id, None, now), now)
               if g["siaga"] is not None]  # fmt: skip
-    counters = [c for c in await counter_states(request, city.id, now) if c["degree_of_saturation"] is not None]
+    roads = [s for s in sensors if s.kind == "traffic"]
+    counters = [c for c in await counter_states(request, roads, now) if c["degree_of_saturation"] is not None]
     worst_air = max(stations, key=lambda s: s["ispu"], default=None)
     worst_gauge = min(gauges, key=lambda g: (g["siaga"]["siaga"], -g["level_cm"]), default=None)
     worst_road = max(counters, key=lambda c: c["degree_of_saturation"], default=None)

@@ -80,7 +80,8 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return problem_response(Problem(exc.status, exc.reason, exc.text or ""), request)
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None  # a 405 names the methods
+        return problem_response(Problem(exc.status, exc.reason, exc.text or ""), request, allow)
     except Exception:  # the last resort of a server: a bug, logged, never shown to the client
         log.exception("%s %s failed", request.method, request.path)
         return problem_response(Problem(500, "Internal server error", "the error is in pantau's log"), request)

@@ -72,6 +72,7 @@ fetch("/api/v1/openapi.json").then(r => r.json()).then(doc => {
 """
 
 
-@API.get("/api/v1/docs", summary="This reference, as a page (offline)", tag="meta", responses={200: "HTML"})
+@API.get("/api/v1/docs", summary="This reference, as a page (offline)", tag="meta", responses={200: "HTML"},
+         media=("text/html",))  # fmt: skip
 async def reference(request: web.Request) -> web.Response:
     return web.Response(text=_PAGE, content_type="text/html")

@@ -20,6 +20,8 @@ from pantau.store import views
 
 CITY = Param("city", {"type": "string"}, "city slug, e.g. sampit")
 KIND = Param("kind", {"type": "string", "enum": ["air", "traffic", "flood", "rain"]}, "sensor kind")
+DISTRICT = Param("district", {"type": "string"}, "district name")
+RIVER = Param("river", {"type": "string"}, "river name (a flood gauge's metadata)")
 STATUS = Param(
     "status", {"type": "string", "enum": list(views.STATUSES)},
     "ok; offline (silent 15 min); rejected (its newest message was); stuck (a metric unchanged over an hour)",
@@ -80,14 +82,14 @@ def _sensor_json(row: dict[str, Any]) -> dict[str, Any]:
     params=[
         CITY,
         KIND,
-        Param("district", {"type": "string"}, "district name"),
-        Param("river", {"type": "string"}, "river name (a flood gauge's metadata)"),
+        DISTRICT,
+        RIVER,
         STATUS,
     ],
 )
 async def list_sensors(request: web.Request) -> web.Response:
     city, kind, wanted = CITY.read(request), KIND.read(request), STATUS.read(request)
-    district, river = request.query.get("district"), request.query.get("river")
+    district, river = DISTRICT.read(request), RIVER.read(request)
     async with request.app[STORE].connection() as conn:
         cur = await conn.execute(
             f"SELECT {_SENSOR_COLUMNS} FROM sensors"  # noqa: S608 - a fixed column list
@@ -143,6 +145,7 @@ async def get_sensor(request: web.Request) -> web.Response:
     summary="Every sensor's latest value per metric, for the wall map (ETag; 304 when unchanged)",
     tag="readings",
     params=[CITY, KIND],
+    responses={200: "OK", 304: "Not modified (If-None-Match held the ETag)"},
 )
 async def latest(request: web.Request) -> web.Response:
     city, kind = CITY.read(request), KIND.read(request)

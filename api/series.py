@@ -47,9 +47,7 @@ _SPAN = {"1m": 60.0, "1h": 3600.0, "1d": 86400.0}
     responses={200: "OK", 422: "Over the point or time budget: narrow the range or coarsen the step"},
 )
 async def get_series(request: web.Request) -> web.Response:
-    sensors = request.query.getall("sensor", [])
-    if not sensors:
-        raise bad_param("sensor", "required")
+    sensors = SENSOR.read_all(request)
     if len(sensors) > MAX_SENSORS:
         raise bad_param("sensor", f"at most {MAX_SENSORS} sensors in one request")
     metric, start, end = METRIC.read(request), FROM.read(request), TO.read(request)

@@ -54,8 +54,7 @@ def counter_state(sensor: Sensor, latest: dict[str, tuple[datetime, float]], at:
     return state
 
 
-async def counter_states(request: web.Request, city: str | None, at: datetime) -> list[dict[str, Any]]:
-    counters = await request.app[STORE].sensors(city=city, kind="traffic")
+async def counter_states(request: web.Request, counters: list[Sensor], at: datetime) -> list[dict[str, Any]]:
     async with request.app[STORE].connection() as conn, statement_budget(conn):
         latest = await views.latest(conn, [c.id for c in counters])
     return [counter_state(c, latest.get(c.id, {}), at) for c in counters]
@@ -68,10 +67,11 @@ async def counter_states(request: web.Request, city: str | None, at: datetime) -
     params=[CITY, TZ],
 )
 async def get_corridors(request: web.Request) -> web.Response:
-    city, at = CITY.read(request), datetime.now(UTC)
-    zone = None
+    city, local, at = CITY.read(request), TZ.read(request) == "local", datetime.now(UTC)
     if city is not None:
-        found = await city_or_404(request, city)
-        zone = found.zone if TZ.read(request) == "local" else None
-    states = await counter_states(request, city, at)
-    return answer(request, {"at": iso(at), "counters": [s | {"ts": iso(s["ts"], zone)} for s in states]})
+        await city_or_404(request, city)
+    zones = {c.id: c.zone for c in await request.app[STORE].cities()} if local else {}
+    counters = await request.app[STORE].sensors(city=city, kind="traffic")
+    states = await counter_states(request, counters, at)
+    return answer(request, {"at": iso(at), "counters": [
+        s | {"ts": iso(s["ts"], zones.get(c.city))} for c, s in zip(counters, states, strict=True)]})  # fmt: skip
