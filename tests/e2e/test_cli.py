@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from pantau.store import SCHEMA_VERSION
+from pantau.topics import alerts_topic, open_alerts_topic
 from tests.support import REPO, pantau_env, run_pantau, wait_until
 
 pytestmark = pytest.mark.slow
@@ -185,6 +186,42 @@ def test_up_runs_the_stack_and_lands_readings(up_home: Path) -> None:
             return bool(row and row[0] == 1)
 
         wait_until(ispu_alert, timeout_s=60, interval_s=0.5, what="an ISPU alert raised under `up`")
+
+        # An operator acknowledges it through the API, with a note: the kernel's alert domain
+        # records who and why in alert_events, and the notifier publishes the event on MQTT.
+        events, snapshot = alerts_topic("kotamobagu"), open_alerts_topic("kotamobagu")
+        watch = subprocess.Popen(
+            ["mosquitto_sub", "-h", "127.0.0.1", "-p", port, "-q", "1", "-t", events, "-t", snapshot, "-v"],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            with psycopg.connect(db) as conn:
+                query = "SELECT id FROM alerts WHERE scope = 'KTG-AQ-07' AND rule_id = 'air-ispu'"
+                row = conn.execute(query).fetchone()
+            assert row is not None and watch.stdout is not None
+            # The retained snapshot of open alerts arrives first: mosquitto_sub has subscribed.
+            assert watch.stdout.readline().startswith(snapshot + " ")
+            ack = urllib.request.Request(
+                f"{endpoints['api_url']}/alerts/{row[0]}/ack", data=json.dumps({"note": "tim DLH ke lokasi"}).encode(),
+                headers={"X-Pantau-Actor": "rina", "Content-Type": "application/json"}, method="POST",
+            )  # fmt: skip
+            with urllib.request.urlopen(ack, timeout=10) as answer:
+                assert json.loads(answer.read())["outcome"] == "acknowledged"
+            with psycopg.connect(db) as conn:
+                event = conn.execute(
+                    "SELECT actor, reason FROM alert_events WHERE alert_id = %s AND kind = 'acknowledged'", (row[0],)
+                ).fetchone()
+            assert event == ("rina", "tim DLH ke lokasi")
+            for line in watch.stdout:  # the notifier's events for the city, in commit order
+                on, text = line.split(" ", 1)
+                message = json.loads(text)
+                if on == events and message["event"]["kind"] == "acknowledged":
+                    assert (message["event"]["actor"], message["event"]["reason"]) == ("rina", "tim DLH ke lokasi")
+                    assert message["alert"]["id"] == row[0] and message["alert"]["state"] == "acknowledged"
+                    break
+        finally:
+            watch.kill()
+            watch.communicate()  # reaps it and closes its pipe
 
         # The supervisor restarts a crashed component.
         ingest_pid = _child_running(up.pid, b"ingest")
