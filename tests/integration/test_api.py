@@ -177,3 +177,33 @@ async def test_the_reference_page_is_served_offline(client: TestClient) -> None:
     assert page.status == 200 and page.content_type == "text/html"
     assert 'fetch("/api/v1/openapi.json")' in html
     assert "http://" not in html and "https://" not in html  # nothing from elsewhere: it works with the internet cut
+
+
+async def test_cursor_paging_gives_every_alert_once_while_new_ones_keep_opening(
+    client: TestClient, store: Store
+) -> None:
+    alerts = AlertStore(store)
+
+    async def raise_one(i: int) -> int:
+        t = await alerts.raise_alert(
+            "air-ispu", f"P{i}", city="kotamobagu", sensor_id=f"P{i}", severity="warning", value=150.0,
+            event_ts=datetime.now(UTC), reason="ISPU",
+        )  # fmt: skip
+        assert t.alert is not None
+        return t.alert.id
+
+    before = {await raise_one(i) for i in range(40)}
+    seen: list[int] = []
+    cursor, n = None, 40
+    while True:  # between pages, new alerts open: they come first in the order, never on a later page twice
+        for _ in range(3):
+            await raise_one(n)
+            n += 1
+        params = {"limit": "7", "state": "all"} | ({"cursor": cursor} if cursor else {})
+        page = await (await client.get("/api/v1/alerts", params=params)).json()
+        seen += [a["id"] for a in page["alerts"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert len(seen) == len(set(seen)), "an alert was paged twice"
+    assert before <= set(seen), f"missed: {sorted(before - set(seen))}"
