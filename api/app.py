@@ -18,6 +18,7 @@ import api.registry
 import api.series
 import api.traffic
 from api.common import answer
+from api.cors import cors
 from api.keys import ALERTS, SETTINGS, STORE
 from api.openapi import API
 from api.problems import problems
@@ -49,7 +50,8 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: Settings) -> web.Application:
     """The API for `settings`: routes, the problem+json middleware, and the database pool for the
     application's life."""
-    app = web.Application(middlewares=[problems])
+    middlewares = [problems, cors(settings.api_cors_origins)] if settings.api_cors_origins else [problems]
+    app = web.Application(middlewares=middlewares)
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_store)
     API.install(app)

@@ -128,6 +128,9 @@ class Settings:
     mqtt_url: str | None = None
     api_host: str = "127.0.0.1"
     api_port: int = 8080
+    # Web origins whose pages may call the API from a browser (CORS), comma-separated, e.g.
+    # "https://cc.kotamobagukota.go.id"; "*" for any; empty (the default) for none.
+    api_cors_origins: str = ""
     home: Path = Path(".pantau")
     log_level: str = "INFO"
     ingest: IngestSettings = field(default_factory=IngestSettings)
@@ -204,6 +207,12 @@ def _check(settings: Settings) -> None:
     _validate_url("PANTAU_MQTT_URL", settings.mqtt_url, ("mqtt", "mqtts"))
     if not 0 <= settings.api_port <= 65535:
         raise ConfigError("PANTAU_API_PORT", f"expected a port 1-65535, or 0 for a free one, got {settings.api_port}")
+    for origin in filter(None, (o.strip() for o in settings.api_cors_origins.split(","))):
+        parts = urlsplit(origin)
+        web_origin = parts.scheme in ("http", "https") and parts.hostname and parts.path in ("", "/")
+        if origin != "*" and not web_origin:
+            expected = f"origins such as https://host[:port], or *, got {origin!r}"
+            raise ConfigError("PANTAU_API_CORS_ORIGINS", expected)
     if settings.log_level.upper() not in _LOG_LEVELS:
         raise ConfigError("PANTAU_LOG_LEVEL", f"expected one of {', '.join(_LOG_LEVELS)}")
     ing = settings.ingest

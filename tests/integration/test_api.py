@@ -207,3 +207,25 @@ async def test_cursor_paging_gives_every_alert_once_while_new_ones_keep_opening(
             break
     assert len(seen) == len(set(seen)), "an alert was paged twice"
     assert before <= set(seen), f"missed: {sorted(before - set(seen))}"
+
+
+async def test_cors_answers_the_configured_origins_only(settings: Settings, store: Store) -> None:
+    allowed = "https://cc.kotamobagukota.go.id"
+    configured = dataclasses.replace(settings, api_cors_origins=allowed)
+    async with TestClient(TestServer(create_app(configured))) as c:
+        ok = await c.get("/api/v1/cities", headers={"Origin": allowed})
+        assert ok.headers["Access-Control-Allow-Origin"] == allowed and ok.headers["Vary"] == "Origin"
+        assert "ETag" in ok.headers["Access-Control-Expose-Headers"]
+        preflight = await c.options("/api/v1/alerts/1/ack", headers={
+            "Origin": allowed, "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type, x-pantau-actor"})  # fmt: skip
+        assert preflight.status == 204
+        assert "X-Pantau-Actor" in preflight.headers["Access-Control-Allow-Headers"]
+        assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+        other = await c.get("/api/v1/cities", headers={"Origin": "https://elsewhere.example"})
+        assert other.status == 200 and "Access-Control-Allow-Origin" not in other.headers
+    async with TestClient(TestServer(create_app(settings))) as c:  # none configured: no CORS at all
+        plain = await c.get("/api/v1/cities", headers={"Origin": allowed})
+        assert "Access-Control-Allow-Origin" not in plain.headers
+        refused = await c.options("/api/v1/cities", headers={"Origin": allowed, "Access-Control-Request-Method": "GET"})
+        assert refused.status == 405

@@ -386,3 +386,13 @@ def test_database_url_may_name_a_unix_socket_directory(tmp_path: Path) -> None:
 def test_home_in_the_file_must_be_a_path_string(tmp_path: Path) -> None:
     error = config_error({}, write(tmp_path, "home = 5\n"))
     assert error.key == "PANTAU_HOME"
+
+
+def test_cors_origins_are_web_origins_or_any() -> None:
+    settings = load_settings({"PANTAU_API_CORS_ORIGINS": "https://cc.kotamobagukota.go.id, http://10.0.0.5:3000"})
+    assert settings.api_cors_origins == "https://cc.kotamobagukota.go.id, http://10.0.0.5:3000"
+    assert load_settings({"PANTAU_API_CORS_ORIGINS": "*"}).api_cors_origins == "*"
+    assert load_settings({}).api_cors_origins == ""  # none by default
+    for bad in ("cc.kotamobagukota.go.id", "https://cc.example/path", "ftp://cc.example"):
+        error = config_error({"PANTAU_API_CORS_ORIGINS": bad})
+        assert error.key == "PANTAU_API_CORS_ORIGINS" and repr(bad) in str(error)
