@@ -16,12 +16,14 @@ import api.overview
 import api.reference
 import api.registry
 import api.series
+import api.telemetry
 import api.traffic
 from api.common import answer
 from api.cors import cors
 from api.keys import ALERTS, SETTINGS, STORE
 from api.openapi import API
 from api.problems import problems
+from api.telemetry import instrument
 from pantau import __version__
 from pantau.alerts import AlertStore
 from pantau.settings import Settings, require
@@ -30,7 +32,7 @@ from pantau.store import Store
 # The modules whose routes join API as they are imported.
 ROUTES = (
     api.air, api.alerts, api.export, api.flood, api.health, api.overview, api.reference, api.registry, api.series,
-    api.traffic,
+    api.telemetry, api.traffic,
 )  # fmt: skip
 
 
@@ -50,8 +52,11 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: Settings) -> web.Application:
     """The API for `settings`: routes, the problem+json middleware, and the database pool for the
     application's life."""
-    middlewares = [problems, cors(settings.api_cors_origins)] if settings.api_cors_origins else [problems]
-    app = web.Application(middlewares=middlewares)
+    app = web.Application()
+    app.middlewares.append(instrument(app))  # outermost: times every answer, problems too
+    if settings.api_cors_origins:  # outside problems: a browser may read an error's document too
+        app.middlewares.append(cors(settings.api_cors_origins))
+    app.middlewares.append(problems)
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_store)
     API.install(app)

@@ -222,6 +222,8 @@ async def test_cors_answers_the_configured_origins_only(settings: Settings, stor
         assert preflight.status == 204
         assert "X-Pantau-Actor" in preflight.headers["Access-Control-Allow-Headers"]
         assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+        missing = await c.get("/api/v1/cities/atlantis", headers={"Origin": allowed})  # errors are readable too
+        assert missing.status == 404 and missing.headers["Access-Control-Allow-Origin"] == allowed
         other = await c.get("/api/v1/cities", headers={"Origin": "https://elsewhere.example"})
         assert other.status == 200 and "Access-Control-Allow-Origin" not in other.headers
     async with TestClient(TestServer(create_app(settings))) as c:  # none configured: no CORS at all
@@ -229,3 +231,30 @@ async def test_cors_answers_the_configured_origins_only(settings: Settings, stor
         assert "Access-Control-Allow-Origin" not in plain.headers
         refused = await c.options("/api/v1/cities", headers={"Origin": allowed, "Access-Control-Request-Method": "GET"})
         assert refused.status == 405
+
+
+async def test_ready_holds_ingest_and_rules_to_their_limits_and_metrics_count_requests(
+    settings: Settings, store: Store, database_url: str, backend: Backend
+) -> None:
+    async with TestClient(TestServer(create_app(settings))) as c:
+        fresh = await (await c.get("/readyz")).json()  # a new installation: no reading yet is not a failure
+        assert fresh["ingest"] == {"ok": True, "newest_reading_age_s": None, "limit_s": 900.0}
+        assert fresh["rules"]["ok"] is True and fresh["rules"]["oldest_unevaluated_batch_s"] == 0.0
+        await store.upsert_sensors([AIR])
+        old = time.time() - 3600
+        async with ReadingWriter(database_url, backend) as writer:  # an hour old, and no rule worker claims it
+            await writer.write([(old, AIR.id, "pm25", 30.0)], [])
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute("UPDATE ingest_batches SET created_at = now() - interval '2 minutes'")
+        stale = await c.get("/readyz")
+        body = await stale.json()
+        assert stale.status == 503 and body["ready"] is False
+        assert body["ingest"]["ok"] is False and 3590 <= body["ingest"]["newest_reading_age_s"] <= 3700
+        assert body["rules"]["ok"] is False and 119 <= body["rules"]["oldest_unevaluated_batch_s"] <= 200
+        assert body["database"]["ok"] and body["broker"]["ok"]
+        await c.get("/api/v1/cities")
+        await c.get("/api/v1/cities/atlantis")
+        text = await (await c.get("/metrics")).text()
+        assert 'pantau_api_requests_total{method="GET",route="/api/v1/cities",status="200"} 1.0' in text
+        assert 'pantau_api_requests_total{method="GET",route="/api/v1/cities/{city}",status="404"} 1.0' in text
+        assert 'pantau_api_request_seconds_count{route="/readyz"} 2.0' in text
