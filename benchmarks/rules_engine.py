@@ -22,7 +22,7 @@ from ingest.decode import Decoder
 from pantau.domain import Reason
 from pantau.metrics import SensorKind
 from pantau.readings import Reading, Rejection
-from rules.config import load_rules
+from pantau.rulepack.config import load_rules
 from rules.engine import Engine
 from rules.signals import Signal
 from simulators.engine import SimConfig, Simulation

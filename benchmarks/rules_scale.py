@@ -22,7 +22,7 @@ import numpy as np
 
 from benchmarks.bench_rules import bench_rules
 from pantau.outbox import decode_outbox, outbox_payload
-from rules.config import parse_rules
+from pantau.rulepack.config import parse_rules
 from rules.engine import Engine
 from simulators.load import load_sensors
 

@@ -395,8 +395,8 @@ async def cmd_alerts_resolve(args: argparse.Namespace, settings: Settings) -> in
 
 async def cmd_alerts_silence(args: argparse.Namespace, settings: Settings) -> int:
     from pantau.alerts import AlertStore
+    from pantau.rulepack.durations import parse_duration
     from pantau.store import Store
-    from rules.durations import parse_duration
 
     if args.district and not args.city:
         raise ConfigError("--district", "a district silence needs --city")

@@ -6,6 +6,8 @@ PantauError
  │                          argument (also a ValueError)
  ├── SensorMetadataError    a sensor lacks metadata an index needs (Siaga levels, capacity); names the
  │                          sensor and the key
+ ├── RuleError              anything about rule packs
+ │    └── RuleFileError     a rule file cannot be loaded; names the file, the rule and the field
  ├── ManifestError          a bad sensor manifest (CSV/YAML); names the file, row and field
  ├── StoreError             PostgreSQL trouble
  │    ├── StoreUnavailable  the server cannot be reached (retry with backoff)
@@ -81,3 +83,17 @@ class SensorMetadataError(PantauError):
         self.sensor_id = sensor_id
         self.key = key
         self.problem = problem
+
+
+class RuleError(PantauError):
+    """Base of the rule pack's errors."""
+
+
+class RuleFileError(RuleError):
+    """A rule file is invalid: `path: rule 'id' (rules[i]): field 'f': problem`."""
+
+    def __init__(self, message: str, *, path: str, rule: str | None = None, field: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.rule = rule
+        self.field = field

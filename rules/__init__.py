@@ -3,15 +3,11 @@ notifiers. They read readings and never write them, and stand on the kernel alon
 batches come through `pantau.outbox`, alerts are written through `pantau.alerts` (the alert domain
 the CLI and the API share).
 
-Modules:
-    rules.model      the rule values: RuleSet, the rule kinds' frozen dataclasses, Selector, Condition, enums
-    rules.config     YAML rule files → rules.model values, errors naming file, rule and field (`load_rules`);
-                     the default pack is deploy/rules.yaml
-    rules.durations  "90s" / "30m" / "1h30m" / "2d" ↔ timedelta
-    rules.errors     RuleError (a PantauError) and its subclasses
+The rule packs they evaluate (model, YAML format, checks) are the kernel's `pantau.rulepack`, and
+the domain indices (ISPU, Siaga, BMKG rain, LOS) the kernel's `pantau.indices`: the API shows and
+checks packs, and reports the indices, with the same code.
 
-The domain indices (ISPU, Siaga, BMKG rain, LOS) the rules evaluate are the kernel's pantau.indices:
-the API reports them too.
+Modules:
     rules.engine     the pure evaluation core: readings in event time → RAISE/CLEAR `Signal`s, through
                      the pipeline group → order → route → evaluate → finish → reject; state export/restore
     rules.signals    what evaluation reports: `Signal` with a named `Why`, `EngineStats` with named `Skip`s

@@ -33,14 +33,7 @@ import numpy as np
 
 from pantau.domain import Sensor
 from pantau.readings import Reading, Rejection
-from rules.kinds.absence import AbsenceEvaluator
-from rules.kinds.base import Batch, Context, Evaluator, Series
-from rules.kinds.composite import CompositeEvaluator
-from rules.kinds.index import IndexEvaluator
-from rules.kinds.quality import OutOfRangeEvaluator, StuckEvaluator
-from rules.kinds.rate import RateEvaluator
-from rules.kinds.threshold import ThresholdEvaluator
-from rules.model import (
+from pantau.rulepack.model import (
     AbsenceRule,
     CompositeRule,
     IndexBandRule,
@@ -51,6 +44,13 @@ from rules.model import (
     StuckRule,
     ThresholdRule,
 )
+from rules.kinds.absence import AbsenceEvaluator
+from rules.kinds.base import Batch, Context, Evaluator, Series
+from rules.kinds.composite import CompositeEvaluator
+from rules.kinds.index import IndexEvaluator
+from rules.kinds.quality import OutOfRangeEvaluator, StuckEvaluator
+from rules.kinds.rate import RateEvaluator
+from rules.kinds.threshold import ThresholdEvaluator
 from rules.signals import EngineStats, Signal, Skip
 from rules.state import interval_step
 from rules.windows import History

@@ -7,12 +7,13 @@ import argparse
 import logging
 from collections import Counter
 
+from pantau.rulepack import rule_pack_path
+from pantau.rulepack.config import load_rules
 from pantau.service import Commands, serve
 from pantau.settings import Settings, require
 from pantau.store import Store
-from rules.config import load_rules
 from rules.notify import AlertNotifier
-from rules.worker import RuleWorker, rule_pack_path
+from rules.worker import RuleWorker
 
 log = logging.getLogger("rules")
 

@@ -36,7 +36,6 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 
 import msgspec
 import psycopg
@@ -48,18 +47,17 @@ from pantau.domain import Sensor
 from pantau.errors import StoreUnavailable
 from pantau.outbox import BATCHES_CHANNEL, OutboxBatch, claim, decode_outbox
 from pantau.readings import Reading, Rejection
-from pantau.settings import SHIPPED_DIR, Settings
+from pantau.rulepack.model import RuleSet
+from pantau.settings import Settings
 from pantau.store import Store, connect
 from rules.engine import Engine
-from rules.model import RuleSet
 from rules.signals import EngineStats, Signal, SignalKind
 
-__all__ = ["DEFAULT_RULES_FILE", "RuleWorker", "WorkerStats", "rule_pack_path"]
+__all__ = ["RuleWorker", "WorkerStats"]
 
 log = logging.getLogger(__name__)
 
 # The default pack, shipped beside the code (`[rules] file` overrides it).
-DEFAULT_RULES_FILE = SHIPPED_DIR / "rules.yaml"
 # Who the alert events name as the actor of automatic transitions.
 ACTOR = "rules"
 # Reconnect backoff after the database went away.
@@ -87,11 +85,6 @@ FROM sensors
 
 class _Stopped(Exception):
     """Stopped while waiting for another worker's lock."""
-
-
-def rule_pack_path(settings: Settings, override: str | None = None) -> Path:
-    """The rule pack to load: `override` (a command-line --file), `[rules] file`, or the default pack."""
-    return Path(override or settings.rules.file or DEFAULT_RULES_FILE)
 
 
 @dataclass(slots=True)

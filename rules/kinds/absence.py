@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pantau.domain import Sensor
-from rules.durations import format_seconds
+from pantau.rulepack.durations import format_seconds
+from pantau.rulepack.model import AbsenceRule
 from rules.kinds.base import BaseEvaluator, Context, Series, transition
-from rules.model import AbsenceRule
 from rules.signals import Signal, SignalKind, Why
 from rules.state import AbsenceState
 

@@ -23,7 +23,7 @@ from numpy.typing import NDArray
 
 from pantau.alerts import Severity
 from pantau.domain import Sensor
-from rules.model import Condition, Op, Rule
+from pantau.rulepack.model import Condition, Op, Rule
 from rules.signals import EngineStats, Signal, SignalKind, Why
 from rules.windows import History, history_resolution
 

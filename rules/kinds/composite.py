@@ -11,9 +11,8 @@ from typing import Any, NamedTuple
 
 from pantau.alerts import Severity
 from pantau.domain import Sensor
-from rules.durations import format_seconds
-from rules.kinds.base import BaseEvaluator, Context, Series, holds, state_of
-from rules.model import (
+from pantau.rulepack.durations import format_seconds
+from pantau.rulepack.model import (
     Aggregate,
     CompositeCondition,
     CompositeRule,
@@ -23,6 +22,7 @@ from rules.model import (
     Scope,
     ThresholdCondition,
 )
+from rules.kinds.base import BaseEvaluator, Context, Series, holds, state_of
 from rules.signals import Signal, SignalKind, Skip, Why
 from rules.state import ConditionState, Satisfied, ScopeState
 from rules.windows import Window

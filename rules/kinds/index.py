@@ -23,8 +23,8 @@ from pantau.indices import (
     siaga_level,
     siaga_thresholds,
 )
+from pantau.rulepack.model import IndexBandRule, IndexLevel, IspuParams, LosParams, RainParams, SiagaParams, level_order
 from rules.kinds.base import BaseEvaluator, Context, Series, state_of, transition
-from rules.model import IndexBandRule, IndexLevel, IspuParams, LosParams, RainParams, SiagaParams, level_order
 from rules.signals import Signal, SignalKind, Skip, Why
 from rules.state import IndexState
 from rules.windows import Window

@@ -9,9 +9,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pantau.domain import Sensor
-from rules.durations import format_seconds
+from pantau.rulepack.durations import format_seconds
+from pantau.rulepack.model import OutOfRangeRule, StuckRule
 from rules.kinds.base import BaseEvaluator, Context, Series, state_of, transition
-from rules.model import OutOfRangeRule, StuckRule
 from rules.signals import Signal, SignalKind, Skip, Why
 from rules.state import RejectionState, StuckState
 

@@ -6,9 +6,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from pantau.domain import Sensor
-from rules.durations import format_seconds
+from pantau.rulepack.durations import format_seconds
+from pantau.rulepack.model import Direction, RateOfChangeRule
 from rules.kinds.base import BaseEvaluator, Context, Series, state_of, transition
-from rules.model import Direction, RateOfChangeRule
 from rules.signals import Signal, SignalKind, Why
 from rules.state import WindowedState
 

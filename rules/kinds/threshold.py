@@ -10,9 +10,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from pantau.domain import Sensor
-from rules.durations import format_seconds
+from pantau.rulepack.durations import format_seconds
+from pantau.rulepack.model import Aggregate, Op, ThresholdRule
 from rules.kinds.base import PY_OPS, BaseEvaluator, Batch, Context, Series, transition
-from rules.model import Aggregate, Op, ThresholdRule
 from rules.signals import Signal, SignalKind, Why
 from rules.state import HoldState
 from rules.windows import Summary, Window

@@ -24,9 +24,9 @@ from psycopg.rows import dict_row
 from pantau.alerts import Severity
 from pantau.embedded import EmbeddedMosquitto
 from pantau.metrics import SensorKind
+from pantau.rulepack.config import load_rules
 from pantau.settings import Settings
 from pantau.store import Store
-from rules.config import load_rules
 from rules.engine import Engine
 from rules.signals import Signal, SignalKind
 from simulators.engine import SimConfig, Simulation

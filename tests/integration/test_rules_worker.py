@@ -22,12 +22,12 @@ from ingest.writer import ReadingWriter
 from pantau.domain import Sensor
 from pantau.outbox import decode_outbox
 from pantau.readings import Reading, Rejection
+from pantau.rulepack.config import parse_rules
+from pantau.rulepack.model import RuleSet
 from pantau.settings import RulesSettings, Settings
 from pantau.store import Store
 from pantau.store.maintenance import maintain_once
 from pantau.store.migrations import Backend
-from rules.config import parse_rules
-from rules.model import RuleSet
 from rules.worker import RuleWorker, _lowest_priority
 from tests.support import TcpProxy, await_until
 

@@ -15,7 +15,7 @@ import pytest
 from pantau.domain import Sensor
 from pantau.metrics import SensorKind
 from pantau.readings import Reading
-from rules.config import parse_rules
+from pantau.rulepack.config import parse_rules
 from rules.engine import Engine
 from rules.signals import Signal, SignalKind, Skip
 from rules.windows import History, Window, history_resolution, resolution_s

@@ -13,7 +13,7 @@ from pantau.alerts import Severity
 from pantau.domain import Sensor
 from pantau.metrics import SensorKind
 from pantau.readings import Reading
-from rules.config import load_rules, parse_rules
+from pantau.rulepack.config import load_rules, parse_rules
 from rules.engine import Engine
 from rules.signals import Signal, SignalKind, Skip, Why
 from simulators.fleet import load_fleet

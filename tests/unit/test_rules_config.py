@@ -1,4 +1,4 @@
-"""Unit tests of `rules.config`: the default pack, each rule kind, and errors naming file, rule and field."""
+"""Unit tests of `pantau.rulepack.config`: the default pack, each rule kind, and errors naming file, rule and field."""
 
 from __future__ import annotations
 
@@ -10,13 +10,12 @@ import pytest
 
 from pantau.alerts import Severity
 from pantau.domain import Reason, Sensor
-from pantau.errors import PantauError
+from pantau.errors import PantauError, RuleFileError
 from pantau.indices import AtThreshold, IspuCategory, LevelOfService, RainClass, RainPeriod, SiagaLevel
 from pantau.metrics import SensorKind
-from rules.config import load_rules, parse_rules
-from rules.durations import format_duration, parse_duration
-from rules.errors import RuleFileError
-from rules.model import (
+from pantau.rulepack.config import load_rules, parse_rules
+from pantau.rulepack.durations import format_duration, parse_duration
+from pantau.rulepack.model import (
     AbsenceRule,
     Aggregate,
     CompositeRule,

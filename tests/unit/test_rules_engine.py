@@ -16,7 +16,7 @@ from pantau.domain import Sensor
 from pantau.indices import ISPU_P14_2020, ISPU_POLLUTANTS, IspuCategories, ispu_station
 from pantau.metrics import SensorKind
 from pantau.readings import Reading
-from rules.config import load_rules, parse_rules
+from pantau.rulepack.config import load_rules, parse_rules
 from rules.engine import Engine
 from rules.kinds.index import IndexEvaluator
 from rules.signals import Signal, SignalKind, Skip, Why

@@ -13,7 +13,7 @@ import pytest
 
 from pantau.domain import Sensor
 from pantau.metrics import SensorKind
-from rules.config import parse_rules
+from pantau.rulepack.config import parse_rules
 from rules.engine import STATE_VERSION, Engine
 from rules.signals import SignalKind
 from rules.windows import MAX_RESOLUTION_S, Window, resolution_s

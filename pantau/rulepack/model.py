@@ -1,4 +1,4 @@
-"""The rule model: the frozen values a rule file becomes (rules.config parses and validates it) and
+"""The rule model: the frozen values a rule file becomes (pantau.rulepack.config parses and validates it) and
 the evaluation engine consumes. Values only: no parsing, no I/O.
 
     RuleSet ── rules: tuple[Rule, ...]      Rule = ThresholdRule | RateOfChangeRule | IndexBandRule

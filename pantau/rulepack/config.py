@@ -1,4 +1,4 @@
-"""Rule files: YAML (kept in version control) → the frozen rule values of rules.model. No eval of user text.
+"""Rule files: YAML (kept in version control) → the frozen rule values of pantau.rulepack.model. No eval of user text.
 
 A rule file is a mapping `{version: 1, rules: [...]}`; each rule has an `id`, a `kind` and the
 fields of that kind (docs/rules.md has the format, deploy/rules.yaml the default pack). Loading
@@ -29,12 +29,11 @@ from typing import Any, TypeVar
 
 from pantau.alerts import Severity
 from pantau.domain import Reason, valid_city, valid_sensor_id
+from pantau.errors import RuleFileError
 from pantau.indices import ISPU_P14_2020, AtThreshold, RainClass, RainPeriod, SiagaLevel
 from pantau.metrics import METRICS, SensorKind, metrics_for
-from pantau.yamlfile import SMALL_FILE_LOADER, YamlFileError, read_yaml
-from rules.durations import parse_duration
-from rules.errors import RuleFileError
-from rules.model import (
+from pantau.rulepack.durations import parse_duration
+from pantau.rulepack.model import (
     AbsenceRule,
     Aggregate,
     CompositeCondition,
@@ -64,6 +63,7 @@ from rules.model import (
     default_levels,
     level_order,
 )
+from pantau.yamlfile import SMALL_FILE_LOADER, YamlFileError, read_yaml
 
 __all__ = ["RULE_FILE_VERSION", "load_rules", "parse_rules"]
 
