@@ -15,6 +15,7 @@ import api.health
 import api.overview
 import api.reference
 import api.registry
+import api.rules
 import api.series
 import api.telemetry
 import api.traffic
@@ -31,8 +32,8 @@ from pantau.store import Store
 
 # The modules whose routes join API as they are imported.
 ROUTES = (
-    api.air, api.alerts, api.export, api.flood, api.health, api.overview, api.reference, api.registry, api.series,
-    api.telemetry, api.traffic,
+    api.air, api.alerts, api.export, api.flood, api.health, api.overview, api.reference, api.registry, api.rules,
+    api.series, api.telemetry, api.traffic,
 )  # fmt: skip
 
 

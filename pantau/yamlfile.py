@@ -29,14 +29,23 @@ class YamlFileError(Exception):
 
 def read_yaml(path: Path | str, *, loader: type[Any] = YAML_LOADER) -> Any:
     """The document in a YAML file (a safe loader); YamlFileError says in one line what is wrong."""
+    return load_yaml(read_text(path), loader=loader)
+
+
+def read_text(path: Path | str) -> str:
+    """A YAML file's text; YamlFileError says in one line why it cannot be read."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise YamlFileError("file not found") from None
     except UnicodeDecodeError as exc:
         raise YamlFileError(f"not UTF-8 text: {exc}") from None
     except OSError as exc:  # a directory, no permission
         raise YamlFileError(f"cannot be read: {exc.strerror or exc}") from None
+
+
+def load_yaml(text: str, *, loader: type[Any] = YAML_LOADER) -> Any:
+    """The document in YAML `text` (a safe loader); YamlFileError says in one line what is wrong."""
     try:
         return yaml.load(text, Loader=loader)  # noqa: S506 - safe loaders only
     except yaml.YAMLError as exc:

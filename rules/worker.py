@@ -47,6 +47,7 @@ from pantau.domain import Sensor
 from pantau.errors import StoreUnavailable
 from pantau.outbox import BATCHES_CHANNEL, OutboxBatch, claim, decode_outbox
 from pantau.readings import Reading, Rejection
+from pantau.rulepack import pack_digest
 from pantau.rulepack.model import RuleSet
 from pantau.settings import Settings
 from pantau.store import Store, connect
@@ -170,6 +171,7 @@ class RuleWorker:
     async def _session(self) -> None:
         async with self._lock_connection() as conn:
             await conn.execute(f"LISTEN {BATCHES_CHANNEL}")
+            await self._record_pack(conn)
             await self._load_sensors()
             await self._recover()
             await self._reconcile_alerts()
@@ -182,6 +184,15 @@ class RuleWorker:
                 pump.cancel()
                 with contextlib.suppress(asyncio.CancelledError, psycopg.Error):
                     await pump
+
+    async def _record_pack(self, conn: AsyncConnection) -> None:
+        """Say which pack this worker runs (`rule_packs`): the API shows it as the pack in force."""
+        await conn.execute(
+            "INSERT INTO rule_packs (worker, digest, source, content) VALUES (%s, %s, %s, %s)"
+            " ON CONFLICT (worker) DO UPDATE SET digest = excluded.digest, source = excluded.source,"
+            " content = excluded.content, loaded_at = now()",
+            (self.name, pack_digest(self.rules.text), self.rules.source, self.rules.text),
+        )
 
     @contextlib.asynccontextmanager
     async def _lock_connection(self) -> AsyncIterator[AsyncConnection]:

@@ -15,6 +15,7 @@ file's every check is found in one place.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import re
@@ -63,7 +64,7 @@ from pantau.rulepack.model import (
     default_levels,
     level_order,
 )
-from pantau.yamlfile import SMALL_FILE_LOADER, YamlFileError, read_yaml
+from pantau.yamlfile import SMALL_FILE_LOADER, YamlFileError, load_yaml, read_text
 
 __all__ = ["RULE_FILE_VERSION", "load_rules", "parse_rules"]
 
@@ -86,10 +87,20 @@ def load_rules(path: Path | str) -> RuleSet:
     """Load and validate a YAML rule file; RuleFileError names the file, rule and field."""
     source = str(path)
     try:
-        doc = read_yaml(path, loader=SMALL_FILE_LOADER)
+        text = read_text(path)
     except YamlFileError as exc:
         raise RuleFileError(f"{source}: {exc}", path=source) from None
-    return parse_rules(doc, source=source)
+    return rules_from_text(text, source=source)
+
+
+def rules_from_text(text: str, *, source: str = "<rules>") -> RuleSet:
+    """Validate a rule pack's YAML text (a candidate sent to the API, or a file's); the RuleSet
+    keeps the text. RuleFileError names the source, rule and field."""
+    try:
+        doc = load_yaml(text, loader=SMALL_FILE_LOADER)
+    except YamlFileError as exc:
+        raise RuleFileError(f"{source}: {exc}", path=source) from None
+    return dataclasses.replace(parse_rules(doc, source=source), text=text)
 
 
 def parse_rules(doc: Any, *, source: str = "<rules>") -> RuleSet:

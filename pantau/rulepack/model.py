@@ -457,6 +457,7 @@ class RuleSet:
 
     source: str
     rules: tuple[Rule, ...]
+    text: str = ""  # the YAML it was read from (recorded as the pack in force)
 
     def __iter__(self) -> Iterator[Rule]:
         return iter(self.rules)

@@ -321,6 +321,19 @@ SELECT DISTINCT ON (sensor_id, metric) sensor_id, metric, ts, value FROM reading
 """
 
 
+# The rule pack each rule worker loaded, so the API shows the pack in force (not the file as it is
+# now, which may have been edited since) and which worker runs it.
+RULE_PACKS = """
+CREATE TABLE rule_packs (
+    worker      text PRIMARY KEY,
+    digest      text NOT NULL,
+    source      text NOT NULL,             -- the file it was loaded from
+    content     text NOT NULL,             -- the YAML as loaded
+    loaded_at   timestamptz NOT NULL DEFAULT now()
+);
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     version: int
@@ -341,6 +354,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         6, "cities (name, province, time zone) and every sensor's latest value per metric", lambda _b: CITIES_AND_LATEST
     ),
+    Migration(7, "rule_packs: the pack each rule worker runs", lambda _b: RULE_PACKS),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
