@@ -17,6 +17,7 @@ import api.reference
 import api.registry
 import api.rules
 import api.series
+import api.sta
 import api.telemetry
 import api.traffic
 from api.common import answer
@@ -33,7 +34,7 @@ from pantau.store import Store
 # The modules whose routes join API as they are imported.
 ROUTES = (
     api.air, api.alerts, api.export, api.flood, api.health, api.overview, api.reference, api.registry, api.rules,
-    api.series, api.telemetry, api.traffic,
+    api.series, api.sta, api.telemetry, api.traffic,
 )  # fmt: skip
 
 

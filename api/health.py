@@ -69,6 +69,7 @@ async def _broker(url: str | None) -> dict[str, Any]:
     summary="Ready: database and broker reachable, ingest and rules keeping up (503 naming what is not)",
     tag="health",
     responses={200: "Ready", 503: "Not ready"},
+    plain_errors=True,
 )
 async def readyz(request: web.Request) -> web.Response:
     try:

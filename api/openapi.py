@@ -98,12 +98,14 @@ class Operation:
     body: dict[str, Any] | None = None
     responses: dict[int, str] = field(default_factory=dict)
     media: Sequence[str] = ("application/json",)  # what a 2xx answer can be
+    route: str | None = None  # the router's pattern where it differs from the documented path
+    plain_errors: bool = False  # its declared error answers are its own documents, not problem+json
 
 
-def _response(code: int, text: str, media: Sequence[str]) -> dict[str, Any]:
+def _response(code: int, text: str, media: Sequence[str], plain_errors: bool) -> dict[str, Any]:
     if code == 304:  # no body
         return {"description": text}
-    kinds = media if code < 300 else ("application/problem+json",)
+    kinds = media if code < 300 or plain_errors else ("application/problem+json",)
     return {"description": text, "content": {m: {"schema": {}} for m in kinds}}
 
 
@@ -121,11 +123,10 @@ class Api:
         return register
 
     def get(self, path: str, *, summary: str, tag: str, params: Sequence[Param] = (),
-            responses: dict[int, str] | None = None,
-            media: Sequence[str] = ("application/json",)) -> Callable[[Handler], Handler]:  # fmt: skip
-        return self._add(
-            "GET", path, summary=summary, tag=tag, params=params, responses=responses or {200: "OK"}, media=media
-        )
+            responses: dict[int, str] | None = None, media: Sequence[str] = ("application/json",),
+            route: str | None = None, plain_errors: bool = False) -> Callable[[Handler], Handler]:  # fmt: skip
+        return self._add("GET", path, summary=summary, tag=tag, params=params, responses=responses or {200: "OK"},
+                         media=media, route=route, plain_errors=plain_errors)  # fmt: skip
 
     def post(self, path: str, *, summary: str, tag: str, params: Sequence[Param] = (), body: dict[str, Any],
              responses: dict[int, str] | None = None) -> Callable[[Handler], Handler]:  # fmt: skip
@@ -135,7 +136,7 @@ class Api:
 
     def install(self, app: web.Application) -> None:
         for op in self.operations:
-            app.router.add_route(op.method, op.path, op.handler)
+            app.router.add_route(op.method, op.route or op.path, op.handler)
 
     def document(self, *, version: str) -> dict[str, Any]:
         """The OpenAPI 3.1 document of every operation."""
@@ -158,7 +159,8 @@ class Api:
                 ],
                 "responses": {
                     **{
-                        str(code): _response(code, text, op.media) for code, text in op.responses.items()
+                        str(code): _response(code, text, op.media, op.plain_errors)
+                        for code, text in op.responses.items()
                     },
                     "400": {"description": "A parameter is not what was expected", "content": problem},
                     "404": {"description": "No such resource", "content": problem},
