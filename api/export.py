@@ -14,7 +14,7 @@ from pantau.store.export import FORMATS, MEDIA_TYPES, ExportFilter, export
 
 FROM = Param("from", {"type": "string", "format": "date-time"}, "start, RFC 3339 with an offset", required=True)
 TO = Param("to", {"type": "string", "format": "date-time"}, "end (excluded), RFC 3339 with an offset", required=True)
-FORMAT = Param("format", {"type": "string", "enum": list(FORMATS), "default": "csv"}, "csv or ndjson")
+FORMAT = Param("format", {"type": "string", "enum": list(FORMATS), "default": "csv"}, "csv, ndjson or parquet")
 CITY = Param("city", {"type": "string"}, "city slug")
 KIND = Param("kind", {"type": "string", "enum": ["air", "traffic", "flood", "rain"]}, "sensor kind")
 SENSORS = Param("sensor", {"type": "string"}, "sensor id (repeat for several)")
@@ -23,7 +23,7 @@ METRICS_PARAM = Param("metric", {"type": "string", "enum": sorted(METRICS)}, "me
 
 @API.get(
     "/api/v1/export",
-    summary="Readings as CSV or NDJSON, streamed with no row cap (gzip when accepted)",
+    summary="Readings as CSV, NDJSON or Parquet, streamed with no row cap (gzip when accepted)",
     tag="readings",
     params=[
         FROM,
@@ -34,7 +34,7 @@ METRICS_PARAM = Param("metric", {"type": "string", "enum": sorted(METRICS)}, "me
         SENSORS,
         METRICS_PARAM,
     ],
-    media=("text/csv", "application/x-ndjson"),
+    media=("text/csv", "application/x-ndjson", "application/vnd.apache.parquet"),
 )
 async def export_readings(request: web.Request) -> web.StreamResponse:
     start, end, fmt = FROM.read(request), TO.read(request), FORMAT.read(request)
@@ -49,7 +49,7 @@ async def export_readings(request: web.Request) -> web.StreamResponse:
             "Content-Disposition": f'attachment; filename="pantau-readings.{fmt}"',
         }
     )
-    if "gzip" in request.headers.get("Accept-Encoding", ""):
+    if fmt != "parquet" and "gzip" in request.headers.get("Accept-Encoding", ""):  # Parquet is compressed already
         response.enable_compression(web.ContentCoding.gzip)
     async with request.app[STORE].connection() as conn:
         chunks = export(conn, f, fmt)

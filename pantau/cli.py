@@ -600,14 +600,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_db_info)
 
-    p = sub.add_parser("export", help="readings for a filter and range as CSV or NDJSON (streamed, no row cap)")
+    p = sub.add_parser("export", help="readings for a filter and range as CSV, NDJSON or Parquet (streamed, no cap)")
     p.add_argument("--from", dest="start", required=True, help="start, RFC 3339 with an offset")
     p.add_argument("--to", dest="end", required=True, help="end (excluded), RFC 3339 with an offset")
     p.add_argument("--city")
     p.add_argument("--kind", choices=["air", "traffic", "flood", "rain"])
     p.add_argument("--sensor", action="append", help="sensor id; repeatable")
     p.add_argument("--metric", action="append", help="metric; repeatable")
-    p.add_argument("--format", choices=["csv", "ndjson"], default="csv")
+    p.add_argument("--format", choices=["csv", "ndjson", "parquet"], default="csv")
     p.add_argument("-o", "--output", help="file (default: standard output)")
     p.set_defaults(handler=cmd_export)
 

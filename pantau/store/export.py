@@ -1,25 +1,30 @@
 """Readings out, for any filter and range, streamed straight from PostgreSQL with flat memory and no
-row cap: CSV through `COPY ... TO STDOUT` (PostgreSQL writes it), NDJSON through a server-side
-cursor. The API's /api/v1/export and `pantau export` are both this code.
+row cap: CSV through `COPY ... TO STDOUT` (PostgreSQL writes it), NDJSON and Parquet through a
+server-side cursor (Parquet a row group of `PARQUET_ROW_GROUP` rows at a time, each sent as soon as
+it is written). The API's /api/v1/export and `pantau export` are both this code.
 
-Columns: ts (RFC 3339, UTC), sensor_id, metric, value, unit (the metric's, pantau.metrics).
+Columns: ts (RFC 3339, UTC; in Parquet a UTC timestamp in microseconds), sensor_id, metric, value,
+unit (the metric's, pantau.metrics).
 """
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from psycopg import AsyncConnection, sql
 
 from pantau.metrics import METRICS
 
-Format = Literal["csv", "ndjson"]
-FORMATS: tuple[Format, ...] = ("csv", "ndjson")
-MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "ndjson": "application/x-ndjson"}
+Format = Literal["csv", "ndjson", "parquet"]
+FORMATS: tuple[Format, ...] = ("csv", "ndjson", "parquet")
+MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "ndjson": "application/x-ndjson",
+               "parquet": "application/vnd.apache.parquet"}  # fmt: skip
+PARQUET_ROW_GROUP = 65_536
 HEADER = "ts,sensor_id,metric,value,unit\n"
 # Rows a server-side cursor hands over at a time (NDJSON): large enough to amortise the round trip,
 # small enough that memory stays flat.
@@ -76,6 +81,10 @@ async def export(conn: AsyncConnection, f: ExportFilter, fmt: Format) -> AsyncIt
             async for chunk in copy:
                 yield bytes(chunk)
         return
+    if fmt == "parquet":
+        async for chunk in _parquet(conn, f):
+            yield chunk
+        return
     # A named (server-side) cursor lives in a transaction.
     async with conn.transaction(), conn.cursor(name="pantau_export") as cur:
         await cur.execute(_select(f, text_ts=True))
@@ -84,3 +93,47 @@ async def export(conn: AsyncConnection, f: ExportFilter, fmt: Format) -> AsyncIt
                 json.dumps({"ts": ts, "sensor_id": s, "metric": m, "value": v, "unit": u}, ensure_ascii=False) + "\n"
                 for ts, s, m, v, u in rows
             ).encode()
+
+
+class _Chunks(io.RawIOBase):
+    """A write-only file that keeps what is written until it is taken: the Parquet writer's sink."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.position = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        chunk = bytes(data)
+        self.parts.append(chunk)
+        self.position += len(chunk)
+        return len(chunk)
+
+    def tell(self) -> int:
+        return self.position
+
+    def take(self) -> bytes:
+        out, self.parts = b"".join(self.parts), []
+        return out
+
+
+async def _parquet(conn: AsyncConnection, f: ExportFilter) -> AsyncIterator[bytes]:
+    import pyarrow as pa  # a large library: loaded when a Parquet export asks for it
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([("ts", pa.timestamp("us", tz="UTC")), ("sensor_id", pa.string()), ("metric", pa.string()),
+                        ("value", pa.float64()), ("unit", pa.string())])  # fmt: skip
+    sink = _Chunks()
+    writer = pq.ParquetWriter(sink, schema, compression="zstd")
+    async with conn.transaction(), conn.cursor(name="pantau_export") as cur:
+        await cur.execute(_select(f, text_ts=False))
+        while rows := await cur.fetchmany(PARQUET_ROW_GROUP):
+            columns = zip(*rows, strict=True)
+            arrays = [pa.array(column, type=kind.type) for column, kind in zip(columns, schema, strict=True)]
+            writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
+            if chunk := sink.take():
+                yield chunk
+    writer.close()
+    yield sink.take()

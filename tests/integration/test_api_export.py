@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
+import pyarrow.parquet as pq
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -22,6 +23,7 @@ from pantau.domain import Sensor
 from pantau.readings import Reading
 from pantau.settings import Settings
 from pantau.store import Backend, Store
+from pantau.store.export import PARQUET_ROW_GROUP
 from tests.support import pantau_env, run_pantau
 
 SENSORS = [Sensor(id=f"SPT-AQ-{i:02d}", kind="air", city="sampit") for i in range(6)] + [
@@ -96,6 +98,33 @@ async def test_ndjson_export_and_the_command_line_agree(client: TestClient, data
     assert done.returncode == 0, done.stderr
     rows = list(csv.reader(io.StringIO(out.read_text())))[1:]
     assert [(r[0], r[1], float(r[3])) for r in rows] == [(x["ts"], x["sensor_id"], x["value"]) for x in lines]
+
+
+async def test_parquet_export_streams_row_groups_that_equal_the_csv(
+    client: TestClient, database_url: str, tmp_path: Path
+) -> None:
+    start, end = T0, T0 + 86400 * 3
+    params = {"city": "sampit", "from": _z(start), "to": _z(end)}
+    answer = await client.get("/api/v1/export", params=params | {"format": "parquet"},
+                              headers={"Accept-Encoding": "gzip"})  # fmt: skip
+    assert answer.headers["Content-Type"] == "application/vnd.apache.parquet"
+    assert "Content-Encoding" not in answer.headers  # Parquet is compressed already
+    data = await answer.read()
+    parquet = pq.ParquetFile(io.BytesIO(data))
+    assert parquet.metadata.num_rows == _sql_count(database_url, "sampit", start, end) == 6 * PER_SENSOR
+    assert parquet.metadata.num_row_groups == -(-6 * PER_SENSOR // PARQUET_ROW_GROUP) > 0
+    table = parquet.read()
+    text = (await (await client.get("/api/v1/export", params=params)).read()).decode()
+    csv_rows = list(csv.reader(io.StringIO(text)))[1:]
+    columns = [table.column(c).to_pylist() for c in ("ts", "sensor_id", "metric", "value", "unit")]
+    got = list(zip(*columns, strict=True))
+    want = [(datetime.fromisoformat(r[0].replace("Z", "+00:00")), r[1], r[2], float(r[3]), r[4]) for r in csv_rows]
+    assert got == want
+    out = tmp_path / "sampit.parquet"
+    done = run_pantau(["export", "--city", "sampit", "--from", _z(start), "--to", _z(end), "--format", "parquet",
+                       "-o", str(out)], pantau_env(PANTAU_DATABASE_URL=database_url))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert pq.read_table(out).equals(table)
 
 
 async def test_bad_export_parameters_are_named(client: TestClient) -> None:
