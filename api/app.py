@@ -9,6 +9,7 @@ from aiohttp import web
 
 import api.air
 import api.alerts
+import api.common
 import api.export
 import api.flood
 import api.health
@@ -60,6 +61,7 @@ def create_app(settings: Settings) -> web.Application:
         app.middlewares.append(cors(settings.api_cors_origins))
     app.middlewares.append(problems)
     app[SETTINGS] = settings
+    app[api.overview.RECENT] = api.common.Recent(api.overview.FRESH_S)
     app.cleanup_ctx.append(_store)
     API.install(app)
     return app

@@ -3,9 +3,11 @@ write, and the body of a POST."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -100,3 +102,27 @@ async def city_or_404(request: web.Request, city_id: str) -> City:
         if city.id == city_id:
             return city
     raise not_found(f"city {city_id!r}")
+
+
+class Recent:
+    """Answers computed at most once per `ttl_s` for each key, the requests meanwhile sharing that
+    computation (a wall of screens polling one city's overview costs one computation a second)."""
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self._entries: dict[Hashable, tuple[float, asyncio.Future[Any]]] = {}
+
+    async def get(self, key: Hashable, compute: Callable[[], Awaitable[Any]]) -> Any:
+        now = time.monotonic()
+        entry = self._entries.get(key)
+        if entry is None or entry[0] <= now:
+            if len(self._entries) > 1000:  # keys are cities: never many; a bound all the same
+                self._entries = {k: e for k, e in self._entries.items() if e[0] > now}
+            entry = (now + self.ttl_s, asyncio.ensure_future(compute()))
+            self._entries[key] = entry
+        try:
+            return await asyncio.shield(entry[1])
+        except Exception:
+            if self._entries.get(key) is entry:  # the next request computes afresh
+                del self._entries[key]
+            raise

@@ -1,7 +1,8 @@
 """A city at a glance, for the wall screen's header: sensors ok / offline / stuck / rejected, open
 alerts by severity, the worst ISPU station, the highest Siaga gauge, the worst LOS corridor and the
 ingest lag (now − the city's newest committed reading). ETag and 304 when nothing shown changed
-(the lag is in whole seconds, so a screen polling faster than that gets 304s)."""
+(the lag is in whole seconds, so a screen polling faster than that gets 304s). The answer for now is
+at most `FRESH_S` old: the screens of a command centre polling one city share one computation."""
 
 from __future__ import annotations
 
@@ -11,14 +12,17 @@ from typing import Any
 from aiohttp import web
 
 from api.air import ispu_now
-from api.common import answer, city_or_404, iso, statement_budget
+from api.common import Recent, answer, city_or_404, iso, statement_budget
 from api.flood import gauge_states, river_gauges
 from api.keys import STORE
 from api.openapi import API, Param
 from api.traffic import counter_states
 from pantau.alerts import Severity
+from pantau.domain import City
 from pantau.store import views
 
+FRESH_S = 1.0
+RECENT = web.AppKey("overview_recent", Recent)
 CITY = Param("city", {"type": "string"}, "city slug, e.g. kotamobagu", required=True)
 AT = Param("at", {"type": "string", "format": "date-time"}, "the moment asked (default now), RFC 3339")
 
@@ -32,7 +36,15 @@ AT = Param("at", {"type": "string", "format": "date-time"}, "the moment asked (d
 )
 async def get_overview(request: web.Request) -> web.Response:
     city = await city_or_404(request, CITY.read(request))
-    now = AT.read(request) or datetime.now(UTC).replace(microsecond=0)
+    at = AT.read(request)
+    if at is not None:
+        return answer(request, await _overview(request, city, at), etag=True)
+    now = datetime.now(UTC).replace(microsecond=0)
+    body = await request.app[RECENT].get(city.id, lambda: _overview(request, city, now))
+    return answer(request, body, etag=True)
+
+
+async def _overview(request: web.Request, city: City, now: datetime) -> dict[str, Any]:
     store = request.app[STORE]
     sensors = await store.sensors(city=city.id)
     async with store.connection() as conn, statement_budget(conn):
@@ -76,4 +88,4 @@ async def get_overview(request: web.Request) -> web.Response:
         "newest_reading": iso(newest, city.zone),
         "ingest_lag_s": None if newest is None else max(0, round((now - newest).total_seconds())),
     }  # fmt: skip
-    return answer(request, body, etag=True)
+    return body

@@ -700,6 +700,9 @@ def build_parser() -> argparse.ArgumentParser:
     from benchmarks.bench_rules import add_arguments as add_rules_bench_arguments
 
     add_rules_bench_arguments(bsub.add_parser("rules", help="publish→alert latency with the whole stack under load"))
+    from benchmarks.bench_api import add_arguments as add_api_bench_arguments
+
+    add_api_bench_arguments(bsub.add_parser("api", help="API latency, export rate and memory on a year of a city"))
 
     return parser
 
