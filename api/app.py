@@ -46,7 +46,10 @@ async def openapi(request: web.Request) -> web.Response:
 
 async def _store(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    async with Store.open(require(settings, "database_url"), settings.store) as store:
+    # Every statement of a request under the budget (a 422 with a hint past it, never a hang); an
+    # export sets its own (none: it streams for as long as the rows take).
+    url = require(settings, "database_url")
+    async with Store.open(url, settings.store, statement_timeout_ms=settings.api_statement_timeout_ms) as store:
         app[STORE] = store
         app[ALERTS] = AlertStore(store)
         yield

@@ -83,16 +83,15 @@ async def json_body(request: web.Request, schema: dict[str, Any] | None = None) 
     return data
 
 
-# Every query a request makes runs under this budget: past it, a 422 with a hint (the `problems`
-# middleware turns a cancelled statement into one), never a worker held for minutes.
-STATEMENT_TIMEOUT_MS = 5000
+# Every statement a request makes runs under `Settings.api_statement_timeout_ms`, set on the API's
+# pool: past it, a 422 with a hint (the `problems` middleware turns a cancelled statement into one),
+# never a worker held for minutes. `statement_budget` is a transaction for a handler's several reads.
 
 
 @asynccontextmanager
-async def statement_budget(conn: AsyncConnection, timeout_ms: int = STATEMENT_TIMEOUT_MS) -> AsyncIterator[None]:
-    """A transaction on `conn` whose statements are cancelled after `timeout_ms`."""
+async def statement_budget(conn: AsyncConnection) -> AsyncIterator[None]:
+    """One transaction for a handler's reads (under the pool's statement budget)."""
     async with conn.transaction():
-        await conn.execute(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
         yield
 
 

@@ -131,6 +131,8 @@ class Settings:
     # Web origins whose pages may call the API from a browser (CORS), comma-separated, e.g.
     # "https://cc.kotamobagukota.go.id"; "*" for any; empty (the default) for none.
     api_cors_origins: str = ""
+    # Every statement of an API request is cancelled past this (the client gets a 422 with a hint).
+    api_statement_timeout_ms: int = 5000
     home: Path = Path(".pantau")
     log_level: str = "INFO"
     ingest: IngestSettings = field(default_factory=IngestSettings)
@@ -213,6 +215,8 @@ def _check(settings: Settings) -> None:
         if origin != "*" and not web_origin:
             expected = f"origins such as https://host[:port], or *, got {origin!r}"
             raise ConfigError("PANTAU_API_CORS_ORIGINS", expected)
+    if settings.api_statement_timeout_ms < 1:
+        raise ConfigError("PANTAU_API_STATEMENT_TIMEOUT_MS", "expected a positive number of milliseconds")
     if settings.log_level.upper() not in _LOG_LEVELS:
         raise ConfigError("PANTAU_LOG_LEVEL", f"expected one of {', '.join(_LOG_LEVELS)}")
     ing = settings.ingest

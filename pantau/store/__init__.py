@@ -281,12 +281,17 @@ class Store:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, url: str, settings: StoreSettings | None = None) -> AsyncIterator[Store]:
-        """Open a pool on `url`, wait until it works, close it on exit."""
+    async def open(
+        cls, url: str, settings: StoreSettings | None = None, *, statement_timeout_ms: int | None = None
+    ) -> AsyncIterator[Store]:
+        """Open a pool on `url`, wait until it works, close it on exit. With `statement_timeout_ms`,
+        every statement on its connections is cancelled past that (a transaction may `SET LOCAL`
+        another budget, e.g. 0 for an export that streams for minutes)."""
         settings = settings or StoreSettings()
-        pool = AsyncConnectionPool(
-            url, min_size=1, max_size=settings.pool_max_size, open=False, kwargs={"autocommit": True}
-        )
+        kwargs: dict[str, Any] = {"autocommit": True}
+        if statement_timeout_ms is not None:
+            kwargs["options"] = f"-c statement_timeout={int(statement_timeout_ms)}"
+        pool = AsyncConnectionPool(url, min_size=1, max_size=settings.pool_max_size, open=False, kwargs=kwargs)
         try:
             await pool.open(wait=True, timeout=15.0)
         except psycopg.pool.PoolTimeout as exc:  # type: ignore[attr-defined]
@@ -303,6 +308,8 @@ class Store:
         try:
             async with self._pool.connection() as conn:
                 yield conn
+        except psycopg.errors.QueryCanceled:  # a statement over its budget: the server is fine
+            raise
         except psycopg.OperationalError as exc:
             raise StoreUnavailable(str(exc)) from exc
 

@@ -25,6 +25,8 @@ FORMATS: tuple[Format, ...] = ("csv", "ndjson", "parquet")
 MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "ndjson": "application/x-ndjson",
                "parquet": "application/vnd.apache.parquet"}  # fmt: skip
 PARQUET_ROW_GROUP = 65_536
+# An export streams for as long as its rows take: no statement budget (the API's pool sets one).
+NO_BUDGET = "SET LOCAL statement_timeout = 0"
 HEADER = "ts,sensor_id,metric,value,unit\n"
 # Rows a server-side cursor hands over at a time (NDJSON): large enough to amortise the round trip,
 # small enough that memory stays flat.
@@ -77,9 +79,11 @@ async def export(conn: AsyncConnection, f: ExportFilter, fmt: Format) -> AsyncIt
     if fmt == "csv":
         yield HEADER.encode()
         query = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(_select(f, text_ts=True))
-        async with conn.cursor().copy(query) as copy:
-            async for chunk in copy:
-                yield bytes(chunk)
+        async with conn.transaction():
+            await conn.execute(NO_BUDGET)
+            async with conn.cursor().copy(query) as copy:
+                async for chunk in copy:
+                    yield bytes(chunk)
         return
     if fmt == "parquet":
         async for chunk in _parquet(conn, f):
@@ -87,6 +91,7 @@ async def export(conn: AsyncConnection, f: ExportFilter, fmt: Format) -> AsyncIt
         return
     # A named (server-side) cursor lives in a transaction.
     async with conn.transaction(), conn.cursor(name="pantau_export") as cur:
+        await conn.execute(NO_BUDGET)
         await cur.execute(_select(f, text_ts=True))
         while rows := await cur.fetchmany(_FETCH_ROWS):
             yield "".join(
@@ -128,6 +133,7 @@ async def _parquet(conn: AsyncConnection, f: ExportFilter) -> AsyncIterator[byte
     sink = _Chunks()
     writer = pq.ParquetWriter(sink, schema, compression="zstd")
     async with conn.transaction(), conn.cursor(name="pantau_export") as cur:
+        await conn.execute(NO_BUDGET)
         await cur.execute(_select(f, text_ts=False))
         while rows := await cur.fetchmany(PARQUET_ROW_GROUP):
             columns = zip(*rows, strict=True)

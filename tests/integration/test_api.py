@@ -258,3 +258,20 @@ async def test_ready_holds_ingest_and_rules_to_their_limits_and_metrics_count_re
         assert 'pantau_api_requests_total{method="GET",route="/api/v1/cities",status="200"} 1.0' in text
         assert 'pantau_api_requests_total{method="GET",route="/api/v1/cities/{city}",status="404"} 1.0' in text
         assert 'pantau_api_request_seconds_count{route="/readyz"} 2.0' in text
+
+
+async def test_a_request_past_its_statement_budget_is_a_422_not_a_hang(
+    settings: Settings, store: Store, database_url: str
+) -> None:
+    budgeted = dataclasses.replace(settings, api_statement_timeout_ms=300)
+    async with TestClient(TestServer(create_app(budgeted))) as c:
+        assert (await c.get("/api/v1/sensors")).status == 200
+        with psycopg.connect(database_url) as holder:  # a migration or a vacuum full holds the table
+            holder.execute("LOCK TABLE sensors IN ACCESS EXCLUSIVE MODE")
+            started = time.monotonic()
+            stuck = await c.get("/api/v1/sensors")
+            waited = time.monotonic() - started
+            holder.rollback()
+        assert stuck.status == 422 and stuck.content_type == "application/problem+json"
+        assert "narrow" in (await stuck.json())["detail"] and waited < 5
+        assert (await c.get("/api/v1/sensors")).status == 200  # the pool's connection is fine again

@@ -396,3 +396,9 @@ def test_cors_origins_are_web_origins_or_any() -> None:
     for bad in ("cc.kotamobagukota.go.id", "https://cc.example/path", "ftp://cc.example"):
         error = config_error({"PANTAU_API_CORS_ORIGINS": bad})
         assert error.key == "PANTAU_API_CORS_ORIGINS" and repr(bad) in str(error)
+
+
+def test_the_api_statement_budget_is_positive() -> None:
+    assert load_settings({}).api_statement_timeout_ms == 5000
+    assert load_settings({"PANTAU_API_STATEMENT_TIMEOUT_MS": "250"}).api_statement_timeout_ms == 250
+    assert config_error({"PANTAU_API_STATEMENT_TIMEOUT_MS": "0"}).key == "PANTAU_API_STATEMENT_TIMEOUT_MS"
