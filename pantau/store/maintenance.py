@@ -103,6 +103,24 @@ async def ensure_partitions(conn: AsyncConnection, days: set[date]) -> int:
     return made
 
 
+# Logged buckets closer than this are refreshed by one scan of the time range between them; a gap
+# wider starts another scan (a late reading from last week is not a reason to read the whole week).
+_SPAN_GAP = timedelta(hours=1)
+
+
+def _spans(buckets: list[datetime], width: timedelta) -> list[tuple[datetime, datetime, list[datetime]]]:
+    """Sorted bucket starts as runs [lo, hi) with their buckets, split where the gap exceeds _SPAN_GAP."""
+    runs: list[tuple[datetime, datetime, list[datetime]]] = []
+    for bucket in buckets:
+        if runs and bucket - runs[-1][1] <= _SPAN_GAP:
+            lo, _hi, members = runs[-1]
+            members.append(bucket)
+            runs[-1] = (lo, bucket + width, members)
+        else:
+            runs.append((bucket, bucket + width, [bucket]))
+    return runs
+
+
 async def refresh_rollups(conn: AsyncConnection) -> tuple[int, int]:
     """Recompute the rollup buckets logged since the last refresh; returns (minutes, hours).
 
@@ -117,34 +135,35 @@ async def refresh_rollups(conn: AsyncConnection) -> tuple[int, int]:
         minutes = [r[0] for r in await cur.fetchall()]
         if not minutes:
             return 0, 0
-        await conn.execute(
-            """
-            INSERT INTO readings_1m AS r (bucket, sensor_id, metric, n, avg_value, min_value, max_value)
-            SELECT date_trunc('minute', ts), sensor_id, metric, count(*), avg(value), min(value), max(value)
-            FROM readings JOIN unnest(%s::timestamptz[]) AS b(bucket)
-              ON readings.ts >= b.bucket AND readings.ts < b.bucket + interval '1 minute'
-            GROUP BY 1, sensor_id, metric
-            ON CONFLICT (sensor_id, metric, bucket) DO UPDATE SET
-                n = excluded.n, avg_value = excluded.avg_value,
-                min_value = excluded.min_value, max_value = excluded.max_value
-            """,
-            (minutes,),
-        )
+        for lo, hi, span in _spans(minutes, timedelta(minutes=1)):
+            await conn.execute(
+                """
+                INSERT INTO readings_1m AS r (bucket, sensor_id, metric, n, avg_value, min_value, max_value)
+                SELECT date_trunc('minute', ts), sensor_id, metric, count(*), avg(value), min(value), max(value)
+                FROM readings WHERE ts >= %s AND ts < %s AND date_trunc('minute', ts) = ANY(%s::timestamptz[])
+                GROUP BY 1, sensor_id, metric
+                ON CONFLICT (sensor_id, metric, bucket) DO UPDATE SET
+                    n = excluded.n, avg_value = excluded.avg_value,
+                    min_value = excluded.min_value, max_value = excluded.max_value
+                """,
+                (lo, hi, span),
+            )
         hours = sorted({m.replace(minute=0, second=0, microsecond=0) for m in minutes})
-        await conn.execute(
-            """
-            INSERT INTO readings_1h AS r (bucket, sensor_id, metric, n, avg_value, min_value, max_value)
-            SELECT date_trunc('hour', m.bucket), sensor_id, metric, sum(n),
-                   sum(avg_value * n) / sum(n), min(min_value), max(max_value)
-            FROM readings_1m m JOIN unnest(%s::timestamptz[]) AS h(bucket)
-              ON m.bucket >= h.bucket AND m.bucket < h.bucket + interval '1 hour'
-            GROUP BY 1, sensor_id, metric
-            ON CONFLICT (sensor_id, metric, bucket) DO UPDATE SET
-                n = excluded.n, avg_value = excluded.avg_value,
-                min_value = excluded.min_value, max_value = excluded.max_value
-            """,
-            (hours,),
-        )
+        for lo, hi, span in _spans(hours, timedelta(hours=1)):
+            await conn.execute(
+                """
+                INSERT INTO readings_1h AS r (bucket, sensor_id, metric, n, avg_value, min_value, max_value)
+                SELECT date_trunc('hour', bucket), sensor_id, metric, sum(n),
+                       sum(avg_value * n) / sum(n), min(min_value), max(max_value)
+                FROM readings_1m
+                WHERE bucket >= %s AND bucket < %s AND date_trunc('hour', bucket) = ANY(%s::timestamptz[])
+                GROUP BY 1, sensor_id, metric
+                ON CONFLICT (sensor_id, metric, bucket) DO UPDATE SET
+                    n = excluded.n, avg_value = excluded.avg_value,
+                    min_value = excluded.min_value, max_value = excluded.max_value
+                """,
+                (lo, hi, span),
+            )
     return len(minutes), len(hours)
 
 
