@@ -46,7 +46,15 @@ def body_of(data: Any) -> bytes:
 
 def answer(request: web.Request, data: Any, *, etag: bool = False, status: int = 200) -> web.Response:
     """`data` as JSON; with `etag`, a strong ETag and 304 when the client has it already."""
-    body = body_of(data)
+    return _respond(request, body_of(data), etag=etag, status=status)
+
+
+def answer_text(request: web.Request, text: str, *, etag: bool = False) -> web.Response:
+    """A JSON document already written (by PostgreSQL), answered as `answer` answers."""
+    return _respond(request, text.encode(), etag=etag, status=200)
+
+
+def _respond(request: web.Request, body: bytes, *, etag: bool, status: int) -> web.Response:
     headers = {}
     if etag:
         tag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from api.common import answer, iso
+from api.common import answer, answer_text, iso
 from api.keys import ALERTS, STORE
 from api.openapi import API, Param
 from api.problems import not_found
@@ -140,6 +140,26 @@ async def get_sensor(request: web.Request) -> web.Response:
     )
 
 
+# The wall map's document, built by PostgreSQL in one statement: 10,000 sensors' values are one
+# indexed read and one text, with nothing made per row in Python. Times as `iso` writes them (UTC,
+# Z, microseconds only when there are some).
+_RFC3339 = (
+    "to_char(l.ts AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS')"
+    " || CASE WHEN extract(microseconds FROM l.ts)::bigint %% 1000000 = 0 THEN ''"
+    " ELSE to_char(l.ts AT TIME ZONE 'UTC', '.US') END || 'Z'"
+)
+_LATEST = f"""
+SELECT json_build_object('sensors', coalesce(json_agg(x.doc ORDER BY x.id), '[]'))::text FROM (
+    SELECT s.id, json_build_object('id', s.id, 'city', s.city, 'kind', s.kind,
+           'values', json_object_agg(l.metric, json_build_object('ts', {_RFC3339}, 'value', l.value) ORDER BY l.metric)
+    ) AS doc
+    FROM latest_readings l JOIN sensors s ON s.id = l.sensor_id
+    WHERE (%(city)s::text IS NULL OR s.city = %(city)s) AND (%(kind)s::text IS NULL OR s.kind = %(kind)s)
+    GROUP BY s.id, s.city, s.kind
+) x
+"""  # noqa: S608 - _RFC3339 is a constant
+
+
 @API.get(
     "/api/v1/latest",
     summary="Every sensor's latest value per metric, for the wall map (ETag; 304 when unchanged)",
@@ -150,16 +170,6 @@ async def get_sensor(request: web.Request) -> web.Response:
 async def latest(request: web.Request) -> web.Response:
     city, kind = CITY.read(request), KIND.read(request)
     async with request.app[STORE].connection() as conn:
-        cur = await conn.execute(
-            "SELECT s.id, s.city, s.kind, l.metric, l.ts, l.value"
-            " FROM latest_readings l JOIN sensors s ON s.id = l.sensor_id"
-            " WHERE (%(city)s::text IS NULL OR s.city = %(city)s) AND (%(kind)s::text IS NULL OR s.kind = %(kind)s)"
-            " ORDER BY s.id, l.metric",
-            {"city": city, "kind": kind},
-        )
-        rows = await cur.fetchall()
-    sensors: dict[str, dict[str, Any]] = {}
-    for sensor_id, city_id, kind_of, metric, ts, value in rows:
-        entry = sensors.setdefault(sensor_id, {"id": sensor_id, "city": city_id, "kind": kind_of, "values": {}})
-        entry["values"][metric] = {"ts": iso(ts), "value": value}
-    return answer(request, {"sensors": list(sensors.values())}, etag=True)
+        cur = await conn.execute(_LATEST, {"city": city, "kind": kind})
+        row = await cur.fetchone()
+    return answer_text(request, row[0] if row else '{"sensors": []}', etag=True)

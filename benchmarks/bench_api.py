@@ -1,8 +1,8 @@
 """`pantau bench api`: the API's latency, export rate and memory on a year of a city, with ingest
 taking 10,000 readings/s beside it (issue 12).
 
-On private PostgreSQL and mosquitto instances (under a temporary directory), with `pantau ingest`
-and `pantau api` running as the separate processes they are in production:
+On private PostgreSQL and mosquitto instances (under a temporary directory), with `pantau ingest`,
+`pantau maintain` and `pantau api` running as the separate processes they are in production:
 
 1. the store: the Sampit fleet scaled to `--sensors` stations simulated over `--days` days at
    `--speed max` into the real ingest (48 stations over 360 days: about 21 million readings), then
@@ -118,7 +118,7 @@ def _run(args: argparse.Namespace) -> int:
                 await store.upsert_sensors(load_sensors(args.load_sensors))
 
         asyncio.run(register_load())
-        for name in ("ingest", "api"):
+        for name in ("ingest", "maintain", "api"):  # as `pantau up` runs them
             log = (workdir / f"{name}.log").open("wb")
             procs[name] = subprocess.Popen([*pantau, name], env=env, stdout=log, stderr=log)
         time.sleep(2.0)

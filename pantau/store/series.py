@@ -96,6 +96,8 @@ WITH pending AS (
     SELECT date_bin(%(unit)s, ts, timestamptz '2000-01-01 00:00:00+00') AS bucket,
            count(*) AS n, avg(value) AS avg_value, min(value) AS min_value, max(value) AS max_value
     FROM readings WHERE sensor_id = %(sensor)s AND metric = %(metric)s AND ts >= %(lo)s AND ts < %(hi)s
+      -- only the span the pending buckets cover (recent, as a rule): not the whole range's raw rows
+      AND ts >= (SELECT min(bucket) FROM pending) AND ts < (SELECT max(bucket) FROM pending) + %(unit)s
       AND date_bin(%(unit)s, ts, timestamptz '2000-01-01 00:00:00+00') IN (SELECT bucket FROM pending)
     GROUP BY 1
 )

@@ -110,6 +110,7 @@ UNION ALL
 SELECT sensor_id, metric, date_bin('1 hour', ts, timestamptz '2000-01-01 00:00:00+00'), count(*), sum(value)
 FROM readings
 WHERE sensor_id = ANY(%(sensors)s) AND metric = ANY(%(metrics)s) AND ts >= %(lo)s AND ts < %(hi)s
+  AND ts >= (SELECT min(bucket) FROM pending) AND ts < (SELECT max(bucket) FROM pending) + interval '1 hour'
   AND date_bin('1 hour', ts, timestamptz '2000-01-01 00:00:00+00') IN (SELECT bucket FROM pending)
 GROUP BY 1, 2, 3
 """

@@ -79,7 +79,8 @@ async def test_latest_values_with_etag_and_local_time(
     t = float(int(time.time()) - 600)
     async with ReadingWriter(database_url, backend) as writer:  # what ingest does
         await writer.write(
-            [(t - 60, AIR.id, "pm25", 30.0), (t, AIR.id, "pm25", 41.5), (t, GAUGE.id, "water_level_cm", 180.0)], []
+            [(t - 60, AIR.id, "pm25", 30.0), (t, AIR.id, "pm25", 41.5), (t, GAUGE.id, "water_level_cm", 180.0),
+             (t + 0.25, GAUGE.id, "rain_mm", 1.5)], []
         )
     first = await client.get("/api/v1/latest", params={"city": "kotamobagu"})
     body = await first.json()
@@ -94,6 +95,11 @@ async def test_latest_values_with_etag_and_local_time(
     assert one["latest"]["pm25"]["ts"].endswith("+08:00")  # WITA
     assert one["latest"]["pm25"]["value"] == 41.5 and one["open_alerts"] == []
     assert (await client.get("/api/v1/sensors/NOPE")).status == 404
+    gauge = (await (await client.get("/api/v1/latest", params={"city": "sampit"})).json())["sensors"]
+    at_quarter = datetime.fromtimestamp(t + 0.25, UTC).isoformat().replace("+00:00", "Z")
+    assert gauge == [{"id": GAUGE.id, "city": "sampit", "kind": "flood", "values": {
+        "rain_mm": {"ts": at_quarter, "value": 1.5}, "water_level_cm": {"ts": at, "value": 180.0}}}]  # fmt: skip
+    assert at_quarter.endswith(".250000Z")
 
 
 async def test_alerts_paged_by_cursor_and_acted_on_with_actor_and_note(
