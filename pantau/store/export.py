@@ -25,6 +25,8 @@ FORMATS: tuple[Format, ...] = ("csv", "ndjson", "parquet")
 MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "ndjson": "application/x-ndjson",
                "parquet": "application/vnd.apache.parquet"}  # fmt: skip
 PARQUET_ROW_GROUP = 65_536
+# Bytes handed to the client at a time: one write per row would cost more than the rows.
+_CHUNK_BYTES = 1 << 16
 # An export streams for as long as its rows take: no statement budget (the API's pool sets one).
 NO_BUDGET = "SET LOCAL statement_timeout = 0"
 HEADER = "ts,sensor_id,metric,value,unit\n"
@@ -82,8 +84,14 @@ async def export(conn: AsyncConnection, f: ExportFilter, fmt: Format) -> AsyncIt
         async with conn.transaction():
             await conn.execute(NO_BUDGET)
             async with conn.cursor().copy(query) as copy:
-                async for chunk in copy:
-                    yield bytes(chunk)
+                buffer = bytearray()
+                async for row in copy:  # libpq hands over COPY data a row at a time
+                    buffer += row
+                    if len(buffer) >= _CHUNK_BYTES:
+                        yield bytes(buffer)
+                        buffer.clear()
+                if buffer:
+                    yield bytes(buffer)
         return
     if fmt == "parquet":
         async for chunk in _parquet(conn, f):
