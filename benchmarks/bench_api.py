@@ -131,17 +131,19 @@ def _run(args: argparse.Namespace) -> int:
             env=env, capture_output=True, text=True, check=True,
         )  # fmt: skip
         said = sim.stdout + sim.stderr
-        sent = said.split(" messages (")[1].split(" readings)")[0] if " messages (" in said else "?"
-        last, still = -1, 0
-        while still < 3:  # drained when the count stops moving for 3 s
+        sent = int(said.split(" messages (")[1].split(" readings)")[0].replace(",", ""))
+        last, moved = -1, time.monotonic()
+        while last < sent:  # drained when every published reading is stored
             time.sleep(1.0)
             now = _count(pg.url)
-            still = still + 1 if now == last else 0
-            last = now
-            print(f"\r  {now:,} readings stored", end="", file=sys.stderr, flush=True)
+            if now != last:
+                last, moved = now, time.monotonic()
+            elif time.monotonic() - moved > 120:
+                raise RuntimeError(f"ingest stopped at {now:,} of {sent:,} readings; see {workdir}/ingest.log")
+            print(f"\r  {now:,} of {sent:,} readings stored", end="", file=sys.stderr, flush=True)
         build_s = time.monotonic() - started
         stored = last
-        print(f"\nstore: {stored:,} readings ({sent} published) in {build_s:.0f} s", file=sys.stderr)
+        print(f"\nstore: {stored:,} readings in {build_s:.0f} s", file=sys.stderr)
 
         async def settle() -> tuple[int, int]:
             async with Store.open(pg.url, StoreSettings(pool_max_size=2)) as store, store.connection() as conn:
