@@ -41,6 +41,7 @@ DEFAULT_TOP = 100
 MAX_TOP = 10_000
 MAX_SKIP = 10_000
 MAX_EXPAND_DEPTH = 2
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 OM_MEASUREMENT = "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement"
 LEVELS = {"1m": timedelta(minutes=1), "1h": timedelta(hours=1)}
 ENTITY_SETS = ("Things", "Locations", "Datastreams", "ObservedProperties", "Sensors", "Observations")
@@ -283,7 +284,7 @@ def sensor_json(request: web.Request, kind: str) -> dict[str, Any]:
 
 def observation_json(request: web.Request, stream: Stream, row: tuple[Any, ...]) -> dict[str, Any]:
     at = row[0]
-    oid = f"{stream.id}:{int(at.timestamp() * 1_000_000)}"
+    oid = f"{stream.id}:{(at - _EPOCH) // timedelta(microseconds=1)}"
     body: dict[str, Any] = {"@iot.id": oid, "@iot.selfLink": _link(request, f"Observations({_quote(oid)})")}
     if stream.level == "raw":
         body |= {"phenomenonTime": iso(at), "resultTime": iso(at), "result": row[1]}
@@ -394,7 +395,10 @@ def _entity_key(kind: str, raw: str) -> Any:
         stream = Stream.parse(head)
         if stream is None or not micros.lstrip("-").isdigit():
             raise not_found(f"Observation {text!r}")
-        return (stream, datetime.fromtimestamp(int(micros) / 1_000_000, UTC))
+        try:
+            return (stream, _EPOCH + timedelta(microseconds=int(micros)))  # exact, unlike a float
+        except OverflowError:
+            raise not_found(f"Observation {text!r}") from None
     if kind == "ObservedProperties" and text not in METRICS:
         raise not_found(f"ObservedProperty {text!r}")
     if kind == "Sensors" and text not in {k.value for k in SensorKind}:
@@ -588,7 +592,7 @@ async def _one(request: web.Request, conn: psycopg.AsyncConnection, target: Targ
         rows = await _observations(conn, stream, Options(
             top=1, filters=[("phenomenonTime", "eq", at)]))  # fmt: skip
         if not rows:
-            raise not_found(f"Observation {target.key[0].id}:{int(at.timestamp() * 1_000_000)}")
+            raise not_found(f"Observation {stream.id}:{(at - _EPOCH) // timedelta(microseconds=1)}")
         return observation_json(request, stream, rows[0])
     scope = _by_key(target) if target.kind in ("Things", "Locations", "Datastreams") else target.scope
     found = [e for e in await _small_set(request, conn, Target(target.kind, target.key, scope))

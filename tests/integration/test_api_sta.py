@@ -89,6 +89,8 @@ async def test_observations_with_a_time_filter_paged_by_next_link_match_the_api(
         pages = query.top(37).count().list()
         observations = list(pages)  # the client follows @iot.nextLink to the end
         hourly = list(service.datastreams().find("KTG-AQ-01:pm25:1h").get_observations().query().top(2).list())
+        one = service.observations().find(observations[5].id)  # an Observation by its id
+        assert (one.phenomenon_time, one.result) == (observations[5].phenomenon_time, observations[5].result)
         return observations, pages.count, hourly
 
     observations, count, hourly = await asyncio.to_thread(read)
