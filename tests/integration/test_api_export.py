@@ -132,3 +132,26 @@ async def test_bad_export_parameters_are_named(client: TestClient) -> None:
     assert naive.status == 400 and (await naive.json())["invalid-params"][0]["name"] == "from"
     unknown = await client.get("/api/v1/export", params={"from": _z(T0), "to": _z(T0 + 60), "metric": "pm26"})
     assert unknown.status == 400 and (await unknown.json())["invalid-params"][0]["name"] == "metric"
+
+
+@pytest.mark.slow
+async def test_a_multi_million_row_export_holds_the_sql_count(
+    settings: Settings, store: Store, database_url: str, backend: Backend
+) -> None:
+    stations = [Sensor(id=f"MJK-AQ-{i:03d}", kind="air", city="mojokerto") for i in range(50)]
+    await store.upsert_sensors(stations)
+    t0 = float(int(time.time()) - 86400)
+    per_station = 42_000  # 2.1 million readings, one a second per station
+    async with ReadingWriter(database_url, backend) as writer:
+        for k in range(0, per_station, 2000):
+            rows = [(t0 + j, s.id, "pm25", float(j % 500)) for j in range(k, k + 2000) for s in stations]
+            await writer.write(rows, [])
+    start, end = t0 + 100, t0 + per_station - 100  # a filter that cuts the range at both ends
+    async with TestClient(TestServer(create_app(settings))) as c:
+        answer = await c.get("/api/v1/export", params={"city": "mojokerto", "from": _z(start), "to": _z(end)})
+        lines = 0
+        async for chunk in answer.content.iter_chunked(1 << 20):
+            lines += chunk.count(b"\n")
+    sql = _sql_count(database_url, "mojokerto", start, end)
+    assert sql == 50 * (per_station - 200) > 2_000_000
+    assert lines - 1 == sql  # every row once, under its header
