@@ -20,10 +20,9 @@ from typing import Any
 
 from aiohttp import web
 
-from api.common import answer, city_or_404, iso, statement_budget
+from api.common import TZ, answer, city_or_404, iso, statement_budget
 from api.keys import STORE
 from api.openapi import API, Param
-from api.problems import bad_param
 from pantau.domain import City, Sensor
 from pantau.indices import ISPU_P14_2020, IspuCategory, IspuSubIndex, StationIspu, day_window_max, ispu_station
 from pantau.store import views
@@ -34,7 +33,6 @@ CITY_REQUIRED = Param("city", {"type": "string"}, "city slug, e.g. kotamobagu", 
 AT = Param("at", {"type": "string", "format": "date-time"}, "the moment asked (default now), RFC 3339")
 DATE = Param("date", {"type": "string", "format": "date"}, "the city's local date (default yesterday)")
 FORMAT = Param("format", {"type": "string", "enum": ["json", "csv"], "default": "json"}, "JSON, or CSV as DLH files it")
-TZ = Param("tz", {"type": "string", "enum": ["utc", "local"], "default": "utc"}, "times in UTC or the city's zone")
 
 
 def category_json(category: IspuCategory) -> dict[str, str]:
@@ -100,13 +98,8 @@ async def get_ispu(request: web.Request) -> web.Response:
 
 
 def _local_date(request: web.Request, city: City) -> date:
-    raw = DATE.read(request)
-    if raw is None:
-        return (datetime.now(city.zone) - timedelta(days=1)).date()
-    try:
-        return date.fromisoformat(raw)
-    except ValueError:
-        raise bad_param("date", f"a date YYYY-MM-DD, got {raw!r}") from None
+    asked: date | None = DATE.read(request)
+    return asked or (datetime.now(city.zone) - timedelta(days=1)).date()
 
 
 @API.get(

@@ -17,8 +17,12 @@ from aiohttp import web
 from psycopg import AsyncConnection
 
 from api.keys import STORE
+from api.openapi import Param
 from api.problems import Problem, bad_param, not_found
 from pantau.domain import City
+
+# Every route that answers times takes this: UTC with Z, or the city's own offset.
+TZ = Param("tz", {"type": "string", "enum": ["utc", "local"], "default": "utc"}, "times in UTC (Z) or the city's zone")
 
 # Who acts, until access control names the signed-in user or the token's owner (issue 13): every
 # write records it (pantau.alerts refuses a blank one).

@@ -16,10 +16,9 @@ from typing import Any
 
 from aiohttp import web
 
-from api.common import answer, city_or_404, iso, statement_budget
+from api.common import TZ, answer, city_or_404, iso, statement_budget
 from api.keys import STORE
 from api.openapi import API, Param
-from api.problems import bad_param
 from pantau.domain import City, Sensor
 from pantau.errors import SensorMetadataError
 from pantau.indices import RainPeriod, SiagaLevel, rain_class, siaga_level, siaga_thresholds
@@ -29,7 +28,6 @@ CITY = Param("city", {"type": "string"}, "city slug, e.g. sampit")
 RIVER = Param("river", {"type": "string"}, "one river, by name")
 AT = Param("at", {"type": "string", "format": "date-time"}, "the moment asked about (default now)")
 DATE = Param("date", {"type": "string", "format": "date"}, "a whole local date instead of today up to now")
-TZ = Param("tz", {"type": "string", "enum": ["utc", "local"], "default": "utc"}, "times in UTC or the city's zone")
 LEVEL = "water_level_cm"
 RAIN = "rain_mm"
 HOUR = timedelta(hours=1)
@@ -106,15 +104,11 @@ async def get_rivers(request: web.Request) -> web.Response:
     ]})  # fmt: skip
 
 
-def _day(city: City, raw: str | None, at: datetime) -> tuple[datetime, datetime]:
+def _day(city: City, day: date | None, at: datetime) -> tuple[datetime, datetime]:
     """[start, end) of the local day asked for: a whole `date`, or today up to `at`."""
-    if raw is None:
+    if day is None:
         local = at.astimezone(city.zone)
         return local.replace(hour=0, minute=0, second=0, microsecond=0), at
-    try:
-        day = date.fromisoformat(raw)
-    except ValueError:
-        raise bad_param("date", f"a date YYYY-MM-DD, got {raw!r}") from None
     start = datetime(day.year, day.month, day.day, tzinfo=city.zone)
     return start, start + timedelta(days=1)
 

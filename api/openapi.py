@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -70,6 +70,11 @@ class Param:
             if (low is not None and value < low) or (high is not None and value > high):
                 raise bad_param(self.name, f"an integer from {low} to {high}, got {value}")
             return value
+        if self.schema.get("format") == "date":
+            try:
+                return date.fromisoformat(raw)
+            except ValueError:
+                raise bad_param(self.name, f"a date YYYY-MM-DD, got {raw!r}") from None
         if self.schema.get("format") == "date-time":
             if len(raw) > 6 and raw[-6] == " " and "T" in raw:  # a "+07:00" typed into a URL arrives as " 07:00"
                 raw = raw[:-6] + "+" + raw[-5:]

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from api.common import answer, answer_text, iso
+from api.common import TZ, answer, answer_text, iso
 from api.keys import ALERTS, STORE
 from api.openapi import API, Param
 from api.problems import not_found
@@ -26,7 +26,6 @@ STATUS = Param(
     "status", {"type": "string", "enum": list(views.STATUSES)},
     "ok; offline (silent 15 min); rejected (its newest message was); stuck (a metric unchanged over an hour)",
 )  # fmt: skip
-TZ = Param("tz", {"type": "string", "enum": ["utc", "local"], "default": "utc"}, "times in UTC (Z) or the city's zone")
 
 
 def city_json(city: City) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import psycopg
 from aiohttp import web
 
-from api.common import answer, iso
+from api.common import TZ, answer, iso
 from api.keys import SETTINGS, STORE
 from api.openapi import API, Param
 from api.problems import Problem, bad_param
@@ -32,7 +32,6 @@ AGG = Param("agg", {"type": "string", "default": "avg"}, "comma-separated: avg, 
 MAX_POINTS = Param(
     "max_points", {"type": "integer", "minimum": 1, "maximum": 20000, "default": 2000}, "points per series at most"
 )
-TZ = Param("tz", {"type": "string", "enum": ["utc", "local"], "default": "utc"}, "times in UTC or the city's zone")
 
 _SPAN = {"1m": 60.0, "1h": 3600.0, "1d": 86400.0}
 

@@ -67,7 +67,6 @@ class Options:
     filters: list[tuple[str, str, Any]] = field(default_factory=list)
     expand: dict[str, Options] = field(default_factory=dict)
     after: Any = None  # the keyset of `$skiptoken`: resume after this entity
-    explicit_top: bool = False
     raw: dict[str, str] = field(default_factory=dict)  # as given, for the next page's link
 
 
@@ -122,7 +121,7 @@ def parse_options(pairs: dict[str, str], depth: int = 0) -> Options:
         if "\x00" in raw:
             raise bad_param(name, "text without NUL characters")
         if name == "$top":
-            opts.top, opts.explicit_top = _int(name, raw, 0, MAX_TOP), True
+            opts.top = _int(name, raw, 0, MAX_TOP)
         elif name == "$skip":
             opts.skip = _int(name, raw, 0, MAX_SKIP)
         elif name == "$count":

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from api.common import answer, city_or_404, iso, statement_budget
+from api.common import TZ, answer, city_or_404, iso, statement_budget
 from api.keys import STORE
 from api.openapi import API, Param
 from pantau.domain import Sensor
@@ -22,7 +22,6 @@ from pantau.indices import capacity_pcu_h, degree_of_saturation, flow_pcu_h, lev
 from pantau.store import views
 
 CITY = Param("city", {"type": "string"}, "city slug, e.g. mojokerto")
-TZ = Param("tz", {"type": "string", "enum": ["utc", "local"], "default": "utc"}, "times in UTC or the city's zone")
 
 
 def counter_state(sensor: Sensor, latest: dict[str, tuple[datetime, float]], at: datetime) -> dict[str, Any]:
