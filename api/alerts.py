@@ -12,9 +12,10 @@ from typing import Any
 
 from aiohttp import web
 
-from api.common import actor, answer, json_body
+from api.access import acting, principal, visible_city, visible_sensor
+from api.common import answer, json_body
 from api.keys import ALERTS, STORE
-from api.openapi import API, Param
+from api.openapi import API, OPERATE, Param
 from api.problems import bad_param, not_found
 from pantau.alerts import Alert, Transition
 
@@ -72,7 +73,7 @@ async def list_alerts(request: web.Request) -> web.Response:
 async def _alert(request: web.Request) -> Alert:
     alert_id = ALERT_ID.read(request)
     alert = await request.app[ALERTS].get(alert_id)
-    if alert is None:
+    if alert is None or not principal(request).sees(alert.city):
         raise not_found(f"alert {alert_id}")
     return alert
 
@@ -93,8 +94,9 @@ def _note(body: dict[str, Any]) -> str:
 
 @API.post(
     "/api/v1/alerts/{alert}/ack",
-    summary="Acknowledge an alert: someone is on it (X-Pantau-Actor names who)",
+    summary="Acknowledge an alert: someone is on it (the caller, recorded with the note)",
     tag="alerts",
+    roles=OPERATE,
     params=[ALERT_ID],
     body=NOTE,
 )
@@ -104,8 +106,9 @@ async def ack_alert(request: web.Request) -> web.Response:
 
 @API.post(
     "/api/v1/alerts/{alert}/resolve",
-    summary="Resolve an alert by hand (X-Pantau-Actor names who)",
+    summary="Resolve an alert by hand (the caller, recorded with the note)",
     tag="alerts",
+    roles=OPERATE,
     params=[ALERT_ID],
     body=NOTE,
 )
@@ -117,7 +120,7 @@ async def _act(request: web.Request, action: Callable[..., Awaitable[Transition]
     """An alert action of the kernel's alert store, by the request's actor, with its note; answers
     the outcome and the alert as it is now."""
     alert = await _alert(request)
-    who, note = actor(request), _note(await json_body(request, NOTE))
+    who, note = acting(request), _note(await json_body(request, NOTE))
     transition = await action(alert.id, who, reason=note)
     return answer(request, {"outcome": transition.outcome.value, "alert": (await _alert(request)).to_json()})
 
@@ -140,19 +143,36 @@ SILENCE_BODY = {
 @API.get("/api/v1/silences", summary="Silences in force now", tag="alerts")
 async def list_silences(request: web.Request) -> web.Response:
     silences = await request.app[ALERTS].silences(active_at=datetime.now(UTC))
+    who = principal(request)
+    if who.cities is not None:  # a scoped caller sees the silences of their cities only
+        cities = await _silence_cities(request, [s.id for s in silences])
+        silences = [s for s in silences if who.sees(cities.get(s.id))]
     return answer(request, {"silences": [s.to_json() for s in silences]})
+
+
+async def _silence_cities(request: web.Request, ids: list[int]) -> dict[int, str]:
+    """The city of each silence: its own, or its sensor's."""
+    async with request.app[STORE].connection() as conn:
+        cur = await conn.execute(
+            "SELECT s.id, coalesce(s.city, se.city) FROM silences s LEFT JOIN sensors se ON se.id = s.sensor_id"
+            " WHERE s.id = ANY(%s)",
+            (ids,),
+        )
+        return {row[0]: row[1] for row in await cur.fetchall()}
 
 
 @API.post(
     "/api/v1/silences",
     summary="Hold back notifications for a sensor, or a city or district, for some minutes (still recorded)",
     tag="alerts",
+    roles=OPERATE,
+    scope="city",
     body=SILENCE_BODY,
     responses={201: "Created"},
 )
 async def add_silence(request: web.Request) -> web.Response:
     body = await json_body(request, SILENCE_BODY)
-    who = actor(request)
+    who = acting(request)
     for field in ("sensor", "city", "district", "rule"):
         if field in body and not isinstance(body[field], str):
             raise bad_param(field, "a string")
@@ -167,6 +187,9 @@ async def add_silence(request: web.Request) -> web.Response:
         raise bad_param("note", "why (maintenance, a known fault, ...)")
     await _exists(request, "sensors", "sensor", sensor)
     await _exists(request, "cities", "city", city)
+    if sensor is not None:
+        await visible_sensor(request, sensor)
+    visible_city(request, city)
     now = datetime.now(UTC)
     silence = await request.app[ALERTS].add_silence(
         sensor_id=sensor, city=city, district=body.get("district"), rule_id=body.get("rule"),
@@ -189,15 +212,18 @@ async def _exists(request: web.Request, table: str, field: str, value: Any) -> N
 
 @API.post(
     "/api/v1/silences/{silence}/end",
-    summary="End a silence now (maintenance finished early; X-Pantau-Actor names who)",
+    summary="End a silence now (maintenance finished early; the caller is recorded)",
     tag="alerts",
+    roles=OPERATE,
     params=[Param("silence", {"type": "integer"}, "silence id", where="path")],
     body={"type": "object"},
 )
 async def end_silence(request: web.Request) -> web.Response:
     silence_id = Param("silence", {"type": "integer"}, "", where="path").read(request)
     await json_body(request)  # an object (may be empty); anything else is a mistake to name
-    ended = await request.app[ALERTS].end_silence(silence_id, actor(request))
+    if not principal(request).sees((await _silence_cities(request, [silence_id])).get(silence_id)):
+        raise not_found(f"silence {silence_id} in force")
+    ended = await request.app[ALERTS].end_silence(silence_id, acting(request))
     if ended is None:
         raise not_found(f"silence {silence_id} in force")
     return answer(request, ended.to_json())

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+import api.access
 import api.air
 import api.alerts
 import api.common
@@ -23,23 +24,24 @@ import api.telemetry
 import api.traffic
 from api.common import answer
 from api.cors import cors
-from api.keys import ALERTS, SETTINGS, STORE
+from api.keys import ACCESS, ALERTS, SETTINGS, STORE
 from api.openapi import API
 from api.problems import problems
 from api.telemetry import instrument
 from pantau import __version__
+from pantau.access import Access
 from pantau.alerts import AlertStore
 from pantau.settings import Settings, require
 from pantau.store import Store
 
 # The modules whose routes join API as they are imported.
 ROUTES = (
-    api.air, api.alerts, api.export, api.flood, api.health, api.overview, api.reference, api.registry, api.rules,
-    api.series, api.sta, api.telemetry, api.traffic,
+    api.access, api.air, api.alerts, api.export, api.flood, api.health, api.overview, api.reference, api.registry,
+    api.rules, api.series, api.sta, api.telemetry, api.traffic,
 )  # fmt: skip
 
 
-@API.get("/api/v1/openapi.json", summary="This document", tag="meta")
+@API.get("/api/v1/openapi.json", summary="This document", tag="meta", roles=None)
 async def openapi(request: web.Request) -> web.Response:
     return answer(request, API.document(version=__version__))
 
@@ -52,6 +54,7 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
     async with Store.open(url, settings.store, statement_timeout_ms=settings.api_statement_timeout_ms) as store:
         app[STORE] = store
         app[ALERTS] = AlertStore(store)
+        app[ACCESS] = Access(store)
         yield
 
 
@@ -63,6 +66,7 @@ def create_app(settings: Settings) -> web.Application:
     if settings.api_cors_origins:  # outside problems: a browser may read an error's document too
         app.middlewares.append(cors(settings.api_cors_origins))
     app.middlewares.append(problems)
+    app.middlewares.append(api.access.access_control)  # inside problems: a 401/403/404 is a problem document
     app[SETTINGS] = settings
     app[api.overview.RECENT] = api.common.Recent(api.overview.FRESH_S)
     app.cleanup_ctx.append(_store)

@@ -1,5 +1,4 @@
-"""What every handler shares: JSON out (times in UTC with Z, or a city's offset), the actor of a
-write, and the body of a POST."""
+"""What every handler shares: JSON out (times in UTC with Z, or a city's offset), and the body of a POST."""
 
 from __future__ import annotations
 
@@ -18,15 +17,11 @@ from psycopg import AsyncConnection
 
 from api.keys import STORE
 from api.openapi import Param
-from api.problems import Problem, bad_param, not_found
+from api.problems import bad_param, not_found
 from pantau.domain import City
 
 # Every route that answers times takes this: UTC with Z, or the city's own offset.
 TZ = Param("tz", {"type": "string", "enum": ["utc", "local"], "default": "utc"}, "times in UTC (Z) or the city's zone")
-
-# Who acts, until access control names the signed-in user or the token's owner (issue 13): every
-# write records it (pantau.alerts refuses a blank one).
-ACTOR_HEADER = "X-Pantau-Actor"
 
 
 def iso(when: datetime | None, zone: ZoneInfo | None = None) -> str | None:
@@ -66,14 +61,6 @@ def _respond(request: web.Request, body: bytes, *, etag: bool, status: int) -> w
         if tag in request.headers.get("If-None-Match", ""):
             return web.Response(status=304, headers=headers)
     return web.Response(body=body, status=status, content_type="application/json", headers=headers)
-
-
-def actor(request: web.Request) -> str:
-    """Who makes this write (the X-Pantau-Actor header)."""
-    who = request.headers.get(ACTOR_HEADER, "").strip()
-    if not who:
-        raise Problem(400, "Bad request", f"{ACTOR_HEADER}: say who acts", param=ACTOR_HEADER)
-    return who
 
 
 async def json_body(request: web.Request, schema: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -10,11 +10,9 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from api.common import ACTOR_HEADER
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 METHODS = "GET, POST"
-HEADERS = f"Content-Type, If-None-Match, {ACTOR_HEADER}"
+HEADERS = "Content-Type, If-None-Match, Authorization, X-CSRF-Token"
 MAX_AGE_S = 600
 
 

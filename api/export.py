@@ -7,7 +7,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from api.keys import STORE
-from api.openapi import API, Param
+from api.openapi import API, EXPORT, Param
 from api.problems import bad_param
 from pantau.metrics import METRICS
 from pantau.store.export import FORMATS, MEDIA_TYPES, ExportFilter, export
@@ -25,6 +25,7 @@ METRICS_PARAM = Param("metric", {"type": "string", "enum": sorted(METRICS)}, "me
     "/api/v1/export",
     summary="Readings as CSV, NDJSON or Parquet, streamed with no row cap (gzip when accepted)",
     tag="readings",
+    roles=EXPORT,
     params=[
         FROM,
         TO,

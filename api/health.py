@@ -28,7 +28,7 @@ INGEST_MAX_AGE_S = 900.0
 RULES_MAX_LAG_S = 60.0
 
 
-@API.get("/healthz", summary="The API process answers", tag="health")
+@API.get("/healthz", summary="The API process answers", tag="health", roles=None)
 async def healthz(request: web.Request) -> web.Response:
     return answer(request, {"status": "ok"})
 
@@ -68,6 +68,7 @@ async def _broker(url: str | None) -> dict[str, Any]:
     "/readyz",
     summary="Ready: database and broker reachable, ingest and rules keeping up (503 naming what is not)",
     tag="health",
+    roles=None,
     responses={200: "Ready", 503: "Not ready"},
     plain_errors=True,
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from pantau.access import Access
 from pantau.alerts import AlertStore
 from pantau.settings import Settings
 from pantau.store import Store
@@ -11,3 +12,4 @@ from pantau.store import Store
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
 ALERTS = web.AppKey("alerts", AlertStore)
+ACCESS = web.AppKey("access", Access)

@@ -16,8 +16,19 @@ from typing import Any
 from aiohttp import web
 
 from api.problems import bad_param
+from pantau.access import Role
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Who each route admits (issue 13). Reading what the screens show is every role's; exporting is for
+# those who file reports and tune sensors; acting on alerts is the operators'. None: no credentials
+# needed (health, the document and its reference page, signing in).
+EVERYONE = frozenset(Role)
+READ = EVERYONE
+EXPORT = frozenset({Role.AGENCY, Role.ENGINEER, Role.ADMIN})
+OPERATE = frozenset({Role.OPERATOR})
+ENGINEER = frozenset({Role.ENGINEER})
+ADMIN = frozenset({Role.ADMIN})
 # Times a request may name: real zones lie within ±14:00, and pantau's data within these years.
 MAX_OFFSET = timedelta(hours=14)
 MIN_YEAR, MAX_YEAR = 1970, 2200
@@ -105,6 +116,19 @@ class Operation:
     media: Sequence[str] = ("application/json",)  # what a 2xx answer can be
     route: str | None = None  # the router's pattern where it differs from the documented path
     plain_errors: bool = False  # its declared error answers are its own documents, not problem+json
+    roles: frozenset[Role] | None = READ  # who it admits; None: anyone, no credentials
+    # What it addresses, for the callers' city scope: "city" (a city, or a sensor, alert, silence,
+    # user or token of one: outside the caller's cities it is a 404), "every-city" (the whole
+    # registry: callers scoped to all cities only), "none" (nothing of a city's). None: "city" when
+    # a parameter names one of those things, else "none".
+    scope: str | None = None
+
+    @property
+    def city_scope(self) -> str:
+        if self.scope is not None:
+            return self.scope
+        addressing = {"city", "sensor", "alert", "silence", "username", "token"}
+        return "city" if any(p.name in addressing for p in self.params) else "none"
 
 
 def _response(code: int, text: str, media: Sequence[str], plain_errors: bool) -> dict[str, Any]:
@@ -119,6 +143,7 @@ class Api:
 
     def __init__(self) -> None:
         self.operations: list[Operation] = []
+        self._index: dict[Any, Operation] = {}
 
     def _add(self, method: str, path: str, **meta: Any) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
@@ -129,19 +154,32 @@ class Api:
 
     def get(self, path: str, *, summary: str, tag: str, params: Sequence[Param] = (),
             responses: dict[int, str] | None = None, media: Sequence[str] = ("application/json",),
-            route: str | None = None, plain_errors: bool = False) -> Callable[[Handler], Handler]:  # fmt: skip
+            route: str | None = None, plain_errors: bool = False, roles: frozenset[Role] | None = READ,
+            scope: str | None = None) -> Callable[[Handler], Handler]:  # fmt: skip
         return self._add("GET", path, summary=summary, tag=tag, params=params, responses=responses or {200: "OK"},
-                         media=media, route=route, plain_errors=plain_errors)  # fmt: skip
+                         media=media, route=route, plain_errors=plain_errors, roles=roles, scope=scope)  # fmt: skip
 
-    def post(self, path: str, *, summary: str, tag: str, params: Sequence[Param] = (), body: dict[str, Any],
-             responses: dict[int, str] | None = None) -> Callable[[Handler], Handler]:  # fmt: skip
+    def post(self, path: str, *, summary: str, tag: str, roles: frozenset[Role] | None,
+             params: Sequence[Param] = (), body: dict[str, Any],
+             responses: dict[int, str] | None = None, scope: str | None = None,
+             ) -> Callable[[Handler], Handler]:  # fmt: skip
         return self._add(
-            "POST", path, summary=summary, tag=tag, params=params, body=body, responses=responses or {200: "OK"}
-        )
+            "POST", path, summary=summary, tag=tag, params=params, body=body, responses=responses or {200: "OK"},
+            roles=roles, scope=scope,
+        )  # fmt: skip
 
     def install(self, app: web.Application) -> None:
         for op in self.operations:
             app.router.add_route(op.method, op.route or op.path, op.handler)
+
+    def operation_of(self, handler: Any) -> Operation | None:
+        """The operation a matched route's handler serves (None for aiohttp's own 404/405)."""
+        return self._by_handler().get(handler)
+
+    def _by_handler(self) -> dict[Any, Operation]:
+        if len(self._index) != len(self.operations):
+            self._index = {op.handler: op for op in self.operations}
+        return self._index
 
     def document(self, *, version: str) -> dict[str, Any]:
         """The OpenAPI 3.1 document of every operation."""
@@ -168,12 +206,28 @@ class Api:
                         for code, text in op.responses.items()
                     },
                     "400": {"description": "A parameter is not what was expected", "content": problem},
+                    **(
+                        {
+                            "401": {"description": "No credentials, or they are not valid", "content": problem},
+                            "403": {
+                                "description": "The caller's role may not do this (or a change lacks its CSRF token)",
+                                "content": problem,
+                            },
+                        }
+                        if op.roles is not None
+                        else {}
+                    ),
                     "404": {"description": "No such resource", "content": problem},
                     "405": {"description": "Not a method of this path (Allow names them)", "content": problem},
                     "422": {"description": "Over the query budget: narrow the range or the filter", "content": problem},
                     "503": {"description": "The database is unavailable", "content": problem},
                 },
             }
+            entry["security"] = [] if op.roles is None else [{"bearer": []}, {"session": []}]
+            entry["x-pantau-roles"] = None if op.roles is None else sorted(r.value for r in op.roles)
+            entry["x-pantau-scope"] = op.city_scope
+            if op.roles is not None:
+                entry["description"] = "Admits: " + ", ".join(sorted(r.value for r in op.roles)) + "."
             if op.body is not None:
                 entry["requestBody"] = {"required": True, "content": {"application/json": {"schema": op.body}}}
             paths.setdefault(op.path, {})[op.method.lower()] = entry
@@ -182,6 +236,15 @@ class Api:
             "info": {"title": "pantau", "version": version, "description": "Telemetry of a city's sensors and alerts."},
             "paths": paths,
             "components": {
+                "securitySchemes": {
+                    "bearer": {"type": "http", "scheme": "bearer", "description": "an API token"},
+                    "session": {
+                        "type": "apiKey",
+                        "in": "cookie",
+                        "name": "pantau_session",
+                        "description": "the screen's session (POST /api/v1/auth/login); changes send X-CSRF-Token",
+                    },
+                },
                 "schemas": {
                     "Problem": {
                         "type": "object",

@@ -25,9 +25,13 @@ PROBLEM_TYPE = "application/problem+json"
 class Problem(Exception):
     """An answer other than success: status, title, detail and (for bad input) the parameter."""
 
-    def __init__(self, status: int, title: str, detail: str = "", *, param: str | None = None, **extra: Any) -> None:
+    def __init__(
+        self, status: int, title: str, detail: str = "", *, param: str | None = None,
+        headers: dict[str, str] | None = None, **extra: Any,
+    ) -> None:  # fmt: skip
         super().__init__(detail or title)
         self.status, self.title, self.detail, self.param, self.extra = status, title, detail, param, extra
+        self.headers = headers or {}
 
     def document(self, instance: str) -> dict[str, Any]:
         doc: dict[str, Any] = {"type": "about:blank", "title": self.title, "status": self.status, "instance": instance}
@@ -65,7 +69,7 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
     try:
         return await handler(request)
     except Problem as problem:
-        return problem_response(problem, request)
+        return problem_response(problem, request, problem.headers or None)
     except InvalidArgument as exc:
         return problem_response(Problem(400, "Bad request", str(exc), param=exc.argument), request)
     except StoreUnavailable:

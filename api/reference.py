@@ -73,6 +73,6 @@ fetch("/api/v1/openapi.json").then(r => r.json()).then(doc => {
 
 
 @API.get("/api/v1/docs", summary="This reference, as a page (offline)", tag="meta", responses={200: "HTML"},
-         media=("text/html",))  # fmt: skip
+         media=("text/html",), roles=None)  # fmt: skip
 async def reference(request: web.Request) -> web.Response:
     return web.Response(text=_PAGE, content_type="text/html")

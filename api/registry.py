@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from api.access import principal
 from api.common import TZ, answer, answer_text, iso
 from api.keys import ALERTS, STORE
 from api.openapi import API, Param
@@ -39,7 +40,8 @@ async def _cities(request: web.Request) -> dict[str, City]:
 
 @API.get("/api/v1/cities", summary="The cities of the registry with their time zones", tag="registry")
 async def list_cities(request: web.Request) -> web.Response:
-    return answer(request, {"cities": [city_json(c) for c in (await _cities(request)).values()]})
+    who = principal(request)
+    return answer(request, {"cities": [city_json(c) for c in (await _cities(request)).values() if who.sees(c.id)]})
 
 
 @API.get(
@@ -115,10 +117,10 @@ async def get_sensor(request: web.Request) -> web.Response:
     async with request.app[STORE].connection() as conn:
         cur = await conn.execute(f"SELECT {_SENSOR_COLUMNS} FROM sensors WHERE id = %s", (sensor_id,))  # noqa: S608
         row = await cur.fetchone()
-        if row is None:
-            raise not_found(f"sensor {sensor_id!r}")
         names = [c.name for c in cur.description or ()]
-        sensor = dict(zip(names, row, strict=True))
+        sensor = dict(zip(names, row, strict=True)) if row is not None else None
+        if sensor is None or not principal(request).sees(sensor["city"]):
+            raise not_found(f"sensor {sensor_id!r}")
         cur = await conn.execute(
             "SELECT metric, ts, value FROM latest_readings WHERE sensor_id = %s ORDER BY metric", (sensor_id,)
         )

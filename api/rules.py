@@ -9,9 +9,10 @@ from typing import Any
 
 from aiohttp import web
 
+from api.access import principal
 from api.common import answer
 from api.keys import SETTINGS, STORE
-from api.openapi import API, Param
+from api.openapi import API, ENGINEER, Param
 from api.problems import Problem, bad_param
 from pantau.domain import Sensor
 from pantau.errors import RuleFileError
@@ -65,7 +66,8 @@ async def get_rules(request: web.Request) -> web.Response:
             "SELECT digest, source, content, loaded_at FROM rule_packs WHERE worker = %s", (worker,)
         )
         row = await cur.fetchone()
-    sensors = await store.sensors()
+    who = principal(request)
+    sensors = [s for s in await store.sensors() if who.sees(s.city)]  # a scoped caller: their cities' only
     if row is None:  # no worker of that name has run: the pack it would load
         path = rule_pack_path(request.app[SETTINGS])
         try:
@@ -85,6 +87,7 @@ async def get_rules(request: web.Request) -> web.Response:
     "/api/v1/rules/check",
     summary="Check a candidate rule pack (its YAML, or {\"yaml\": ...}): errors name the rule and field",
     tag="rules",
+    roles=ENGINEER,
     body=CANDIDATE,
     responses=CHECK_ANSWERS,
 )

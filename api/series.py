@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 import psycopg
 from aiohttp import web
 
+from api.access import principal, visible_sensor
 from api.common import TZ, answer, iso
 from api.keys import SETTINGS, STORE
 from api.openapi import API, Param
@@ -47,6 +48,9 @@ async def get_series(request: web.Request) -> web.Response:
     sensors = SENSOR.read_all(request)
     if len(sensors) > MAX_SENSORS:
         raise bad_param("sensor", f"at most {MAX_SENSORS} sensors in one request")
+    if principal(request).cities is not None:  # a sensor of a city the caller does not see: as unknown
+        for sensor_id in sensors:
+            await visible_sensor(request, sensor_id)
     metric, start, end = METRIC.read(request), FROM.read(request), TO.read(request)
     if end <= start:
         raise bad_param("to", "after from")

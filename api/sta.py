@@ -606,7 +606,10 @@ PATH = Param("path", {"type": "string"}, "an entity set, one entity (Things('KTG
              where="path")  # fmt: skip
 
 
-@API.get(f"{BASE}", summary="SensorThings API 1.1 (read-only subset): the entity sets", tag="sensorthings")
+# SensorThings serves the whole registry (its clients know no cities): callers scoped to every
+# city only; a city-scoped one reads its cities through /api/v1.
+@API.get(f"{BASE}", summary="SensorThings API 1.1 (read-only subset): the entity sets", tag="sensorthings",
+         scope="every-city")  # fmt: skip
 async def sta_root(request: web.Request) -> web.Response:
     return answer(request, {
         "value": [{"name": name, "url": _link(request, name)} for name in ENTITY_SETS],
@@ -625,6 +628,7 @@ async def sta_root(request: web.Request) -> web.Response:
     tag="sensorthings",
     params=[PATH],
     route=f"{BASE}/{{path:.+}}",
+    scope="every-city",
 )
 async def sta_path(request: web.Request) -> web.Response:
     pairs = {k: v for k, v in request.query.items() if k.startswith("$")}

@@ -42,7 +42,8 @@ def instrument(app: web.Application) -> Middleware:
     return middleware
 
 
-@API.get("/metrics", summary="Prometheus metrics of the API process", tag="health", media=("text/plain",))
+@API.get("/metrics", summary="Prometheus metrics of the API process", tag="health", media=("text/plain",),
+         roles=None)  # fmt: skip
 async def metrics(request: web.Request) -> web.Response:
     body = generate_latest(request.app[REGISTRY])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -200,6 +200,17 @@ async def _timed(n: int, call: Callable[[], Awaitable[Any]]) -> list[float]:
     return out
 
 
+async def _operator_token(db_url: str) -> str:
+    from pantau.access import Access
+    from pantau.audit import Actor
+    from pantau.settings import StoreSettings
+    from pantau.store import Store
+
+    async with Store.open(db_url, StoreSettings(pool_max_size=1)) as store:
+        _token, secret = await Access(store).create_token(Actor.cli("bench"), "bench-api", "operator")
+    return secret
+
+
 async def _measure(args: argparse.Namespace, base: str, db_url: str, api_pid: int) -> dict[str, Any]:
     import aiohttp
     import psycopg
@@ -209,7 +220,12 @@ async def _measure(args: argparse.Namespace, base: str, db_url: str, api_pid: in
     day_start = datetime(yesterday.year, yesterday.month, yesterday.day, tzinfo=ZONE)
     span = {"from": (now - timedelta(days=args.days)).isoformat(), "to": now.isoformat()}
     figures: dict[str, Any] = {}
-    async with aiohttp.ClientSession(base) as http, await psycopg.AsyncConnection.connect(db_url) as sql:
+    # The screens' load reads as an operator with a token, as scripts do: its check is in each figure.
+    headers = {"Authorization": f"Bearer {await _operator_token(db_url)}"}
+    async with (
+        aiohttp.ClientSession(base, headers=headers) as http,
+        await psycopg.AsyncConnection.connect(db_url) as sql,
+    ):
         air = [r[0] for r in await (await sql.execute(
             "SELECT id FROM sensors WHERE city = %s AND kind = 'air' ORDER BY id", (CITY,))).fetchall()]  # fmt: skip
 

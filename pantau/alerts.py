@@ -34,6 +34,8 @@ import psycopg
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import DictRow, dict_row
 
+from pantau import audit
+from pantau.audit import Actor
 from pantau.errors import InvalidArgument, StoreError
 from pantau.store import Store
 
@@ -292,10 +294,20 @@ def _jsonable(value: Any) -> Any:
     return value.isoformat() if isinstance(value, datetime) else value
 
 
-def _require_actor(value: str, argument: str = "actor") -> None:
-    """InvalidArgument unless `value` names who acts (empty or only whitespace does not)."""
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidArgument(argument, f"{value!r} is blank: say who acts (an operator, or a service such as 'rules')")
+def _require_actor(value: str | Actor, argument: str = "actor") -> str:
+    """The name of who acts; InvalidArgument unless there is one (empty or only whitespace is not).
+    An `Actor` (the API's caller, someone at the CLI) also gets the change into the audit log."""
+    name = value.name if isinstance(value, Actor) else value
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidArgument(argument, f"{name!r} is blank: say who acts (an operator, or a service such as 'rules')")
+    return name
+
+
+async def _audit(
+    cur: AsyncCursor[DictRow], actor: str | Actor, action: str, target: str, before: Any, after: Any
+) -> None:
+    if isinstance(actor, Actor):
+        await audit.record(cur, actor, action, target, before=before, after=after)
 
 
 _ALERT_COLUMNS = (
@@ -467,9 +479,9 @@ class AlertStore:
 
     # -- actions by hand -----------------------------------------------------------------------
 
-    async def resolve_by_id(self, alert_id: int, actor: str, *, reason: str = "") -> Transition:
+    async def resolve_by_id(self, alert_id: int, actor: str | Actor, *, reason: str = "") -> Transition:
         """Resolve an alert by hand; `actor` says who."""
-        _require_actor(actor)
+        name = _require_actor(actor)
         async with self._transaction() as cur:
             now = self._clock()
             current = await _lock_id(cur, alert_id)
@@ -477,11 +489,15 @@ class AlertStore:
                 return Transition(Outcome.NOT_FOUND, None)
             if current.state is AlertState.RESOLVED:
                 return Transition(Outcome.ALREADY_RESOLVED, current)
-            return await self._resolve(cur, current, actor, reason, None, now, now)
+            done = await self._resolve(cur, current, name, reason, None, now, now)
+            assert done.alert is not None
+            after = done.alert.to_json() | {"note": reason}
+            await _audit(cur, actor, "alert.resolve", f"alert:{alert_id}", current.to_json(), after)
+            return done
 
-    async def acknowledge(self, alert_id: int, actor: str, *, reason: str = "") -> Transition:
+    async def acknowledge(self, alert_id: int, actor: str | Actor, *, reason: str = "") -> Transition:
         """Acknowledge an open alert: `actor` is on it."""
-        _require_actor(actor)
+        name = _require_actor(actor)
         async with self._transaction() as cur:
             now = self._clock()
             current = await _lock_id(cur, alert_id)
@@ -495,12 +511,14 @@ class AlertStore:
                 cur,
                 current.id,
                 "state = 'acknowledged', acked_at = %(now)s, acked_by = %(actor)s, updated_at = %(now)s",
-                {"now": now, "actor": actor},
+                {"now": now, "actor": name},
             )
             silence = await _silence_for(cur, alert, now)
             event = await _record(
-                cur, alert, EventKind.ACKNOWLEDGED, now, now, actor, alert.current_value, reason, silence, None
+                cur, alert, EventKind.ACKNOWLEDGED, now, now, name, alert.current_value, reason, silence, None
             )
+            after = alert.to_json() | {"note": reason}
+            await _audit(cur, actor, "alert.acknowledge", f"alert:{alert_id}", current.to_json(), after)
             return Transition(Outcome.ACKNOWLEDGED, alert, (event,), silence)
 
     # -- steps -----------------------------------------------------------------------------------
@@ -627,7 +645,7 @@ class AlertStore:
     async def add_silence(
         self,
         *,
-        created_by: str,
+        created_by: str | Actor,
         ends_at: datetime,
         sensor_id: str | None = None,
         city: str | None = None,
@@ -637,7 +655,7 @@ class AlertStore:
         comment: str = "",
     ) -> Silence:
         """Silence a sensor, or a city (optionally one district), optionally for one rule only."""
-        _require_actor(created_by, "created_by")
+        name = _require_actor(created_by, "created_by")
         if (sensor_id is None) == (city is None):
             raise ValueError("a silence names either a sensor or a city (with an optional district)")
         if district is not None and city is None:
@@ -651,11 +669,13 @@ class AlertStore:
                 INSERT INTO silences (sensor_id, city, district, rule_id, starts_at, ends_at, created_by, comment)
                 VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_SILENCE_COLUMNS}
                 """,  # noqa: S608 - fixed column list
-                (sensor_id, city, district, rule_id, starts_at, ends_at, created_by, comment),
+                (sensor_id, city, district, rule_id, starts_at, ends_at, name, comment),
             )
             row = await cur.fetchone()
-        assert row is not None
-        return Silence.from_row(row)
+            assert row is not None
+            silence = Silence.from_row(row)
+            await _audit(cur, created_by, "silence.add", f"silence:{silence.id}", None, silence.to_json())
+        return silence
 
     async def active_silence(
         self,
@@ -681,22 +701,30 @@ class AlertStore:
             )
             return [Silence.from_row(r) for r in await cur.fetchall()]
 
-    async def end_silence(self, silence_id: int, actor: str) -> Silence | None:
+    async def end_silence(self, silence_id: int, actor: str | Actor) -> Silence | None:
         """End a silence now (a maintenance window finished early), recording `actor` as `ended_by`;
         None when there is no such silence or it has already ended. One that has not started yet
         ends at its start."""
-        _require_actor(actor)
+        name = _require_actor(actor)
         async with self._transaction() as cur:
+            await cur.execute(
+                f"SELECT {_SILENCE_COLUMNS} FROM silences WHERE id = %s FOR UPDATE",  # noqa: S608 - fixed columns
+                (silence_id,),
+            )
+            found = await cur.fetchone()
             await cur.execute(
                 "UPDATE silences SET ends_at = greatest(%(now)s, starts_at + interval '1 microsecond'),"  # noqa: S608
                 f" ended_by = %(actor)s WHERE id = %(id)s AND ends_at > %(now)s RETURNING {_SILENCE_COLUMNS}",
-                {"id": silence_id, "now": self._clock(), "actor": actor},
+                {"id": silence_id, "now": self._clock(), "actor": name},
             )
             row = await cur.fetchone()
-        if row is None:
-            return None
-        log.info("silence %d ended by %s", silence_id, actor)
-        return Silence.from_row(row)
+            if row is None or found is None:
+                return None
+            ended = Silence.from_row(row)
+            before = Silence.from_row(found).to_json()
+            await _audit(cur, actor, "silence.end", f"silence:{silence_id}", before, ended.to_json())
+        log.info("silence %d ended by %s", silence_id, name)
+        return ended
 
     # -- reading ---------------------------------------------------------------------------------
 

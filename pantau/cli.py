@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pantau import __version__
+from pantau.audit import Actor
 from pantau.errors import AlreadyRunning, ConfigError, PantauError
 from pantau.service import Handler, Service, on_stop_signals, serve
 from pantau.settings import Settings, load_settings, require
@@ -358,7 +359,7 @@ async def cmd_alerts_ack(args: argparse.Namespace, settings: Settings) -> int:
     from pantau.store import Store
 
     async with Store.open(require(settings, "database_url"), settings.store) as store:
-        result = await AlertStore(store).acknowledge(args.id, args.by, reason=args.comment)
+        result = await AlertStore(store).acknowledge(args.id, Actor.cli(args.by), reason=args.comment)
     alert = result.alert
     if result.outcome is Outcome.NOT_FOUND or alert is None:
         print(f"pantau: there is no alert {args.id}", file=sys.stderr)
@@ -381,7 +382,7 @@ async def cmd_alerts_resolve(args: argparse.Namespace, settings: Settings) -> in
     from pantau.store import Store
 
     async with Store.open(require(settings, "database_url"), settings.store) as store:
-        result = await AlertStore(store).resolve_by_id(args.id, args.by, reason=args.reason)
+        result = await AlertStore(store).resolve_by_id(args.id, Actor.cli(args.by), reason=args.reason)
     alert = result.alert
     if result.outcome is Outcome.NOT_FOUND or alert is None:
         print(f"pantau: there is no alert {args.id}", file=sys.stderr)
@@ -413,7 +414,7 @@ async def cmd_alerts_silence(args: argparse.Namespace, settings: Settings) -> in
             district=args.district,
             rule_id=args.rule,
             ends_at=datetime.now(UTC) + duration,
-            created_by=args.by,
+            created_by=Actor.cli(args.by),
             comment=args.comment,
         )
     print(f"silence {silence.id}: {silence.describe()} until {_when(silence.ends_at)} by {silence.created_by}")
@@ -441,7 +442,7 @@ async def cmd_alerts_unsilence(args: argparse.Namespace, settings: Settings) -> 
     from pantau.store import Store
 
     async with Store.open(require(settings, "database_url"), settings.store) as store:
-        ended = await AlertStore(store).end_silence(args.id, args.by)
+        ended = await AlertStore(store).end_silence(args.id, Actor.cli(args.by))
     if ended is None:
         print(f"no active or future silence {args.id}", file=sys.stderr)
         return 1
@@ -483,6 +484,33 @@ def _previous_endpoints(home: Path) -> dict[str, Any]:
         return {}
 
 
+# The first admin of a new installation: PANTAU_ADMIN_USER (default admin) with PANTAU_ADMIN_PASSWORD
+# when set, else a generated password written to this file under PANTAU_HOME for its owner only.
+# There is never a default password.
+FIRST_ADMIN_FILE = "first-admin-password"
+
+
+async def _first_admin(store: Any, home: Path) -> str:
+    """Create the first admin when there are no users; how to sign in as them ("" when users exist)."""
+    from pantau.access import Access, generate_password
+
+    access = Access(store)
+    if await access.count_users() > 0:
+        return ""
+    username = os.environ.get("PANTAU_ADMIN_USER", "admin")
+    password = os.environ.get("PANTAU_ADMIN_PASSWORD", "")
+    where = "the password in PANTAU_ADMIN_PASSWORD"
+    if not password:
+        password = generate_password()
+        path = home / FIRST_ADMIN_FILE
+        path.touch(mode=0o600)
+        path.chmod(0o600)
+        path.write_text(password + "\n")
+        where = f"the password in {path} (readable by you only; change it: pantau users password {username})"
+    await access.add_user(Actor.cli("pantau up"), username, password, "admin", full_name="first admin")
+    return f"as {username!r}, {where}"
+
+
 async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     from urllib.parse import urlsplit
 
@@ -521,6 +549,7 @@ async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         settings = settings.with_endpoints(database_url=db_url, mqtt_url=mqtt_url)
         async with Store.open(db_url, settings.store) as store:
             backend, applied = await store.migrate()
+            sign_in = await _first_admin(store, home)
         for name in applied:
             print(f"applied migration {name}")
         metrics_port = settings.ingest.metrics_port
@@ -543,6 +572,8 @@ async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         print(f"api       {endpoints['api_url']}  (its reference: {endpoints['api_url']}/openapi.json)")
         if endpoints["ingest_metrics_url"]:
             print(f"metrics   {endpoints['ingest_metrics_url']}")
+        if sign_in:
+            print(f"sign in   {sign_in}")
         print(f"endpoints written to {path}; Ctrl-C stops everything", flush=True)
         env = {
             "PANTAU_DATABASE_URL": db_url,
@@ -691,6 +722,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", type=int)
     p.add_argument("--by", required=True, help="who ends it")
     p.set_defaults(handler=cmd_alerts_unsilence)
+
+    from pantau import access_cli
+
+    access_cli.register(sub)
 
     bench = sub.add_parser("bench", help="benchmarks that print figures")
     bsub = bench.add_subparsers(dest="bench_command", metavar="WHAT", required=True)

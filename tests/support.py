@@ -354,3 +354,14 @@ def continued(old: Engine, fresh: Engine) -> Engine:
     """`fresh` carrying on from `old`'s state (a restart), with nothing dropped."""
     assert fresh.restore(engine_state(old)) == []
     return fresh
+
+
+async def bearer(
+    store: Any, role: str = "operator", *, cities: list[str] | None = None, name: str = "rina"
+) -> dict[str, str]:
+    """The Authorization header of a new API token for `role` (scoped to `cities`, or all)."""
+    from pantau.access import Access
+    from pantau.audit import Actor
+
+    _token, secret = await Access(store).create_token(Actor("test", "admin", "cli"), name, role, cities=cities)
+    return {"Authorization": f"Bearer {secret}"}

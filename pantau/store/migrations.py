@@ -334,6 +334,82 @@ CREATE TABLE rule_packs (
 """
 
 
+# Who may see and do what (pantau.access): users with argon2 password hashes, API tokens kept
+# only as hashes, the screen's sessions (their cookie kept only as a hash, with the CSRF token),
+# failed logins for throttling, and the append-only audit log of every change (pantau.audit).
+ACCESS = """
+CREATE TABLE users (
+    username      text PRIMARY KEY CHECK (username ~ '^[a-z0-9][a-z0-9._-]{0,63}$'),
+    full_name     text NOT NULL DEFAULT '',
+    role          text NOT NULL CHECK (role IN ('operator', 'agency', 'engineer', 'admin')),
+    cities        text[],                    -- NULL: every city
+    password_hash text NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    created_by    text NOT NULL,
+    disabled_at   timestamptz,
+    disabled_by   text
+);
+
+CREATE TABLE api_tokens (
+    id            text PRIMARY KEY,          -- public part of the token, shown in lists
+    secret_sha256 bytea NOT NULL,            -- the secret part is never stored
+    name          text NOT NULL,             -- the machine it is for: acts as "token:<name>"
+    role          text NOT NULL CHECK (role IN ('operator', 'agency', 'engineer', 'admin')),
+    cities        text[],
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    created_by    text NOT NULL,
+    expires_at    timestamptz,
+    revoked_at    timestamptz,
+    revoked_by    text,
+    last_used_at  timestamptz
+);
+
+CREATE TABLE web_sessions (
+    id_sha256     bytea PRIMARY KEY,         -- the cookie's value is never stored
+    username      text NOT NULL REFERENCES users (username),
+    csrf_token    text NOT NULL,
+    address       text NOT NULL DEFAULT '',
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    expires_at    timestamptz NOT NULL
+);
+CREATE INDEX web_sessions_expiry ON web_sessions (expires_at);
+
+CREATE TABLE login_failures (
+    at            timestamptz NOT NULL DEFAULT now(),
+    username      text NOT NULL,
+    address       text NOT NULL
+);
+CREATE INDEX login_failures_user ON login_failures (username, at);
+CREATE INDEX login_failures_address ON login_failures (address, at);
+
+CREATE TABLE audit_log (
+    id            bigserial PRIMARY KEY,
+    at            timestamptz NOT NULL DEFAULT now(),
+    actor         text NOT NULL CHECK (actor <> ''),
+    role          text NOT NULL,
+    via           text NOT NULL CHECK (via IN ('api', 'cli')),
+    address       text NOT NULL DEFAULT '',
+    action        text NOT NULL,
+    target        text NOT NULL,
+    before        jsonb,
+    after         jsonb
+);
+CREATE INDEX audit_log_at ON audit_log (at);
+
+-- Append-only for everyone, the owner included: a change is undone by another entry, never by
+-- editing history.
+CREATE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'audit_log is append-only: % refused', TG_OP USING ERRCODE = 'insufficient_privilege';
+END
+$$;
+CREATE TRIGGER audit_log_no_update BEFORE UPDATE OR DELETE ON audit_log
+    FOR EACH ROW EXECUTE FUNCTION audit_log_append_only();
+CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only();
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     version: int
@@ -355,6 +431,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         6, "cities (name, province, time zone) and every sensor's latest value per metric", lambda _b: CITIES_AND_LATEST
     ),
     Migration(7, "rule_packs: the pack each rule worker runs", lambda _b: RULE_PACKS),
+    Migration(8, "access: users, API tokens, sessions, failed logins, the audit log", lambda _b: ACCESS),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

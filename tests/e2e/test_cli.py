@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,15 +132,36 @@ def test_up_runs_the_stack_and_lands_readings(up_home: Path) -> None:
         second = pantau("up", env=env, check=False)
         assert second.returncode == 1 and "already running" in second.stderr
 
-        def cities() -> list[dict[str, str]] | None:  # the API, supervised by up like the rest
+        # The first admin: a generated password in a file for its owner only, never printed.
+        password_file = up_home / "first-admin-password"
+        assert oct(password_file.stat().st_mode & 0o777) == "0o600"
+        password = password_file.read_text().strip()
+        assert len(password) >= 16 and password not in (up_home.parent / "up.log").read_text()
+
+        def sign_in() -> str | None:  # the API, supervised by up like the rest
+            login = urllib.request.Request(
+                f"{endpoints['api_url']}/auth/login", method="POST", headers={"Content-Type": "application/json"},
+                data=json.dumps({"username": "admin", "password": password}).encode(),
+            )  # fmt: skip
             try:
-                with urllib.request.urlopen(f"{endpoints['api_url']}/cities", timeout=5) as answer:
-                    return list(json.loads(answer.read())["cities"])
+                with urllib.request.urlopen(login, timeout=5) as answer:
+                    return str(answer.headers["Set-Cookie"]).split(";")[0]
             except OSError:
                 return None
 
-        wait_until(lambda: cities() is not None, timeout_s=60, what="the API")
+        cookie = wait_until(sign_in, timeout_s=60, what="the API to let the first admin in")
+
+        def cities() -> list[dict[str, str]]:
+            with urllib.request.urlopen(
+                urllib.request.Request(f"{endpoints['api_url']}/cities", headers={"Cookie": cookie}), timeout=5
+            ) as answer:
+                return list(json.loads(answer.read())["cities"])
+
         assert cities() == []  # nothing registered yet
+        with pytest.raises(urllib.error.HTTPError) as anonymous:
+            urllib.request.urlopen(f"{endpoints['api_url']}/cities", timeout=5)
+        assert anonymous.value.code == 401
+        anonymous.value.close()
 
         db = endpoints["database_url"]
         pantau(
@@ -201,9 +223,13 @@ def test_up_runs_the_stack_and_lands_readings(up_home: Path) -> None:
             assert row is not None and watch.stdout is not None
             # The retained snapshot of open alerts arrives first: mosquitto_sub has subscribed.
             assert watch.stdout.readline().startswith(snapshot + " ")
+            token = pantau(
+                "tokens", "create", "--name", "rina", "--role", "operator", "--city", "kotamobagu",
+                env=pantau_env(PANTAU_DATABASE_URL=db),
+            ).stdout.splitlines()[1]  # fmt: skip
             ack = urllib.request.Request(
                 f"{endpoints['api_url']}/alerts/{row[0]}/ack", data=json.dumps({"note": "tim DLH ke lokasi"}).encode(),
-                headers={"X-Pantau-Actor": "rina", "Content-Type": "application/json"}, method="POST",
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"}, method="POST",
             )  # fmt: skip
             with urllib.request.urlopen(ack, timeout=10) as answer:
                 assert json.loads(answer.read())["outcome"] == "acknowledged"
@@ -211,12 +237,13 @@ def test_up_runs_the_stack_and_lands_readings(up_home: Path) -> None:
                 event = conn.execute(
                     "SELECT actor, reason FROM alert_events WHERE alert_id = %s AND kind = 'acknowledged'", (row[0],)
                 ).fetchone()
-            assert event == ("rina", "tim DLH ke lokasi")
+            assert event == ("token:rina", "tim DLH ke lokasi")
             for line in watch.stdout:  # the notifier's events for the city, in commit order
                 on, text = line.split(" ", 1)
                 message = json.loads(text)
                 if on == events and message["event"]["kind"] == "acknowledged":
-                    assert (message["event"]["actor"], message["event"]["reason"]) == ("rina", "tim DLH ke lokasi")
+                    acted = (message["event"]["actor"], message["event"]["reason"])
+                    assert acted == ("token:rina", "tim DLH ke lokasi")
                     assert message["alert"]["id"] == row[0] and message["alert"]["state"] == "acknowledged"
                     break
         finally:

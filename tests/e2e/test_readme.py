@@ -12,6 +12,7 @@ publishes, so that no example goes unrun.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -170,6 +171,12 @@ def plan(commands: list[Command]) -> list[tuple[Command, Check]]:
                 check = check_alerts_list
             case ("pantau", "db", "info"):
                 check = check_db_info
+            case ("pantau", "users", "add", _, *_):
+                check = check_users_add
+            case ("pantau", "tokens", "create", *rest) if option(rest, "--name") and option(rest, "--role"):
+                check = check_tokens_create
+            case ("pantau", "tokens", "list"):
+                check = check_tokens_list
             case ("mosquitto_pub", *rest) if option(rest, "-t") and option(rest, "-m"):
                 check = check_publish
             case ("mosquitto_sub", *rest) if option(rest, "-t") and "-C" not in rest and "-W" not in rest:
@@ -335,6 +342,35 @@ def check_db_info(cmd: Command, stack: Stack) -> None:
     assert counts.get("sensors") == len(stack.sensors), out
     assert counts.get("readings") == stack.readings() > 0, out
     assert counts.get("rejected_messages") == 0, out
+
+
+def check_users_add(cmd: Command, stack: Stack) -> None:
+    out = run_ok(cmd, stack).stdout
+    name, role, city = cmd.words[3], option(cmd.words, "--role"), option(cmd.words, "--city")
+    assert stack.query("SELECT role, cities FROM users WHERE username = %s", name) == [(role, [city])], out
+    assert "password: " in out, out  # not at a terminal: generated, and shown this once
+
+
+def check_tokens_create(cmd: Command, stack: Stack) -> None:
+    import urllib.request
+
+    out = run_ok(cmd, stack).stdout
+    secret = out.splitlines()[1]
+    name, city = option(cmd.words, "--name"), option(cmd.words, "--city")
+    stored = stack.query("SELECT role, cities, expires_at IS NOT NULL FROM api_tokens WHERE name = %s", name)
+    assert stored == [(option(cmd.words, "--role"), [city], "--expires" in cmd.words)], out
+    hashed = hashlib.sha256(secret.split("_", 2)[2].encode()).digest()  # only the hash is kept
+    assert stack.query("SELECT count(*) FROM api_tokens WHERE name = %s AND secret_sha256 = %s", name, hashed) == [(1,)]
+    bearer = {"Authorization": f"Bearer {secret}"}
+    request = urllib.request.Request(f"{stack.endpoints['api_url']}/cities", headers=bearer)
+    with urllib.request.urlopen(request, timeout=10) as answer:  # the token works, within its city
+        assert [c["id"] for c in json.loads(answer.read())["cities"]] == [city]
+
+
+def check_tokens_list(cmd: Command, stack: Stack) -> None:
+    out = run_ok(cmd, stack).stdout
+    for (name,) in stack.query("SELECT name FROM api_tokens"):
+        assert name in out, out
 
 
 # -- the tests ---------------------------------------------------------------------------------------

@@ -22,18 +22,18 @@ from pantau.embedded import EmbeddedMosquitto
 from pantau.mqtt import free_port
 from pantau.settings import Settings
 from pantau.store import Backend, Store
+from tests.support import bearer
 
 KTG = City(id="kotamobagu", name="Kotamobagu", province="Sulawesi Utara", timezone="Asia/Makassar")
 AIR = Sensor(id="KTG-AQ-01", kind="air", city="kotamobagu", district="Kotamobagu Barat")
 GAUGE = Sensor(id="SPT-WL-01", kind="flood", city="sampit", metadata={"river": "Mentaya"})
-ACTOR = {"X-Pantau-Actor": "rina"}
 
 
 @pytest.fixture
 async def client(settings: Settings, store: Store) -> AsyncIterator[TestClient]:
     await store.upsert_sensors([AIR, GAUGE])
     await store.upsert_city(KTG)
-    async with TestClient(TestServer(create_app(settings))) as c:
+    async with TestClient(TestServer(create_app(settings)), headers=await bearer(store, "operator")) as c:
         yield c
 
 
@@ -124,23 +124,30 @@ async def test_alerts_paged_by_cursor_and_acted_on_with_actor_and_note(
             break
     assert seen == sorted(opened, reverse=True)  # every alert once, newest first
 
-    no_actor = await client.post(f"/api/v1/alerts/{opened[0]}/ack", json={"note": "on it"})
-    assert no_actor.status == 400
-    _problem(await no_actor.json(), 400, "X-Pantau-Actor")
-    acked = await client.post(f"/api/v1/alerts/{opened[0]}/ack", json={"note": "tim BPBD berangkat"}, headers=ACTOR)
-    assert acked.status == 200 and (await acked.json())["alert"]["acked_by"] == "rina"
+    anonymous = await client.post(
+        f"/api/v1/alerts/{opened[0]}/ack", json={"note": "on it"}, headers={"Authorization": ""}
+    )
+    assert anonymous.status == 401
+    acked = await client.post(f"/api/v1/alerts/{opened[0]}/ack", json={"note": "tim BPBD berangkat"})
+    assert acked.status == 200 and (await acked.json())["alert"]["acked_by"] == "token:rina"
     detail = await (await client.get(f"/api/v1/alerts/{opened[0]}")).json()
     assert [(e["kind"], e["actor"], e["reason"]) for e in detail["events"]][-1] == (
         "acknowledged",
-        "rina",
+        "token:rina",
         "tim BPBD berangkat",
     )
     with psycopg.connect(database_url) as conn:
         row = conn.execute(
             "SELECT actor, reason FROM alert_events WHERE alert_id = %s AND kind = 'acknowledged'", (opened[0],)
         ).fetchone()
-    assert row == ("rina", "tim BPBD berangkat")
-    assert (await client.post("/api/v1/alerts/999999/resolve", json={}, headers=ACTOR)).status == 404
+        assert row == ("token:rina", "tim BPBD berangkat")
+        audited = conn.execute(
+            "SELECT actor, role, via, before->>'state', after->>'state', after->>'note' FROM audit_log"
+            " WHERE action = 'alert.acknowledge' AND target = %s",
+            (f"alert:{opened[0]}",),
+        ).fetchall()
+    assert audited == [("token:rina", "operator", "api", "open", "acknowledged", "tim BPBD berangkat")]
+    assert (await client.post("/api/v1/alerts/999999/resolve", json={})).status == 404
     bad = await client.get("/api/v1/alerts", params={"limit": "lots"})
     _problem(await bad.json(), 400, "limit")
     worse = await client.get("/api/v1/alerts", params={"cursor": "not-a-cursor"})
@@ -149,29 +156,29 @@ async def test_alerts_paged_by_cursor_and_acted_on_with_actor_and_note(
 
 async def test_silences_are_added_listed_and_ended_by_someone(client: TestClient) -> None:
     made = await client.post(
-        "/api/v1/silences", json={"sensor": AIR.id, "minutes": 60, "note": "kalibrasi"}, headers=ACTOR
+        "/api/v1/silences", json={"sensor": AIR.id, "minutes": 60, "note": "kalibrasi"}
     )
     assert made.status == 201
     silence = await made.json()
-    assert (silence["sensor_id"], silence["created_by"], silence["comment"]) == (AIR.id, "rina", "kalibrasi")
+    assert (silence["sensor_id"], silence["created_by"], silence["comment"]) == (AIR.id, "token:rina", "kalibrasi")
     listed = (await (await client.get("/api/v1/silences")).json())["silences"]
     assert [s["id"] for s in listed] == [silence["id"]]
     both = await client.post(
-        "/api/v1/silences", json={"sensor": AIR.id, "city": "kotamobagu", "minutes": 5, "note": "x"}, headers=ACTOR
+        "/api/v1/silences", json={"sensor": AIR.id, "city": "kotamobagu", "minutes": 5, "note": "x"}
     )
     _problem(await both.json(), 400, "sensor")
-    ended = await client.post(f"/api/v1/silences/{silence['id']}/end", json={}, headers=ACTOR)
-    assert (await ended.json())["ended_by"] == "rina"
+    ended = await client.post(f"/api/v1/silences/{silence['id']}/end", json={})
+    assert (await ended.json())["ended_by"] == "token:rina"
     assert (await (await client.get("/api/v1/silences")).json())["silences"] == []
 
 
 async def test_ready_names_what_is_not(settings: Settings, store: Store, broker: EmbeddedMosquitto) -> None:
-    async with TestClient(TestServer(create_app(settings))) as ok:
+    async with TestClient(TestServer(create_app(settings)), headers=await bearer(store, "operator")) as ok:
         assert (await ok.get("/healthz")).status == 200
         ready = await ok.get("/readyz")
         assert ready.status == 200 and (await ready.json())["broker"]["ok"] is True
     elsewhere = dataclasses.replace(settings, mqtt_url=f"mqtt://127.0.0.1:{free_port()}")
-    async with TestClient(TestServer(create_app(elsewhere))) as not_ready:
+    async with TestClient(TestServer(create_app(elsewhere)), headers=await bearer(store, "operator")) as not_ready:
         answer = await not_ready.get("/readyz")
         body = await answer.json()
         assert answer.status == 503 and body["database"]["ok"] is True and body["broker"]["ok"] is False
@@ -218,21 +225,21 @@ async def test_cursor_paging_gives_every_alert_once_while_new_ones_keep_opening(
 async def test_cors_answers_the_configured_origins_only(settings: Settings, store: Store) -> None:
     allowed = "https://cc.kotamobagukota.go.id"
     configured = dataclasses.replace(settings, api_cors_origins=allowed)
-    async with TestClient(TestServer(create_app(configured))) as c:
+    async with TestClient(TestServer(create_app(configured)), headers=await bearer(store, "operator")) as c:
         ok = await c.get("/api/v1/cities", headers={"Origin": allowed})
         assert ok.headers["Access-Control-Allow-Origin"] == allowed and ok.headers["Vary"] == "Origin"
         assert "ETag" in ok.headers["Access-Control-Expose-Headers"]
         preflight = await c.options("/api/v1/alerts/1/ack", headers={
             "Origin": allowed, "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "content-type, x-pantau-actor"})  # fmt: skip
+            "Access-Control-Request-Headers": "content-type, authorization"})  # fmt: skip
         assert preflight.status == 204
-        assert "X-Pantau-Actor" in preflight.headers["Access-Control-Allow-Headers"]
+        assert "Authorization" in preflight.headers["Access-Control-Allow-Headers"]
         assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
         missing = await c.get("/api/v1/cities/atlantis", headers={"Origin": allowed})  # errors are readable too
         assert missing.status == 404 and missing.headers["Access-Control-Allow-Origin"] == allowed
         other = await c.get("/api/v1/cities", headers={"Origin": "https://elsewhere.example"})
         assert other.status == 200 and "Access-Control-Allow-Origin" not in other.headers
-    async with TestClient(TestServer(create_app(settings))) as c:  # none configured: no CORS at all
+    async with TestClient(TestServer(create_app(settings)), headers=await bearer(store)) as c:  # none: no CORS
         plain = await c.get("/api/v1/cities", headers={"Origin": allowed})
         assert "Access-Control-Allow-Origin" not in plain.headers
         refused = await c.options("/api/v1/cities", headers={"Origin": allowed, "Access-Control-Request-Method": "GET"})
@@ -242,7 +249,7 @@ async def test_cors_answers_the_configured_origins_only(settings: Settings, stor
 async def test_ready_holds_ingest_and_rules_to_their_limits_and_metrics_count_requests(
     settings: Settings, store: Store, database_url: str, backend: Backend
 ) -> None:
-    async with TestClient(TestServer(create_app(settings))) as c:
+    async with TestClient(TestServer(create_app(settings)), headers=await bearer(store, "operator")) as c:
         fresh = await (await c.get("/readyz")).json()  # a new installation: no reading yet is not a failure
         assert fresh["ingest"] == {"ok": True, "newest_reading_age_s": None, "limit_s": 900.0}
         assert fresh["rules"]["ok"] is True and fresh["rules"]["oldest_unevaluated_batch_s"] == 0.0
@@ -270,7 +277,7 @@ async def test_a_request_past_its_statement_budget_is_a_422_not_a_hang(
     settings: Settings, store: Store, database_url: str
 ) -> None:
     budgeted = dataclasses.replace(settings, api_statement_timeout_ms=300)
-    async with TestClient(TestServer(create_app(budgeted))) as c:
+    async with TestClient(TestServer(create_app(budgeted)), headers=await bearer(store, "operator")) as c:
         assert (await c.get("/api/v1/sensors")).status == 200
         with psycopg.connect(database_url) as holder:  # a migration or a vacuum full holds the table
             holder.execute("LOCK TABLE sensors IN ACCESS EXCLUSIVE MODE")

@@ -24,6 +24,7 @@ from pantau.readings import Reading
 from pantau.settings import Settings
 from pantau.store import Backend, Store
 from pantau.store.maintenance import refresh_rollups
+from tests.support import bearer
 
 WIB, WITA = ZoneInfo("Asia/Jakarta"), ZoneInfo("Asia/Makassar")
 SAMPIT = City(id="sampit", name="Sampit", province="Kalimantan Tengah", timezone="Asia/Jakarta")
@@ -65,7 +66,7 @@ async def client(settings: Settings, store: Store) -> AsyncIterator[TestClient]:
     await store.upsert_sensors(ALL)
     await store.upsert_city(SAMPIT)
     await store.upsert_city(KOTAMOBAGU)
-    async with TestClient(TestServer(create_app(settings))) as c:
+    async with TestClient(TestServer(create_app(settings)), headers=await bearer(store, "operator")) as c:
         yield c
 
 

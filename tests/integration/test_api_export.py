@@ -24,7 +24,7 @@ from pantau.readings import Reading
 from pantau.settings import Settings
 from pantau.store import Backend, Store
 from pantau.store.export import PARQUET_ROW_GROUP
-from tests.support import pantau_env, run_pantau
+from tests.support import bearer, pantau_env, run_pantau
 
 SENSORS = [Sensor(id=f"SPT-AQ-{i:02d}", kind="air", city="sampit") for i in range(6)] + [
     Sensor(id=f"KTG-RG-{i:02d}", kind="rain", city="kotamobagu") for i in range(4)
@@ -47,7 +47,7 @@ async def client(settings: Settings, store: Store, database_url: str, backend: B
     async with ReadingWriter(database_url, backend) as writer:
         for i in range(0, len(rows), 20000):
             await writer.write(rows[i : i + 20000], [])
-    async with TestClient(TestServer(create_app(settings))) as c:
+    async with TestClient(TestServer(create_app(settings)), headers=await bearer(store, "agency")) as c:
         yield c
 
 
@@ -147,7 +147,7 @@ async def test_a_multi_million_row_export_holds_the_sql_count(
             rows = [(t0 + j, s.id, "pm25", float(j % 500)) for j in range(k, k + 2000) for s in stations]
             await writer.write(rows, [])
     start, end = t0 + 100, t0 + per_station - 100  # a filter that cuts the range at both ends
-    async with TestClient(TestServer(create_app(settings))) as c:
+    async with TestClient(TestServer(create_app(settings)), headers=await bearer(store, "agency")) as c:
         answer = await c.get("/api/v1/export", params={"city": "mojokerto", "from": _z(start), "to": _z(end)})
         lines = 0
         async for chunk in answer.content.iter_chunked(1 << 20):

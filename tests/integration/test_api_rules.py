@@ -18,6 +18,7 @@ from pantau.rulepack.config import load_rules
 from pantau.settings import Settings
 from pantau.store import Store
 from rules.worker import RuleWorker
+from tests.support import bearer
 
 AIR = Sensor(id="KTG-AQ-01", kind="air", city="kotamobagu")
 GAUGE = Sensor(id="SPT-WL-01", kind="flood", city="sampit", metadata={"river": "Sungai Mentaya", "order": 1,
@@ -37,7 +38,7 @@ rules:
 @pytest.fixture
 async def client(settings: Settings, store: Store) -> AsyncIterator[TestClient]:
     await store.upsert_sensors([AIR, GAUGE])
-    async with TestClient(TestServer(create_app(settings))) as c:
+    async with TestClient(TestServer(create_app(settings)), headers=await bearer(store, "engineer")) as c:
         yield c
 
 

@@ -20,6 +20,7 @@ from pantau.readings import Reading
 from pantau.settings import Settings
 from pantau.store import Backend, Store
 from pantau.store.maintenance import refresh_rollups
+from tests.support import bearer
 
 WIB, WITA = ZoneInfo("Asia/Jakarta"), ZoneInfo("Asia/Makassar")
 SPT = Sensor(id="SPT-AQ-01", kind="air", city="sampit")
@@ -69,7 +70,7 @@ async def client(settings: Settings, store: Store, database_url: str, backend: B
         async with store.connection() as conn:
             await conn.execute("CALL refresh_continuous_aggregate('readings_1m', NULL, NULL)")
             await conn.execute("CALL refresh_continuous_aggregate('readings_1h', NULL, NULL)")
-    async with TestClient(TestServer(create_app(settings))) as c:
+    async with TestClient(TestServer(create_app(settings)), headers=await bearer(store, "operator")) as c:
         yield c
 
 

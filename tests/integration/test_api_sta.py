@@ -15,6 +15,7 @@ import psycopg
 import pytest
 import requests
 from aiohttp.test_utils import TestClient, TestServer
+from frost_sta_client.service.auth_handler import AuthHandler
 
 from api.app import create_app
 from ingest.writer import ReadingWriter
@@ -23,6 +24,7 @@ from pantau.readings import Reading
 from pantau.settings import Settings
 from pantau.store import Backend, Store
 from pantau.store.maintenance import refresh_rollups
+from tests.support import bearer
 
 AIR = Sensor(id="KTG-AQ-01", kind="air", city="kotamobagu", name="AQMS Boki Hontinimbang", lat=0.7345, lon=124.315)
 GAUGE = Sensor(id="KTG-WL-01", kind="flood", city="kotamobagu", lat=0.71, lon=124.32)
@@ -48,12 +50,15 @@ async def server(settings: Settings, store: Store, database_url: str, backend: B
             await refresh_rollups(conn)
         else:
             await conn.execute("CALL refresh_continuous_aggregate('readings_1h', NULL, NULL)")
-    async with TestClient(TestServer(create_app(settings))) as c:
+    async with TestClient(TestServer(create_app(settings)), headers=await bearer(store, "operator")) as c:
         yield c
 
 
 def _service(client: TestClient) -> Any:
-    return fsc.SensorThingsService(str(client.make_url("/sta/v1.1")))
+    """The PyPI client, signed in as GIS tools are: HTTP Basic with the API token as password."""
+    token = client.session.headers["Authorization"].removeprefix("Bearer ")
+    auth = AuthHandler(username="qgis", password=token)
+    return fsc.SensorThingsService(str(client.make_url("/sta/v1.1")), auth_handler=auth)
 
 
 async def test_things_locations_and_datastreams_through_a_sensorthings_client(server: TestClient) -> None:
@@ -118,7 +123,8 @@ async def test_options_the_subset_does_not_offer_are_named(server: TestClient) -
     base = str(server.make_url("/sta/v1.1"))
 
     def get(path: str, **params: str) -> tuple[int, dict[str, Any]]:
-        response = requests.get(f"{base}/{path}", params=params, timeout=10)
+        headers = dict(server.session.headers)
+        response = requests.get(f"{base}/{path}", params=params, headers=headers, timeout=10)
         return response.status_code, response.json()
 
     status, body = await asyncio.to_thread(get, "Things", **{"$filter": "substringof('AQ', name)"})
