@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import dataclasses
 import fcntl
 import json
 import logging
@@ -557,7 +558,9 @@ async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
             metrics_port = free_port()
         api_port = settings.api_port or free_port()
         endpoints = {
-            "database_url": db_url,
+            # Never a secret here: the embedded database's password stays in its own 0600 file, and
+            # commands beside `up` find it there (pantau.embedded.running_stack_database_url).
+            "database_url": redact_url(db_url).replace(":***@", "@") if pg is not None else redact_url(db_url),
             "mqtt_url": mqtt_url,
             "api_url": f"http://{settings.api_host}:{api_port}/api/v1",
             "ingest_metrics_url": f"http://127.0.0.1:{metrics_port}/metrics" if metrics_port > 0 else None,
@@ -751,6 +754,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pantau: configuration error: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level)
+    if settings.database_url is None and args.command != "up":
+        from pantau.embedded import running_stack_database_url
+
+        found = running_stack_database_url(settings.home.resolve())
+        if found is not None:  # beside a running `pantau up`: its database
+            settings = dataclasses.replace(settings, database_url=found)
     handler: Handler = args.handler
     try:
         result = handler(args, settings)

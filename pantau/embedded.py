@@ -387,3 +387,23 @@ class EmbeddedMosquitto:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+def running_stack_database_url(home: Path) -> str | None:
+    """The database of the `pantau up` running on `home`, with its password (kept apart from
+    endpoints.json, in the private cluster's own 0600 file), or None when no such stack is up:
+    commands run beside `pantau up` find its database without anyone copying the password."""
+    import json
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        endpoints = json.loads((home / "endpoints.json").read_text())
+        os.kill(int(endpoints["pid"]), 0)
+        password = (home / "postgres" / "password").read_text().strip()
+        parts = urlsplit(str(endpoints["database_url"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if parts.password is not None or not parts.username or not parts.hostname:
+        return None
+    netloc = f"{parts.username}:{password}@{parts.hostname}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))

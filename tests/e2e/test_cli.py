@@ -12,10 +12,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
 
+from pantau.embedded import running_stack_database_url
 from pantau.store import SCHEMA_VERSION
 from pantau.topics import alerts_topic, open_alerts_topic
 from tests.support import REPO, pantau_env, run_pantau, wait_until
@@ -127,7 +129,9 @@ def test_up_runs_the_stack_and_lands_readings(up_home: Path) -> None:
         wait_until(endpoints_file.exists, timeout_s=90, what="endpoints.json")
         endpoints = json.loads(endpoints_file.read_text())
         assert set(endpoints) >= {"database_url", "mqtt_url", "api_url"}
-        assert oct(endpoints_file.stat().st_mode & 0o777) == "0o600"  # it holds the database password
+        assert oct(endpoints_file.stat().st_mode & 0o777) == "0o600"
+        db = running_stack_database_url(up_home)  # the password is kept apart, in a file of its own
+        assert db is not None and urlsplit(db).password and urlsplit(db).password not in endpoints_file.read_text()
 
         second = pantau("up", env=env, check=False)
         assert second.returncode == 1 and "already running" in second.stderr
@@ -163,7 +167,6 @@ def test_up_runs_the_stack_and_lands_readings(up_home: Path) -> None:
         assert anonymous.value.code == 401
         anonymous.value.close()
 
-        db = endpoints["database_url"]
         pantau(
             "sensors",
             "add",
@@ -173,7 +176,7 @@ def test_up_runs_the_stack_and_lands_readings(up_home: Path) -> None:
             "air",
             "--city",
             "kotamobagu",
-            env=pantau_env(PANTAU_DATABASE_URL=db),
+            env=pantau_env(PANTAU_HOME=str(up_home)),  # beside `up`: its database, no URL to copy
         )
         port = endpoints["mqtt_url"].rsplit(":", 1)[1]
         topic = "pantau/v1/kotamobagu/air/KTG-AQ-07"

@@ -31,6 +31,7 @@ import psycopg
 import pytest
 import yaml
 
+from pantau.embedded import running_stack_database_url
 from pantau.metrics import METRICS
 from tests.support import REPO, pantau_env, wait_until
 
@@ -74,7 +75,9 @@ class Stack:
 
     @property
     def database_url(self) -> str:
-        return str(self.endpoints["database_url"])
+        found = running_stack_database_url(Path(self.env["PANTAU_HOME"]))
+        assert found is not None, "pantau up is not running"
+        return found
 
     @property
     def placeholders(self) -> dict[str, str]:
