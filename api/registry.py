@@ -11,12 +11,14 @@ from typing import Any
 
 from aiohttp import web
 
-from api.access import principal
-from api.common import TZ, answer, answer_text, iso
+from api.access import acting, principal, visible_city
+from api.common import TZ, answer, answer_text, iso, json_body
 from api.keys import ALERTS, STORE
-from api.openapi import API, Param
-from api.problems import not_found
+from api.openapi import API, ENGINEER, Param
+from api.problems import Problem, not_found
 from pantau.domain import City
+from pantau.errors import ManifestError, SensorMetadataError
+from pantau.sensors import sensor_from_mapping
 from pantau.store import views
 
 CITY = Param("city", {"type": "string"}, "city slug, e.g. sampit")
@@ -174,3 +176,52 @@ async def latest(request: web.Request) -> web.Response:
         cur = await conn.execute(_LATEST, {"city": city, "kind": kind})
         row = await cur.fetchone()
     return answer_text(request, row[0] if row else '{"sensors": []}', etag=True)
+
+
+SENSOR_BODY = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "kind": {"type": "string", "enum": ["air", "traffic", "flood", "rain"]},
+        "city": {"type": "string"},
+        "district": {"type": "string"},
+        "name": {"type": "string"},
+        "lat": {"type": ["number", "null"]},
+        "lon": {"type": ["number", "null"]},
+        "metadata": {"type": "object"},
+    },
+    "required": ["id", "kind", "city"],
+    "additionalProperties": False,
+}
+
+
+@API.post(
+    "/api/v1/sensors",
+    summary="Register a sensor, or change one (by id): its kind, city, place and metadata (audited)",
+    tag="registry",
+    roles=ENGINEER,
+    scope="city",
+    body=SENSOR_BODY,
+    responses={200: "Changed", 201: "Registered"},
+)
+async def register_sensor(request: web.Request) -> web.Response:
+    body = await json_body(request, SENSOR_BODY)
+    try:
+        sensor = sensor_from_mapping(body, "body")
+    except (ManifestError, SensorMetadataError) as exc:
+        fields = ("id", "kind", "city", "district", "name", "lat", "lon", "metadata")
+        field = next((f for f in fields if f"'{f}'" in str(exc) or f"{f}:" in str(exc)), "body")
+        raise Problem(400, "Bad request", str(exc).removeprefix("body: "), param=field) from None
+    visible_city(request, sensor.city)
+    store = request.app[STORE]
+    async with store.connection() as conn:  # one of another city is not the caller's to change
+        cur = await conn.execute("SELECT city FROM sensors WHERE id = %s", (sensor.id,))
+        row = await cur.fetchone()
+    if row is not None and not principal(request).sees(row[0]):
+        raise not_found(f"sensor {sensor.id!r}")
+    inserted, _updated = await store.upsert_sensors([sensor], by=acting(request))
+    registered = {
+        "id": sensor.id, "kind": sensor.kind.value, "city": sensor.city, "district": sensor.district,
+        "name": sensor.name, "lat": sensor.lat, "lon": sensor.lon, "metadata": sensor.metadata, "topic": sensor.topic,
+    }  # fmt: skip
+    return answer(request, registered, status=201 if inserted else 200)

@@ -22,6 +22,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from pantau.audit import Actor, record
 from pantau.domain import City, Sensor
 from pantau.errors import StoreError, StoreUnavailable
 from pantau.settings import StoreSettings
@@ -367,8 +368,9 @@ class Store:
 
     # -- sensors -----------------------------------------------------------------------------
 
-    async def upsert_sensors(self, sensors: Iterable[Sensor]) -> tuple[int, int]:
-        """Insert or update sensors by id; returns (inserted, updated)."""
+    async def upsert_sensors(self, sensors: Iterable[Sensor], *, by: Actor | None = None) -> tuple[int, int]:
+        """Insert or update sensors by id; returns (inserted, updated). With `by`, the change goes to
+        the audit log in the same transaction (one entry: each sensor before and after)."""
         rows = [(s.id, s.kind.value, s.city, s.district, s.name, s.lat, s.lon, json.dumps(s.metadata)) for s in sensors]
         if not rows:
             return 0, 0
@@ -381,18 +383,31 @@ class Store:
             ) as copy:
                 for row in rows:
                     await copy.write_row(row)
+            before: dict[str, Any] = {}
+            if by is not None:
+                cur = await conn.execute(
+                    f"SELECT id, {_AUDITED_SENSOR} FROM sensors WHERE id IN (SELECT id FROM sensors_in)"  # noqa: S608
+                )
+                before = {row[0]: row[1] for row in await cur.fetchall()}
             cur = await conn.execute(
-                """
+                f"""
                 INSERT INTO sensors AS s (id, kind, city, district, name, lat, lon, metadata)
                 SELECT DISTINCT ON (id) id, kind, city, district, name, lat, lon, metadata FROM sensors_in
                 ON CONFLICT (id) DO UPDATE SET
                     kind = excluded.kind, city = excluded.city, district = excluded.district,
                     name = excluded.name, lat = excluded.lat, lon = excluded.lon,
                     metadata = excluded.metadata
-                RETURNING (xmax = 0) AS inserted
-                """
+                RETURNING (xmax = 0) AS inserted, id, {_AUDITED_SENSOR}
+                """  # noqa: S608 - a fixed expression
             )
-            flags = [r[0] for r in await cur.fetchall()]
+            changed = await cur.fetchall()
+            flags = [r[0] for r in changed]
+            if by is not None:
+                after = {r[1]: r[2] for r in changed if before.get(r[1]) != r[2]}
+                target = f"sensor:{next(iter(after))}" if len(after) == 1 else f"sensors:{len(after)}"
+                if after:  # a re-import of what is registered already changes nothing
+                    await record(conn, by, "sensor.register", target, before={k: before.get(k) for k in after},
+                                 after=after)  # fmt: skip
             # A sensor's city joins the registry (in Jakarta's zone until a fleet import or
             # `pantau cities set` says otherwise).
             await conn.execute("INSERT INTO cities (id) SELECT DISTINCT city FROM sensors_in ON CONFLICT DO NOTHING")
@@ -465,6 +480,11 @@ class Store:
         async with self.connection() as conn:
             cur = await conn.execute(f"SELECT count(*) FROM {table} WHERE {where}", params)  # noqa: S608
             return int((await cur.fetchone() or (0,))[0])
+
+
+# A sensor as the audit log records it (what a registration sets).
+_AUDITED_SENSOR = "jsonb_build_object('kind', kind, 'city', city, 'district', district, 'name', name, 'lat', lat," \
+    " 'lon', lon, 'metadata', metadata)"
 
 
 def redact_url(url: str) -> str:

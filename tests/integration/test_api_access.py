@@ -108,6 +108,7 @@ def _body(operation_id: str, city: str) -> dict[str, Any] | None:
         "check_rules": {"yaml": (SHIPPED_DIR / "rules.yaml").read_text()},
         "add_user": {"username": f"baru-{next(_fresh)}", "password": PASSWORD, "role": "agency", "cities": [city]},
         "create_token": {"name": "matrix", "role": "agency", "cities": [city]},
+        "register_sensor": {"id": f"MATRIX-{next(_fresh)}", "kind": "flood", "city": city},
         "login": {"username": "matrix-operator", "password": PASSWORD},
     }  # fmt: skip
     return bodies.get(operation_id, {})
@@ -264,3 +265,32 @@ async def test_the_audit_log_is_append_only_for_everyone(app: TestClient, store:
     assert "password_hash" not in recorded and PASSWORD not in recorded and "argon2" not in recorded
     exported = await app.get("/api/v1/audit", params={"format": "csv"}, headers=admin)
     assert exported.status == 200 and "user:auditor" in await exported.text()
+
+
+async def test_an_engineer_registers_and_changes_sensors_of_their_cities_audited(
+    app: TestClient, store: Store, database_url: str
+) -> None:
+    engineer = await _token(store, "engineer", [HOME])
+    gauge = {"id": "SPT-WL-09", "kind": "flood", "city": HOME, "metadata": {"river": "Mentaya", "siaga1_cm": 400}}
+    made = await app.post("/api/v1/sensors", json=gauge, headers=engineer)
+    assert made.status == 201 and (await made.json())["topic"] == "pantau/v1/sampit/flood/SPT-WL-09"
+    again = await app.post("/api/v1/sensors", json=gauge, headers=engineer)
+    assert again.status == 200
+    moved = await app.post("/api/v1/sensors", json=gauge | {"name": "Jembatan Mentaya"}, headers=engineer)
+    assert moved.status == 200
+    elsewhere = await app.post("/api/v1/sensors", json=gauge | {"city": AWAY}, headers=engineer)
+    assert elsewhere.status == 404  # neither registered in another city ...
+    theirs = await app.post("/api/v1/sensors", json={"id": GAUGES[AWAY].id, "kind": "flood", "city": HOME},
+                            headers=engineer)  # fmt: skip
+    assert theirs.status == 404  # ... nor taken from one
+    bad = await app.post("/api/v1/sensors", json=gauge | {"lat": 123.0}, headers=engineer)
+    assert bad.status == 400 and (await bad.json())["invalid-params"][0]["name"] == "lat"
+    with psycopg.connect(database_url) as conn:
+        entries = conn.execute(
+            "SELECT actor, role, before -> 'SPT-WL-09' ->> 'name', after -> 'SPT-WL-09' ->> 'name' FROM audit_log"
+            " WHERE action = 'sensor.register' AND target = 'sensor:SPT-WL-09' ORDER BY id"
+        ).fetchall()
+    # One entry per change: the registration and the rename; the same registration again changed nothing.
+    who = ("token:matrix-engineer", "engineer")
+    assert entries == [(*who, None, ""), (*who, "", "Jembatan Mentaya")]
+
