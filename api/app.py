@@ -20,6 +20,7 @@ import api.registry
 import api.rules
 import api.series
 import api.sta
+import api.stream
 import api.telemetry
 import api.traffic
 from api.common import answer
@@ -37,7 +38,7 @@ from pantau.store import Store
 # The modules whose routes join API as they are imported.
 ROUTES = (
     api.access, api.air, api.alerts, api.export, api.flood, api.health, api.overview, api.reference, api.registry,
-    api.rules, api.series, api.sta, api.telemetry, api.traffic,
+    api.rules, api.series, api.sta, api.stream, api.telemetry, api.traffic,
 )  # fmt: skip
 
 
@@ -70,5 +71,6 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[api.overview.RECENT] = api.common.Recent(api.overview.FRESH_S)
     app.cleanup_ctx.append(_store)
+    app.cleanup_ctx.append(api.stream.hub_ctx)  # after the store: the hub reads through its pool
     API.install(app)
     return app

@@ -59,6 +59,10 @@ log = logging.getLogger(__name__)
 
 # PostgreSQL NOTIFY channel of alert events (the API's live stream LISTENs on it).
 ALERTS_CHANNEL = "pantau_alerts"
+# alert_events' ids are in commit order, so that the live stream resumes after an id without a gap
+# or a double (docs/decisions.md D20): every transaction that writes alert events takes this lock
+# before it touches an alert, and holds it until it commits. Transitions are short and few.
+EVENTS_LOCK = (0x70616E74, 1)  # pg_advisory_xact_lock(int4 'pant', 1)
 NOTIFY_PAYLOAD_VERSION = 1
 # NOTIFY payloads must stay under 8,000 bytes; reasons are free text, so they are cut to this many
 # characters in the payload (the full text stays in the tables).
@@ -348,13 +352,15 @@ class AlertStore:
         self._clock = clock or (lambda: datetime.now(UTC))
 
     @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[AsyncCursor[DictRow]]:
+    async def _transaction(self, *, writes_events: bool = False) -> AsyncIterator[AsyncCursor[DictRow]]:
         try:
             async with (
                 self._store.connection() as conn,
                 conn.transaction(),
                 conn.cursor(row_factory=dict_row) as cur,
             ):
+                if writes_events:
+                    await lock_events(cur)
                 yield cur
         except psycopg.Error as exc:  # connection failures arrive as StoreUnavailable already
             raise StoreError(f"alert store: {exc}") from exc
@@ -378,7 +384,7 @@ class AlertStore:
 
         `district` defaults to the sensor's registered district (silences match on it).
         """
-        async with self._transaction() as cur:
+        async with self._transaction(writes_events=True) as cur:
             return await self.raise_in(
                 cur,
                 rule_id,
@@ -455,7 +461,7 @@ class AlertStore:
         event_ts: datetime | None = None,
     ) -> Transition:
         """Resolve the open alert of (rule, scope) because its clear condition holds."""
-        async with self._transaction() as cur:
+        async with self._transaction(writes_events=True) as cur:
             return await self.resolve_in(cur, rule_id, scope, by=by, reason=reason, value=value, event_ts=event_ts)
 
     async def resolve_in(
@@ -482,7 +488,7 @@ class AlertStore:
     async def resolve_by_id(self, alert_id: int, actor: str | Actor, *, reason: str = "") -> Transition:
         """Resolve an alert by hand; `actor` says who."""
         name = _require_actor(actor)
-        async with self._transaction() as cur:
+        async with self._transaction(writes_events=True) as cur:
             now = self._clock()
             current = await _lock_id(cur, alert_id)
             if current is None:
@@ -498,7 +504,7 @@ class AlertStore:
     async def acknowledge(self, alert_id: int, actor: str | Actor, *, reason: str = "") -> Transition:
         """Acknowledge an open alert: `actor` is on it."""
         name = _require_actor(actor)
-        async with self._transaction() as cur:
+        async with self._transaction(writes_events=True) as cur:
             now = self._clock()
             current = await _lock_id(cur, alert_id)
             if current is None:
@@ -867,6 +873,7 @@ async def _record(
     held: bool | None = None,
 ) -> AlertEvent:
     """Insert one event and NOTIFY it; `held` overrides the alert's flapping flag."""
+    await lock_events(cur)  # held already by a transaction that took it first, as all should
     if silence is not None:
         notification = Notification.SILENCED
     elif alert.flapping if held is None else held:
@@ -900,6 +907,12 @@ async def _record(
     await cur.execute("SELECT pg_notify(%s, %s)", (ALERTS_CHANNEL, notify_payload(alert, event)))
     log.debug("alert %d %s (%s): %s", alert.id, kind.value, notification.value, reason)
     return event
+
+
+async def lock_events(cur: AsyncCursor[Any]) -> None:
+    """Take the alert events' commit-order lock for this transaction (see EVENTS_LOCK); a second
+    call in the same transaction is free."""
+    await cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", EVENTS_LOCK)
 
 
 async def listen(conn: AsyncConnection) -> None:

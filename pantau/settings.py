@@ -133,6 +133,14 @@ class Settings:
     api_cors_origins: str = ""
     # Every statement of an API request is cancelled past this (the client gets a 422 with a hint).
     api_statement_timeout_ms: int = 5000
+    # The live stream replays at most this many alert events to a screen that reconnects; further
+    # behind, it is told to reload (a `reset` event).
+    api_stream_replay_max: int = 10000
+    # A screen's queue of alert events not yet written to it: past it, the screen is sent `reset`
+    # and disconnected (it reloads) rather than an event dropped. A write it does not take within
+    # the timeout cuts it off: a screen that stopped reading holds nothing up and little memory.
+    api_stream_client_queue: int = 1000
+    api_stream_write_timeout_s: float = 10.0
     home: Path = Path(".pantau")
     log_level: str = "INFO"
     ingest: IngestSettings = field(default_factory=IngestSettings)

@@ -42,7 +42,7 @@ import psycopg
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import DictRow, dict_row
 
-from pantau.alerts import AlertStore, FlapPolicy, Outcome, Transition
+from pantau.alerts import AlertStore, FlapPolicy, Outcome, Transition, lock_events
 from pantau.domain import Sensor
 from pantau.errors import StoreUnavailable
 from pantau.outbox import BATCHES_CHANNEL, OutboxBatch, claim, decode_outbox
@@ -299,6 +299,8 @@ class RuleWorker:
                 # In a thread: the event loop stays free for the notifier and the LISTEN pump while a
                 # big step evaluates (the engine is touched by one step at a time).
                 signals = await asyncio.to_thread(self._evaluate, engine, decoded, now, tick)
+                if signals:  # before any alert is touched: alert events commit in id order (D20)
+                    await lock_events(cur)
                 outcomes = [await self._apply(cur, s) for s in signals]
                 await cur.execute(
                     "INSERT INTO rule_claims (claim, worker, at, tick) VALUES (%s, %s, %s, %s)",
@@ -473,6 +475,7 @@ class RuleWorker:
         active = [ev.rule.id for ev in self._engine.evaluators]
         reset, self._reset_rules = sorted(self._reset_rules), set()
         async with self.store.connection() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+            await lock_events(cur)
             await cur.execute(
                 "SELECT rule_id, scope FROM alerts WHERE state <> 'resolved'"
                 " AND (NOT (rule_id = ANY(%s)) OR rule_id = ANY(%s))",

@@ -280,6 +280,11 @@ class Store:
         self._url = url  # for a connection outside the pool (migrate's probe)
         self.settings = settings
 
+    @property
+    def url(self) -> str:
+        """Where the pool connects: for a connection of one's own (a LISTEN)."""
+        return self._url
+
     @classmethod
     @asynccontextmanager
     async def open(

@@ -128,7 +128,10 @@ async def _request(
         response = await client.get(path, params=query, headers=headers)
     else:
         response = await client.post(path, params=query, json=_body(op["operationId"], city), headers=headers)
-    await response.read()
+    if "text/event-stream" in op["responses"].get("200", {}).get("content", {}) and response.status == 200:
+        response.close()  # a live stream never ends: its status is the answer
+    else:
+        await response.read()
     client.session.cookie_jar.clear()  # a login's session must not speak for the next request
     return response.status
 
