@@ -18,6 +18,7 @@ import api.overview
 import api.reference
 import api.registry
 import api.rules
+import api.screen
 import api.series
 import api.sta
 import api.stream
@@ -38,7 +39,7 @@ from pantau.store import Store
 # The modules whose routes join API as they are imported.
 ROUTES = (
     api.access, api.air, api.alerts, api.export, api.flood, api.health, api.overview, api.reference, api.registry,
-    api.rules, api.series, api.sta, api.stream, api.telemetry, api.traffic,
+    api.rules, api.screen, api.series, api.sta, api.stream, api.telemetry, api.traffic,
 )  # fmt: skip
 
 

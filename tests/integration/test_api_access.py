@@ -95,7 +95,7 @@ async def _path_value(name: str, city: str, targets: Targets) -> str:
 def _query_value(name: str, city: str) -> str:
     values = {
         "city": city, "sensor": GAUGES[city].id, "metric": "water_level_cm", "from": "2026-12-01T00:00:00+07:00",
-        "to": "2026-12-02T00:00:00+07:00", "date": "2026-12-01", "path": "Things",
+        "to": "2026-12-02T00:00:00+07:00", "date": "2026-12-01", "path": "Things", "file": "screen.js",
     }  # fmt: skip
     assert name in values, f"the access matrix has no value for parameter {name!r}: add one"
     return values[name]
