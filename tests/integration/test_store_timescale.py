@@ -301,3 +301,31 @@ async def test_series_and_hourly_sums_hold_readings_the_refresh_policies_have_no
     assert hourly[(SENSOR, "pm25")] == {
         at: (n, pytest.approx(n * avg)) for at, (n, avg, _low, _high) in expected_rollups(everything, 3600).items()
     }
+
+
+async def test_a_database_migrated_before_gets_real_time_rollups_on_the_next_migrate(
+    store: Store, database_url: str
+) -> None:
+    # As an earlier pantau left it: materialized-only aggregates, refreshes up to the open bucket.
+    async with store.connection() as conn:
+        for view in ("readings_1m", "readings_1h"):
+            await conn.execute(f"ALTER MATERIALIZED VIEW {view} SET (timescaledb.materialized_only = true)")
+            await conn.execute("SELECT remove_continuous_aggregate_policy(%s)", (view,))
+            await conn.execute(
+                "SELECT add_continuous_aggregate_policy(%s, start_offset => interval '2 hours', end_offset => NULL,"
+                " schedule_interval => interval '1 minute')",
+                (view,),
+            )
+    async with Store.open(database_url, StoreSettings(pool_max_size=1)) as again:
+        assert await again.migrate() == (Backend.TIMESCALEDB, [])
+    assert await _rows(
+        store,
+        "SELECT view_name, materialized_only FROM timescaledb_information.continuous_aggregates"
+        " WHERE view_schema = 'public' ORDER BY view_name",
+    ) == [("readings_1h", False), ("readings_1m", False)]
+    assert await _policy(store, "policy_refresh_continuous_aggregate", "readings_1m", "end_offset") == [
+        timedelta(minutes=1)
+    ]
+    assert await _policy(store, "policy_refresh_continuous_aggregate", "readings_1h", "end_offset") == [
+        timedelta(hours=1)
+    ]
