@@ -503,6 +503,14 @@ async def schema_version(conn: AsyncConnection) -> int:
 # How often the continuous aggregates are refreshed: minute rollups at most half a minute behind
 # ingest; hourly ones less often, since each run re-reads the minute buckets of the open hour.
 _REFRESH_EVERY = {"readings_1m": "30 seconds", "readings_1h": "5 minutes"}
+# Both aggregates are real-time (materialized_only = false): a query gets the materialized buckets
+# up to the aggregate's watermark and aggregates the rows past it on the fly. Each refresh stops one
+# bucket short of now, so the open bucket stays past the watermark and is always aggregated live;
+# with no end offset the refresh materialized the open bucket while it was filling, and the readings
+# that arrived in it afterwards were missing from every answer until the next run (up to 30 s for a
+# minute, 5 minutes for an hour). Late readings for a bucket already materialized still wait for
+# the next run.
+_REFRESH_END_OFFSET = {"readings_1m": "1 minute", "readings_1h": "1 hour"}
 
 
 def _refresh_start_offset(settings: StoreSettings) -> str:
@@ -515,8 +523,9 @@ def _refresh_start_offset(settings: StoreSettings) -> str:
     be dropped anyway.
     """
     horizon_h = 24 * min(settings.retention_days, settings.rollup_retention_days)
-    # Never below two hourly buckets, the smallest window TimescaleDB accepts for readings_1h.
-    return f"{max(horizon_h - 1, 2)} hours"
+    # Never below the hour's end offset plus two hourly buckets, the smallest window TimescaleDB
+    # accepts for readings_1h.
+    return f"{max(horizon_h - 1, 3)} hours"
 
 
 async def _apply_timescale_policies(conn: AsyncConnection, settings: StoreSettings) -> None:
@@ -525,7 +534,18 @@ async def _apply_timescale_policies(conn: AsyncConnection, settings: StoreSettin
     rollup_days = sql.Literal(f"{settings.rollup_retention_days} days")
     compress = sql.Literal(f"{settings.compress_after_days} days")
     start_offset = sql.Literal(_refresh_start_offset(settings))
+    # The rollups are real-time aggregates (see _REFRESH_END_OFFSET): TimescaleDB (2.13 on) makes
+    # a continuous aggregate materialized-only unless told, which left out every bucket the refresh
+    # had not reached. Set here, not in migration 2, so that databases migrated before get it too.
+    cur = await conn.execute(
+        "SELECT view_name FROM timescaledb_information.continuous_aggregates"
+        " WHERE view_schema = current_schema() AND materialized_only ORDER BY view_name DESC"
+    )
     statements: list[sql.SQL | sql.Composed] = [
+        sql.SQL("ALTER MATERIALIZED VIEW {} SET (timescaledb.materialized_only = false)").format(sql.Identifier(view))
+        for (view,) in await cur.fetchall()
+    ]
+    statements += [
         sql.SQL("SELECT remove_compression_policy('readings', if_exists => true)"),
         sql.SQL("SELECT add_compression_policy('readings', compress_after => {}::interval)").format(compress),
         sql.SQL("SELECT remove_retention_policy('readings', if_exists => true)"),
@@ -537,11 +557,11 @@ async def _apply_timescale_policies(conn: AsyncConnection, settings: StoreSettin
             sql.SQL("SELECT remove_retention_policy({}, if_exists => true)").format(name),
             sql.SQL("SELECT add_retention_policy({}, drop_after => {}::interval)").format(name, rollup_days),
             sql.SQL("SELECT remove_continuous_aggregate_policy({}, if_exists => true)").format(name),
-            # A NULL end offset includes the current, still filling bucket.
+            # The open bucket is left to real-time aggregation (see _REFRESH_END_OFFSET).
             sql.SQL(
                 "SELECT add_continuous_aggregate_policy({}, start_offset => {}::interval,"
-                " end_offset => NULL, schedule_interval => {}::interval)"
-            ).format(name, start_offset, sql.Literal(every)),
+                " end_offset => {}::interval, schedule_interval => {}::interval)"
+            ).format(name, start_offset, sql.Literal(_REFRESH_END_OFFSET[view]), sql.Literal(every)),
         ]
     async with conn.transaction():
         for stmt in statements:

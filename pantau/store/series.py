@@ -4,7 +4,11 @@ rollups, or local days (from the hourly rollups, midnight to midnight in the cit
 The rollups hold n, avg, min and max per bucket; sum is avg × n; `last` (the newest reading of
 each bucket) is read from the raw readings. On plain PostgreSQL a bucket that `pantau maintain` has
 not yet refreshed (its minute is in `rollup_invalidations`) is aggregated from the raw readings
-instead, so a series equals a direct aggregate of the raw rows whatever the refresh's pace.
+instead, so a series equals a direct aggregate of the raw rows whatever the refresh's pace. On
+TimescaleDB the rollups are real-time continuous aggregates whose refresh stops one bucket short of
+now: the buckets past the last refresh, the open one always among them, are aggregated from their
+source when read (a late reading for a bucket already materialized waits for the next refresh,
+at most 30 s for minutes, 5 minutes for hours).
 Buckets with no reading are returned with None: gaps are explicit, never interpolated.
 """
 

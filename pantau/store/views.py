@@ -97,7 +97,8 @@ async def window_means(
 
 
 # Hourly n and sum over many sensors and metrics. Plain PostgreSQL: an hour whose refresh is pending
-# (a minute of it in rollup_invalidations) is summed from the raw readings instead.
+# (a minute of it in rollup_invalidations) is summed from the raw readings instead. TimescaleDB:
+# readings_1h is a real-time aggregate, so the hours past its last refresh are aggregated when read.
 _HOURLY_PLAIN = """
 WITH pending AS (
     SELECT DISTINCT date_bin('1 hour', bucket, timestamptz '2000-01-01 00:00:00+00') AS bucket

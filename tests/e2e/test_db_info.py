@@ -140,8 +140,8 @@ def test_db_info_on_timescaledb_shows_chunks_compression_and_the_policy_jobs(req
     assert jobs["refresh", "readings_1h"]["schedule_interval_s"] == 300
     assert jobs["compression", "readings"]["schedule_interval_s"] > 0 and all(j["scheduled"] for j in jobs.values())
     refresh = jobs["refresh", "readings_1m"]
-    refresh_start = refresh["config"]["start_offset"]
-    assert refresh["config"]["end_offset"] is None
+    refresh_start, refresh_end = refresh["config"]["start_offset"], refresh["config"]["end_offset"]
+    assert refresh_end == "00:01:00"  # the open minute is aggregated live, never materialized while it fills
     assert refresh["total_failures"] >= 1 and refresh["total_runs"] >= refresh["total_failures"]
     assert _recent(refresh["last_run_started_at"]) and _recent(refresh["errors"][0]["at"])
     assert refresh["errors"][0]["message"] and refresh["errors"][0]["sqlerrcode"]
@@ -150,7 +150,8 @@ def test_db_info_on_timescaledb_shows_chunks_compression_and_the_policy_jobs(req
     assert "chunks:         1d each\n" in text
     assert "compression:    on, segmentby sensor_id, metric, orderby ts\n" in text
     lines = text.splitlines()
-    at = lines.index(f"  {job_id:>6} refresh readings_1m every 30s (end_offset none, start_offset {refresh_start})")
+    policy = f"(end_offset {refresh_end}, start_offset {refresh_start})"
+    at = lines.index(f"  {job_id:>6} refresh readings_1m every 30s {policy}")
     assert lines[at + 1].startswith("         last run ") and ": Failed (" in lines[at + 1]
     assert "runs failed); next " in lines[at + 1]
     error = refresh["errors"][0]

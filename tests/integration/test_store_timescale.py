@@ -12,13 +12,14 @@ import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from ingest.writer import ReadingWriter
 from pantau.readings import Reading
 from pantau.settings import StoreSettings
-from pantau.store import Backend, Store
+from pantau.store import Backend, Store, series, views
 from tests.conftest import EXTERNAL_URL
 from tests.support import assert_rollups, expected_rollups
 
@@ -139,7 +140,13 @@ async def test_rollups_are_hierarchical_continuous_aggregates_with_refresh_polic
         " WHERE view_name = 'readings_1m'",
     )
     assert sources["readings_1h"] == mat
-    for view in ("readings_1m", "readings_1h"):
+    # Real-time aggregates: the buckets past the last refresh are aggregated from their source when read.
+    assert await _rows(
+        store,
+        "SELECT view_name, materialized_only FROM timescaledb_information.continuous_aggregates"
+        " WHERE view_schema = 'public' ORDER BY view_name",
+    ) == [("readings_1h", False), ("readings_1m", False)]
+    for view, bucket in (("readings_1m", timedelta(minutes=1)), ("readings_1h", timedelta(hours=1))):
         columns = await _rows(
             store,
             "SELECT column_name FROM information_schema.columns WHERE table_name = %s ORDER BY ordinal_position",
@@ -149,7 +156,8 @@ async def test_rollups_are_hierarchical_continuous_aggregates_with_refresh_polic
         [start] = await _policy(store, "policy_refresh_continuous_aggregate", view, "start_offset")
         # The refresh window must stop short of the raw retention horizon (see the next tests).
         assert start is not None and start < timedelta(days=StoreSettings().retention_days)
-        assert await _policy(store, "policy_refresh_continuous_aggregate", view, "end_offset") == [None]
+        # The open bucket is never materialized while it fills: real-time aggregation answers for it.
+        assert await _policy(store, "policy_refresh_continuous_aggregate", view, "end_offset") == [bucket]
 
 
 async def test_refreshed_rollups_are_exact_and_duplicates_count_once(store: Store, writer: ReadingWriter) -> None:
@@ -252,3 +260,72 @@ async def test_rollups_outlive_raw_retention(store: Store, database_url: str) ->
     assert await store.count("readings") == 0
     assert_rollups(await store.readings(SENSOR, "pm25", *window, resolution="1m"), expected_rollups(rows, 60))
     assert_rollups(await store.readings(SENSOR, "pm25", *window, resolution="1h"), expected_rollups(rows, 3600))
+
+
+async def test_series_and_hourly_sums_hold_readings_the_refresh_policies_have_not_reached(
+    store: Store, writer: ReadingWriter
+) -> None:
+    # The production case: the refresh policies have run, then readings arrive in the open minute
+    # and hour. The API's series and hourly sums must hold them at once, as on plain PostgreSQL.
+    now = time.time()
+    minute = now // 60 * 60
+    rows = [(minute - 60 * k, SENSOR, "pm25", float(k % 17)) for k in range(150)]  # up to the open minute
+    await writer.write(rows, [])
+    jobs = dict(
+        await _rows(
+            store,
+            "SELECT hypertable_name, job_id FROM timescaledb_information.jobs"
+            " WHERE proc_name = 'policy_refresh_continuous_aggregate'",
+        )
+    )
+    async with store.connection() as conn:
+        await conn.execute("CALL run_job(%s)", (jobs["readings_1m"],))
+        await conn.execute("CALL run_job(%s)", (jobs["readings_1h"],))
+    newer = [(minute + (now - minute) / 2, SENSOR, "pm25", 1000.0)]  # the open minute, after the policies ran
+    await writer.write(newer, [])
+
+    lo = datetime.fromtimestamp(minute // 3600 * 3600 - 3 * 3600, UTC)
+    hi = datetime.fromtimestamp(minute + 60, UTC)
+    everything = rows + newer
+    async with store.connection() as conn:
+        for level, width in (("1m", 60), ("1h", 3600)):
+            points = await series.aggregated(conn, Backend.TIMESCALEDB, SENSOR, "pm25", lo, hi, level,
+                                             ("count", "avg", "min", "max"), ZoneInfo("UTC"))  # fmt: skip
+            got = {p.ts: tuple(p.values.values()) for p in points if p.values["count"]}
+            want = {at: (float(n), avg, low, high) for at, (n, avg, low, high) in
+                    expected_rollups(everything, width).items()}  # fmt: skip
+            assert got.keys() == want.keys(), level
+            for at, value in want.items():
+                assert got[at] == pytest.approx(value), (level, at)
+        hourly = await views.hourly(conn, Backend.TIMESCALEDB, [SENSOR], ["pm25"], lo, hi)
+    assert hourly[(SENSOR, "pm25")] == {
+        at: (n, pytest.approx(n * avg)) for at, (n, avg, _low, _high) in expected_rollups(everything, 3600).items()
+    }
+
+
+async def test_a_database_migrated_before_gets_real_time_rollups_on_the_next_migrate(
+    store: Store, database_url: str
+) -> None:
+    # As an earlier pantau left it: materialized-only aggregates, refreshes up to the open bucket.
+    async with store.connection() as conn:
+        for view in ("readings_1m", "readings_1h"):
+            await conn.execute(f"ALTER MATERIALIZED VIEW {view} SET (timescaledb.materialized_only = true)")
+            await conn.execute("SELECT remove_continuous_aggregate_policy(%s)", (view,))
+            await conn.execute(
+                "SELECT add_continuous_aggregate_policy(%s, start_offset => interval '2 hours', end_offset => NULL,"
+                " schedule_interval => interval '1 minute')",
+                (view,),
+            )
+    async with Store.open(database_url, StoreSettings(pool_max_size=1)) as again:
+        assert await again.migrate() == (Backend.TIMESCALEDB, [])
+    assert await _rows(
+        store,
+        "SELECT view_name, materialized_only FROM timescaledb_information.continuous_aggregates"
+        " WHERE view_schema = 'public' ORDER BY view_name",
+    ) == [("readings_1h", False), ("readings_1m", False)]
+    assert await _policy(store, "policy_refresh_continuous_aggregate", "readings_1m", "end_offset") == [
+        timedelta(minutes=1)
+    ]
+    assert await _policy(store, "policy_refresh_continuous_aggregate", "readings_1h", "end_offset") == [
+        timedelta(hours=1)
+    ]
