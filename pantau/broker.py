@@ -154,7 +154,8 @@ def service_roles() -> dict[str, list[dict[str, Any]]]:
             *(_acl("publishClientSend", t, allow=False, priority=10) for t in _alerts_topics()),
             _acl("publishClientSend", f"{TOPIC_ROOT}/+/+/+"),
         ],
-        ALERTS_READER: [_acl("subscribePattern", t) for t in _alerts_topics()],
+        # `alerts/#` covers both alerts topics; only the notifier publishes under them.
+        ALERTS_READER: [_acl("subscribePattern", f"{TOPIC_ROOT}/+/alerts/#")],
     }
 
 
