@@ -1,7 +1,7 @@
 """Who may do what on the broker: mosquitto's dynamic-security plugin, driven over its control topic.
 
 pantau's own broker (`pantau up`) runs with the plugin and anonymous access off (docs/decisions.md
-D17, docs/security-broker.md). Every account pantau makes is bound to one MQTT client id, so no
+D19, docs/security-broker.md). Every account pantau makes is bound to one MQTT client id, so no
 account can connect under another's client id, and none can take over ingest's persistent session:
 
     account               client id              may
