@@ -15,7 +15,7 @@ account can connect under another's client id, and none can take over ingest's p
 `DynsecControl` sends commands on `$CONTROL/dynamic-security/v1` with the admin account and matches
 each answer by its correlation data; an error answer is a `BrokerError` naming the command. The
 plugin kicks a connected client when its account is deleted, disabled, or its password or roles
-change: retiring a sensor disconnects it at once.
+change: retiring a sensor (its account disabled) disconnects it at once.
 
 Secrets (the admin's and the services' passwords) live in `accounts.json` beside the broker's
 files under the state directory, mode 0600; they are never printed, logged, or written to
@@ -397,6 +397,9 @@ async def ensure_sensor_accounts(
     roles = [{"command": "createRole", "rolename": sensor_role(s.id), "acls": sensor_acls(s)} for s in sensors]
     answers = await control.run(roles, tolerate={"Role already exists"})
     existing = [s for s, a in zip(sensors, answers, strict=True) if a.get("error")]
+    if existing:  # a retired sensor's role stays empty
+        gone = await retired(control, [s.id for s in existing])
+        existing = [s for s in existing if s.id not in gone]
     if existing:
         got = await control.run([{"command": "getRole", "rolename": sensor_role(s.id)} for s in existing])
         fixes: list[dict[str, Any]] = []
@@ -428,12 +431,23 @@ async def ensure_sensor_accounts(
     return sum(1 for a in answers if not a.get("error"))
 
 
+async def retired(control: DynsecControl, sensor_ids: Sequence[str]) -> set[str]:
+    """The sensors whose accounts are retired (disabled on the broker)."""
+    answers = await control.run(
+        [{"command": "getClient", "username": i} for i in sensor_ids], tolerate={"Client not found"}
+    )
+    return {i for i, a in zip(sensor_ids, answers, strict=True) if a.get("data", {}).get("client", {}).get("disabled")}
+
+
 async def issue_credentials(
     control: DynsecControl, sensors: Sequence[Sensor], *, reserved: Iterable[str] = ()
 ) -> list[Account]:
     """A fresh password for each sensor's account (made if missing), handed back once. A device
-    connected with the old password is disconnected by the broker."""
+    connected with the old password is disconnected by the broker. A retired sensor gets none."""
     await ensure_sensor_accounts(control, sensors, reserved=reserved)
+    gone = await retired(control, [s.id for s in sensors])
+    if gone:
+        raise BrokerError(f"retired, so no credentials: {', '.join(sorted(gone))}")
     accounts = [Account(s.id, new_password(), s.id) for s in sensors]
     await control.run([{"command": "setClientPassword", "username": a.username, "password": a.password}
                        for a in accounts])  # fmt: skip
@@ -441,17 +455,27 @@ async def issue_credentials(
 
 
 async def retire_sensor(control: DynsecControl, sensor_id: str) -> bool:
-    """Delete the sensor's account and role: the broker disconnects the device at once and refuses
-    it from then on. False when it had no account."""
+    """Disable the sensor's account and empty its role: the broker disconnects the device at once
+    and refuses it from then on. The disabled account is the record of the retirement (it is never
+    made again, and gets no credentials). False when it had no account or was retired already.
+
+    The role stays attached, emptied of its ACL: mosquitto 2.0.11's deleteRole leaves a deleted
+    role behind in its clients' lists (getClient then shows garbage from freed memory)."""
     check_sensor_id(sensor_id)
-    answers = await control.run(
-        [
-            {"command": "deleteClient", "username": sensor_id},
-            {"command": "deleteRole", "rolename": sensor_role(sensor_id)},
-        ],
+    role = sensor_role(sensor_id)
+    client, found = await control.run(
+        [{"command": "getClient", "username": sensor_id}, {"command": "getRole", "rolename": role}],
         tolerate={"Client not found", "Role not found"},
     )
-    return not answers[0].get("error")
+    account = client.get("data", {}).get("client")
+    if not account or account.get("disabled"):
+        return False
+    acls = found.get("data", {}).get("role", {}).get("acls", [])
+    removals = [
+        {"command": "removeRoleACL", "rolename": role, "acltype": acl["acltype"], "topic": acl["topic"]} for acl in acls
+    ]
+    await control.run([{"command": "disableClient", "username": sensor_id}, *removals])
+    return True
 
 
 # -- where the CLI finds the broker ------------------------------------------------------------

@@ -207,16 +207,18 @@ def _require_broker_admin(settings: Settings) -> tuple[str, dict[str, Any]]:
 
 
 async def _ensure_accounts(admin_url: str, sensors: list[Sensor], settings: Settings) -> None:
-    from pantau.broker import DynsecControl, ensure_sensor_accounts
+    from pantau.broker import DynsecControl, ensure_sensor_accounts, retired
 
     async with DynsecControl(admin_url) as control:
         made = await ensure_sensor_accounts(control, sensors, reserved=_reserved_ids(settings))
+        gone = await retired(control, [s.id for s in sensors])
     kept = len(sensors) - made
-    print(f"broker accounts: {made} made, {kept} kept; `pantau sensors credentials ID|--all` writes their passwords")
+    off = f" ({len(gone)} of them retired: no access)" if gone else ""
+    print(f"broker accounts: {made} made, {kept} kept{off}; `pantau sensors credentials ID|--all` writes passwords")
 
 
 async def cmd_sensors_credentials(args: argparse.Namespace, settings: Settings) -> int:
-    from pantau.broker import DynsecControl, device_broker, issue_credentials
+    from pantau.broker import DynsecControl, device_broker, issue_credentials, retired
     from pantau.store import Store
 
     if bool(args.ids) == bool(args.all):
@@ -225,7 +227,7 @@ async def cmd_sensors_credentials(args: argparse.Namespace, settings: Settings) 
     async with Store.open(require(settings, "database_url"), settings.store) as store:
         registered = {s.id: s for s in await store.sensors()}
     if args.all:
-        sensors = list(registered.values())
+        sensors = _unreserved(list(registered.values()), settings)
     else:
         unknown = [i for i in args.ids if i not in registered]
         if unknown:
@@ -241,6 +243,9 @@ async def cmd_sensors_credentials(args: argparse.Namespace, settings: Settings) 
     with os.fdopen(fd, "w", newline="") as out:
         try:
             async with DynsecControl(admin_url) as control:
+                if args.all:  # every sensor that still has access; a named retired one is an error
+                    gone = await retired(control, [s.id for s in sensors])
+                    sensors = [s for s in sensors if s.id not in gone]
                 accounts = await issue_credentials(control, sensors, reserved=_reserved_ids(settings))
         except BaseException:
             out.close()
@@ -281,9 +286,9 @@ async def cmd_sensors_retire(args: argparse.Namespace, settings: Settings) -> in
     async with DynsecControl(admin_url) as control:
         had = await retire_sensor(control, args.id)
     if had:
-        print(f"retired {args.id}: account deleted; the broker disconnected it and refuses it from now on")
+        print(f"retired {args.id}: account disabled; the broker disconnected it and refuses it from now on")
     else:
-        print(f"{args.id} has no broker account: nothing to revoke")
+        print(f"{args.id} has no broker account, or was retired already: nothing to revoke")
     return 0
 
 

@@ -459,6 +459,12 @@ async def test_a_retired_device_is_disconnected_and_cannot_reconnect(
         assert not again.connect(), "a retired device connected again"
     finally:
         again.close()
+    # Registering it again (an import, `pantau up` at start) gives it no access, nor do credentials.
+    async with DynsecControl(secure.url(ADMIN)) as control:
+        assert await ensure_sensor_accounts(control, [RIVER]) == 0
+        with pytest.raises(BrokerError, match="retired"):
+            await issue_credentials(control, [RIVER])
+    assert not Device(secure.mq.port, river).connect()
 
 
 async def test_new_credentials_disconnect_the_old_password_and_accounts_are_made_once(
