@@ -31,6 +31,7 @@ import glob
 import hashlib
 import itertools
 import json
+import logging
 import os
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
@@ -45,6 +46,8 @@ from pantau.errors import BrokerError, ConfigError, EmbeddedServiceError
 from pantau.metrics import SensorKind
 from pantau.mqtt import AsyncMqttClient, BrokerAddress
 from pantau.topics import TOPIC_ROOT
+
+log = logging.getLogger(__name__)
 
 CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
 RESPONSE_TOPIC = "$CONTROL/dynamic-security/v1/response"
@@ -316,6 +319,7 @@ class DynsecControl:
         try:
             answers = json.loads(payload)["responses"]
         except (ValueError, KeyError, TypeError):
+            log.warning("dynamic security: an unreadable answer (%d bytes) ignored", len(payload))
             return
         for answer in answers:
             future = self._waiting.pop(str(answer.get("correlationData")), None)

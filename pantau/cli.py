@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
 import fcntl
 import json
@@ -21,6 +22,9 @@ from pantau.settings import Settings, load_settings, require
 from pantau.telemetry import setup_logging
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable
+
+    from pantau.broker import DynsecControl
     from pantau.domain import Sensor
     from pantau.store import StoreInfo
 
@@ -164,17 +168,12 @@ async def cmd_sensors_add(args: argparse.Namespace, settings: Settings) -> int:
         },
         "sensors add",
     )
-    admin = _broker_admin(settings)
-    if admin is not None:  # before the registry: a reserved id gets no sensor either
-        from pantau.broker import check_sensor_id
-
-        check_sensor_id(sensor.id, _reserved_ids(settings))
-    async with Store.open(require(settings, "database_url"), settings.store) as store:
-        inserted, _updated = await store.upsert_sensors([sensor])
-    verb = "added" if inserted else "updated"
-    print(f"{verb} {sensor.id} ({sensor.kind.value}, {sensor.city}); topic {sensor.topic}")
-    if admin is not None:
-        await _ensure_accounts(admin[0], [sensor], settings)
+    async with _sensor_accounts(settings, [sensor]) as ensure:
+        async with Store.open(require(settings, "database_url"), settings.store) as store:
+            inserted, _updated = await store.upsert_sensors([sensor])
+        verb = "added" if inserted else "updated"
+        print(f"{verb} {sensor.id} ({sensor.kind.value}, {sensor.city}); topic {sensor.topic}")
+        await ensure()
     return 0
 
 
@@ -206,12 +205,39 @@ def _require_broker_admin(settings: Settings) -> tuple[str, dict[str, Any]]:
     return admin
 
 
+@contextlib.asynccontextmanager
+async def _sensor_accounts(settings: Settings, sensors: list[Sensor]) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """Around a registry change: when pantau manages the broker, its admin connection is opened
+    and the ids checked first (a broker that refuses, or a reserved id, leaves the registry as it
+    was); the function handed out then gives the sensors their accounts."""
+    from pantau.broker import DynsecControl, check_sensor_id
+
+    admin = _broker_admin(settings)
+    if admin is None:
+
+        async def nothing() -> None:
+            return None
+
+        yield nothing
+        return
+    for sensor in sensors:
+        check_sensor_id(sensor.id, _reserved_ids(settings))
+    async with DynsecControl(admin[0]) as control:
+        yield lambda: _ensure_accounts_on(control, sensors, settings)
+
+
 async def _ensure_accounts(admin_url: str, sensors: list[Sensor], settings: Settings) -> None:
-    from pantau.broker import DynsecControl, ensure_sensor_accounts, retired
+    from pantau.broker import DynsecControl
 
     async with DynsecControl(admin_url) as control:
-        made = await ensure_sensor_accounts(control, sensors, reserved=_reserved_ids(settings))
-        gone = await retired(control, [s.id for s in sensors])
+        await _ensure_accounts_on(control, sensors, settings)
+
+
+async def _ensure_accounts_on(control: DynsecControl, sensors: list[Sensor], settings: Settings) -> None:
+    from pantau.broker import ensure_sensor_accounts, retired
+
+    made = await ensure_sensor_accounts(control, sensors, reserved=_reserved_ids(settings))
+    gone = await retired(control, [s.id for s in sensors])
     kept = len(sensors) - made
     off = f" ({len(gone)} of them retired: no access)" if gone else ""
     print(f"broker accounts: {made} made, {kept} kept{off}; `pantau sensors credentials ID|--all` writes passwords")
@@ -298,21 +324,15 @@ async def cmd_sensors_import(args: argparse.Namespace, settings: Settings) -> in
 
     sensors = load_manifest(Path(args.file))
     city = load_city(Path(args.file))
-    admin = _broker_admin(settings)
-    if admin is not None:  # before the registry: a reserved id gets no sensor either
-        from pantau.broker import check_sensor_id
-
-        for sensor in sensors:
-            check_sensor_id(sensor.id, _reserved_ids(settings))
-    async with Store.open(require(settings, "database_url"), settings.store) as store:
-        inserted, updated = await store.upsert_sensors(sensors)
+    async with _sensor_accounts(settings, list(sensors)) as ensure:
+        async with Store.open(require(settings, "database_url"), settings.store) as store:
+            inserted, updated = await store.upsert_sensors(sensors)
+            if city is not None:
+                await store.upsert_city(city)
+        print(f"imported {len(sensors)} sensors from {args.file}: {inserted} new, {updated} updated")
         if city is not None:
-            await store.upsert_city(city)
-    print(f"imported {len(sensors)} sensors from {args.file}: {inserted} new, {updated} updated")
-    if city is not None:
-        print(f"city {city.id}: {city.name or '-'}, {city.province or '-'}, {city.timezone} ({city.zone_name})")
-    if admin is not None:
-        await _ensure_accounts(admin[0], list(sensors), settings)
+            print(f"city {city.id}: {city.name or '-'}, {city.province or '-'}, {city.timezone} ({city.zone_name})")
+        await ensure()
     return 0
 
 
