@@ -298,7 +298,10 @@ class DynsecControl:
             raise BrokerError(f"{self.address.url()} refused the admin account: {self._refused.result()}")
         if subscribed not in done or subscribed.cancelled():
             await client.close()
-            raise BrokerError(f"no connection to {self.address.url()} as the admin in {_CONNECT_TIMEOUT_S:g} s")
+            raise BrokerError(
+                f"no connection to {self.address.url()} as the admin in {_CONNECT_TIMEOUT_S:g} s: is the broker"
+                " running (`pantau up` runs pantau's own)?"
+            )
         return self
 
     async def __aexit__(
