@@ -9,6 +9,11 @@ the ingest process computes commit time minus that stamp for every committed rea
 
 Scenarios: `single` (one reading per message, QoS 1), `senml` (50-reading SenML packs), `live`
 (latency at a fixed rate) and `naive` (one INSERT and COMMIT per message, acked after commit).
+
+`--auth` runs them on the broker `pantau up` runs (pantau.broker: the dynamic-security plugin,
+anonymous access off): ingest logs in with an account of the ingest role and each publisher
+process with one of the simulator role, each bound to its client id, so every CONNECT is
+authenticated and every PUBLISH and SUBSCRIBE passes the plugin's ACL check.
 """
 
 from __future__ import annotations
@@ -86,6 +91,7 @@ def _publisher_proc(
     pack: int,
     rate: float | None,
     result: Any,
+    login: tuple[str, str, str] | None,
 ) -> None:
     from simulators.fastmqtt import FastPublisher
 
@@ -97,7 +103,8 @@ def _publisher_proc(
         msgs = _live_messages(sensors, 0, count)
     began = time.monotonic()
     sent = 0
-    with FastPublisher(host, port, f"bench-pub-{secrets.token_hex(4)}") as pub:
+    client_id, username, password = login or (f"bench-pub-{secrets.token_hex(4)}", None, None)
+    with FastPublisher(host, port, client_id, username=username, password=password) as pub:
         chunk: list[tuple[str, bytes]] = []
         for message in msgs:
             chunk.append(message)
@@ -127,8 +134,10 @@ def publish_parallel(
     t0: float,
     pack: int = 1,
     rate: float | None = None,
+    logins: list[tuple[str, str, str]] | None = None,
 ) -> tuple[int, float]:
-    """Publish `count` messages from `procs` processes; returns (sent, wall seconds)."""
+    """Publish `count` messages from `procs` processes (with `logins[k]` as (client id, user,
+    password) on a secured broker); returns (sent, wall seconds)."""
     ctx = mp.get_context("fork")
     result = ctx.Queue()
     share = count // procs
@@ -138,10 +147,11 @@ def publish_parallel(
         part = share if k < procs - 1 else count - share * (procs - 1)
         # Each process owns a disjoint slice of sensors so keys never collide across processes.
         mine = sensors[k::procs]
+        login = logins[k] if logins else None
         workers.append(
             ctx.Process(
                 target=_publisher_proc,
-                args=(kind, host, port, mine, part, t0, pack, rate / procs if rate else None, result),
+                args=(kind, host, port, mine, part, t0, pack, rate / procs if rate else None, result, login),
             )
         )
     for w in workers:
@@ -334,6 +344,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="append",
         help="run only these scenarios (repeatable)",
     )
+    p.add_argument(
+        "--auth",
+        action="store_true",
+        help="on pantau up's secured broker: accounts, ACLs (dynamic security), no anonymous access",
+    )
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     p.set_defaults(handler=run_bench)
 
@@ -346,26 +361,65 @@ def run_bench(args: argparse.Namespace, settings: Any) -> int:
         return _run_bench_sync(args)
 
 
+async def _bench_accounts(mq: Any, ingest_ids: list[str], publisher_ids: list[str]) -> dict[str, Any]:
+    """On the secured broker: pantau's service roles, and an account per ingest run and per
+    publisher process, bound to its client id (pantau.broker)."""
+    from pantau.broker import ADMIN, INGEST, SIMULATOR, Account, DynsecControl, ensure_service_accounts, new_password
+    from pantau.mqtt import BrokerAddress
+
+    book = mq.accounts()
+    made = {cid: Account(cid, new_password(), cid) for cid in [*ingest_ids, *publisher_ids]}
+    async with DynsecControl(book[ADMIN].url(BrokerAddress.parse(mq.url))) as control:
+        await ensure_service_accounts(control, book)
+        await control.run(
+            [
+                {
+                    "command": "createClient",
+                    "username": a.username,
+                    "password": a.password,
+                    "clientid": a.client_id,
+                    "roles": [{"rolename": INGEST if cid in ingest_ids else SIMULATOR}],
+                }
+                for cid, a in made.items()
+            ]
+        )
+    return made
+
+
 def _run_bench_sync(args: argparse.Namespace) -> int:
     import psycopg
 
     from pantau.domain import Sensor
     from pantau.embedded import EmbeddedMosquitto, EmbeddedPostgres
+    from pantau.errors import ConfigError
     from pantau.metrics import SensorKind
+    from pantau.mqtt import BrokerAddress
     from pantau.settings import StoreSettings
     from pantau.store import Backend, Store
     from pantau.store.maintenance import ensure_partitions
 
-    only = set(args.only or ["single", "senml", "live", "naive"])
+    only = set(args.only or (["single", "senml", "live"] if args.auth else ["single", "senml", "live", "naive"]))
+    if args.auth and "naive" in only:
+        raise ConfigError(
+            "--only", "the naive baseline subscribes to pantau/v1/#, which no account may; not with --auth"
+        )
     workdir = Path(tempfile.mkdtemp(prefix="pantau-bench-"))
     pg = EmbeddedPostgres(workdir / "pg")
-    mq = EmbeddedMosquitto(workdir / "mq")
+    mq = EmbeddedMosquitto(workdir / "mq", secure=args.auth)
     runs: list[Run] = []
     print(f"private PostgreSQL and mosquitto under {workdir}", file=sys.stderr)
     try:
         pg.start()
         mq.start()
         sensors = sensor_ids(args.sensors)
+        logins: list[tuple[str, str, str]] | None = None
+        accounts: dict[str, str] = {}  # ingest's client id → its broker URL with the account
+        if args.auth:
+            ingest_ids = [f"bench-ingest-{name}" for name in ("single", "senml", "live")]
+            publisher_ids = [f"bench-pub-{k}" for k in range(args.procs)]
+            made = asyncio.run(_bench_accounts(mq, ingest_ids, publisher_ids))
+            accounts = {cid: made[cid].url(BrokerAddress.parse(mq.url)) for cid in ingest_ids}
+            logins = [(made[cid].client_id, made[cid].username, made[cid].password) for cid in publisher_ids]
 
         async def prepare(db: str) -> str:
             url = pg.url.rsplit("/", 1)[0] + "/" + db
@@ -387,7 +441,7 @@ def _run_bench_sync(args: argparse.Namespace) -> int:
         def env_for(url: str, backend: str, client_id: str) -> dict[str, str]:
             return {
                 "PANTAU_DATABASE_URL": url,
-                "PANTAU_MQTT_URL": mq.url,
+                "PANTAU_MQTT_URL": accounts.get(client_id, mq.url),
                 "PANTAU_INGEST_METRICS_PORT": "-1",
                 "PANTAU_INGEST_CLIENT_ID": client_id,
                 "BENCH_BACKEND": backend,
@@ -406,7 +460,7 @@ def _run_bench_sync(args: argparse.Namespace) -> int:
             t0 = time.time() - 3 * 86400
             print(f"{name}: queueing {count:,} messages in the broker ...", file=sys.stderr)
             sent, pub_s = publish_parallel(
-                kind, "127.0.0.1", mq.port, sensors, count, procs=args.procs, t0=t0, pack=pack
+                kind, "127.0.0.1", mq.port, sensors, count, procs=args.procs, t0=t0, pack=pack, logins=logins
             )
             print(
                 f"{name}: load generator published {sent:,} msg in {pub_s:.1f} s "
@@ -444,8 +498,9 @@ def _run_bench_sync(args: argparse.Namespace) -> int:
             print(f"live: publishing {count:,} messages at {args.live_rate:,.0f} msg/s ...", file=sys.stderr)
             cpu = HostCpu.now()
             _sent, pub_s = publish_parallel(
-                "live", "127.0.0.1", mq.port, sensors, count, procs=args.procs, t0=time.time(), rate=args.live_rate
-            )
+                "live", "127.0.0.1", mq.port, sensors, count, procs=args.procs, t0=time.time(), rate=args.live_rate,
+                logins=logins,
+            )  # fmt: skip
             _wait_count(url, count, proc, timeout_s=600, progress=False)
             host = HostCpu.share_since(cpu)
             stats = proc.stop()
@@ -495,7 +550,11 @@ def _run_bench_sync(args: argparse.Namespace) -> int:
 
 def _report(runs: list[Run], args: argparse.Namespace) -> None:
     targets = {"single": 20_000, "senml": 100_000}
-    print(f"\npantau bench ingest — {os.cpu_count()} cores; broker, PostgreSQL, publishers and ingest on one machine")
+    auth = "authenticated (dynamic security, ACLs)" if args.auth else "anonymous broker"
+    print(
+        f"\npantau bench ingest — {os.cpu_count()} cores; broker, PostgreSQL, publishers and ingest on one machine;"
+        f" {auth}"
+    )
     print(
         f"{'scenario':<8} {'readings':>10} {'seconds':>8} {'readings/s':>11} {'target':>9} "
         f"{'p50 ms':>7} {'p99 ms':>7} {'RSS MiB':>8} {'busy %':>6} {'steal %':>7}  note"

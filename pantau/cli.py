@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
 import dataclasses
 import fcntl
@@ -23,6 +24,10 @@ from pantau.settings import Settings, load_settings, require
 from pantau.telemetry import setup_logging
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable
+
+    from pantau.broker import DynsecControl
+    from pantau.domain import Sensor
     from pantau.store import StoreInfo
 
 log = logging.getLogger("pantau")
@@ -165,10 +170,153 @@ async def cmd_sensors_add(args: argparse.Namespace, settings: Settings) -> int:
         },
         "sensors add",
     )
+    async with _sensor_accounts(settings, [sensor]) as ensure:
+        async with Store.open(require(settings, "database_url"), settings.store) as store:
+            inserted, _updated = await store.upsert_sensors([sensor])
+        verb = "added" if inserted else "updated"
+        print(f"{verb} {sensor.id} ({sensor.kind.value}, {sensor.city}); topic {sensor.topic}")
+        await ensure()
+    return 0
+
+
+# -- sensors' broker accounts (pantau.broker) ---------------------------------------------------
+
+
+def _reserved_ids(settings: Settings) -> set[str]:
+    """Client ids of pantau's own accounts: no sensor may be named so."""
+    from pantau.broker import SERVICE_ACCOUNTS
+
+    return {*SERVICE_ACCOUNTS, settings.ingest.client_id, settings.rules.mqtt_client_id}
+
+
+def _broker_admin(settings: Settings) -> tuple[str, dict[str, Any]] | None:
+    """(admin URL, endpoints) when pantau manages the broker's accounts (pantau.broker.managed_broker)."""
+    from pantau.broker import managed_broker
+
+    return managed_broker(settings.home.resolve(), settings.mqtt_admin_url)
+
+
+def _require_broker_admin(settings: Settings) -> tuple[str, dict[str, Any]]:
+    admin = _broker_admin(settings)
+    if admin is None:
+        raise ConfigError(
+            "PANTAU_MQTT_ADMIN_URL",
+            f"not set, and no broker of `pantau up` under {settings.home}: pantau manages device accounts on its "
+            "own broker, or on a mosquitto with the dynamic-security plugin whose admin account this names",
+        )
+    return admin
+
+
+@contextlib.asynccontextmanager
+async def _sensor_accounts(settings: Settings, sensors: list[Sensor]) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """Around a registry change: when pantau manages the broker, its admin connection is opened
+    and the ids checked first (a broker that refuses, or a reserved id, leaves the registry as it
+    was); the function handed out then gives the sensors their accounts."""
+    from pantau.broker import DynsecControl, check_sensor_id
+
+    admin = _broker_admin(settings)
+    if admin is None:
+
+        async def nothing() -> None:
+            return None
+
+        yield nothing
+        return
+    for sensor in sensors:
+        check_sensor_id(sensor.id, _reserved_ids(settings))
+    async with DynsecControl(admin[0]) as control:
+        yield lambda: _ensure_accounts_on(control, sensors, settings)
+
+
+async def _ensure_accounts(admin_url: str, sensors: list[Sensor], settings: Settings) -> None:
+    from pantau.broker import DynsecControl
+
+    async with DynsecControl(admin_url) as control:
+        await _ensure_accounts_on(control, sensors, settings)
+
+
+async def _ensure_accounts_on(control: DynsecControl, sensors: list[Sensor], settings: Settings) -> None:
+    from pantau.broker import ensure_sensor_accounts, retired
+
+    made = await ensure_sensor_accounts(control, sensors, reserved=_reserved_ids(settings))
+    gone = await retired(control, [s.id for s in sensors])
+    kept = len(sensors) - made
+    off = f" ({len(gone)} of them retired: no access)" if gone else ""
+    print(f"broker accounts: {made} made, {kept} kept{off}; `pantau sensors credentials ID|--all` writes passwords")
+
+
+async def cmd_sensors_credentials(args: argparse.Namespace, settings: Settings) -> int:
+    from pantau.broker import DynsecControl, device_broker, issue_credentials, retired
+    from pantau.store import Store
+
+    if bool(args.ids) == bool(args.all):
+        raise ConfigError("ID", "name sensor ids, or --all (not both)")
+    admin_url, endpoints = _require_broker_admin(settings)
     async with Store.open(require(settings, "database_url"), settings.store) as store:
-        inserted, _updated = await store.upsert_sensors([sensor])
-    verb = "added" if inserted else "updated"
-    print(f"{verb} {sensor.id} ({sensor.kind.value}, {sensor.city}); topic {sensor.topic}")
+        registered = {s.id: s for s in await store.sensors()}
+    if args.all:
+        sensors = _unreserved(list(registered.values()), settings)
+    else:
+        unknown = [i for i in args.ids if i not in registered]
+        if unknown:
+            print(f"pantau: not in the registry: {', '.join(unknown)}", file=sys.stderr)
+            return 1
+        sensors = [registered[i] for i in dict.fromkeys(args.ids)]
+    fmt = args.format or ("csv" if args.output and args.output.lower().endswith(".csv") else "json")
+    path = Path(args.output or f"pantau-credentials-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.{fmt}")
+    try:  # made before any password changes, readable by its owner only, never over another file
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise ConfigError("--output", f"cannot create {path}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "w", newline="") as out:
+        try:
+            async with DynsecControl(admin_url) as control:
+                if args.all:  # every sensor that still has access; a named retired one is an error
+                    gone = await retired(control, [s.id for s in sensors])
+                    sensors = [s for s in sensors if s.id not in gone]
+                accounts = await issue_credentials(control, sensors, reserved=_reserved_ids(settings))
+        except BaseException:
+            out.close()
+            path.unlink(missing_ok=True)
+            raise
+        host, port, tls, ca_file = device_broker(admin_url, endpoints)
+        rows = [
+            {
+                "sensor_id": s.id,
+                "host": host,
+                "port": port,
+                "tls": tls,
+                "ca_file": ca_file,
+                "username": a.username,
+                "password": a.password,
+                "client_id": a.client_id,
+                "topic": s.topic,
+            }
+            for s, a in zip(sensors, accounts, strict=True)
+        ]
+        if fmt == "csv":
+            writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else ["sensor_id"])
+            writer.writeheader()
+            writer.writerows(rows)
+        else:
+            out.write(json.dumps(rows, indent=2) + "\n")
+    print(
+        f"wrote the MQTT credentials of {len(rows)} sensor(s) to {path} (readable by you only); "
+        "earlier passwords of these sensors no longer work"
+    )
+    return 0
+
+
+async def cmd_sensors_retire(args: argparse.Namespace, settings: Settings) -> int:
+    from pantau.broker import DynsecControl, retire_sensor
+
+    admin_url, _endpoints = _require_broker_admin(settings)
+    async with DynsecControl(admin_url) as control:
+        had = await retire_sensor(control, args.id)
+    if had:
+        print(f"retired {args.id}: account disabled; the broker disconnected it and refuses it from now on")
+    else:
+        print(f"{args.id} has no broker account, or was retired already: nothing to revoke")
     return 0
 
 
@@ -178,13 +326,15 @@ async def cmd_sensors_import(args: argparse.Namespace, settings: Settings) -> in
 
     sensors = load_manifest(Path(args.file))
     city = load_city(Path(args.file))
-    async with Store.open(require(settings, "database_url"), settings.store) as store:
-        inserted, updated = await store.upsert_sensors(sensors)
+    async with _sensor_accounts(settings, list(sensors)) as ensure:
+        async with Store.open(require(settings, "database_url"), settings.store) as store:
+            inserted, updated = await store.upsert_sensors(sensors)
+            if city is not None:
+                await store.upsert_city(city)
+        print(f"imported {len(sensors)} sensors from {args.file}: {inserted} new, {updated} updated")
         if city is not None:
-            await store.upsert_city(city)
-    print(f"imported {len(sensors)} sensors from {args.file}: {inserted} new, {updated} updated")
-    if city is not None:
-        print(f"city {city.id}: {city.name or '-'}, {city.province or '-'}, {city.timezone} ({city.zone_name})")
+            print(f"city {city.id}: {city.name or '-'}, {city.province or '-'}, {city.timezone} ({city.zone_name})")
+        await ensure()
     return 0
 
 
@@ -478,6 +628,17 @@ def _lock_home(home: Path) -> Any:
     return lock
 
 
+def _unreserved(sensors: list[Sensor], settings: Settings) -> list[Sensor]:
+    """The sensors whose ids may have a broker account; the others are named on stderr."""
+    from pantau.broker import RESERVED_PREFIX
+
+    reserved = _reserved_ids(settings)
+    refused = [s.id for s in sensors if s.id in reserved or s.id.lower().startswith(RESERVED_PREFIX)]
+    if refused:
+        print(f"pantau: no broker account for reserved sensor ids: {', '.join(refused)}", file=sys.stderr)
+    return [s for s in sensors if s.id not in refused]
+
+
 def _previous_endpoints(home: Path) -> dict[str, Any]:
     try:
         return dict(json.loads((home / "endpoints.json").read_text()))
@@ -515,8 +676,9 @@ async def _first_admin(store: Any, home: Path) -> str:
 async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     from urllib.parse import urlsplit
 
+    from pantau.broker import ADMIN, INGEST, RULES, DynsecControl, ensure_service_accounts
     from pantau.embedded import EmbeddedMosquitto, EmbeddedPostgres
-    from pantau.mqtt import free_port
+    from pantau.mqtt import BrokerAddress, free_port
     from pantau.ports import ensure_free
     from pantau.store import Store, redact_url
     from pantau.supervisor import Component, Supervisor
@@ -539,20 +701,40 @@ async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
             pg.start()  # blocking is fine: nothing else runs yet
             db_url = pg.url
         mqtt_url = settings.mqtt_url
+        # Each service's own broker account on pantau's broker (pantau.broker); the URLs hold secrets.
+        service_mqtt: dict[str, str] = {}
+        admin_url: str | None = None
         if mqtt_url is None:
             old_port = urlsplit(previous.get("mqtt_url", "")).port or 0
-            mq = EmbeddedMosquitto(home / "mosquitto", port=old_port)
-            print("starting private mosquitto ...", flush=True)
+            mq = EmbeddedMosquitto(
+                home / "mosquitto",
+                port=old_port,
+                secure=True,
+                client_ids={INGEST: settings.ingest.client_id, RULES: settings.rules.mqtt_client_id},
+                tls_cert_file=settings.mqtt_tls_cert_file,
+                tls_key_file=settings.mqtt_tls_key_file,
+                tls_port=settings.mqtt_tls_port or urlsplit(previous.get("mqtts_url", "")).port or 0,
+            )
+            print("starting private mosquitto (accounts and ACLs: dynamic security) ...", flush=True)
             # On this (main) thread: the broker is told to exit when the thread that started it
             # dies (die_with_parent), and a worker thread may end before `up` does.
             mq.start()
             mqtt_url = mq.url
+            book = mq.accounts()
+            address = BrokerAddress.parse(mqtt_url)
+            admin_url = book[ADMIN].url(address)
+            async with DynsecControl(admin_url) as control:
+                await ensure_service_accounts(control, book)
+            service_mqtt = {"ingest": book[INGEST].url(address), "rules": book[RULES].url(address)}
         settings = settings.with_endpoints(database_url=db_url, mqtt_url=mqtt_url)
         async with Store.open(db_url, settings.store) as store:
             backend, applied = await store.migrate()
             sign_in = await _first_admin(store, home)
+            registered = await store.sensors() if admin_url else []
         for name in applied:
             print(f"applied migration {name}")
+        if admin_url and registered:  # sensors registered before pantau ran its broker: each gets its account
+            await _ensure_accounts(admin_url, _unreserved(registered, settings), settings)
         metrics_port = settings.ingest.metrics_port
         if metrics_port == 0:
             metrics_port = free_port()
@@ -561,17 +743,23 @@ async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
             # Never a secret here: the embedded database's password stays in its own 0600 file, and
             # commands beside `up` find it there (pantau.embedded.running_stack_database_url).
             "database_url": redact_url(db_url).replace(":***@", "@") if pg is not None else redact_url(db_url),
-            "mqtt_url": mqtt_url,
+            "mqtt_url": redact_url(mqtt_url),
             "api_url": f"http://{settings.api_host}:{api_port}/api/v1",
             "ingest_metrics_url": f"http://127.0.0.1:{metrics_port}/metrics" if metrics_port > 0 else None,
             "backend": backend.value,
             "pid": os.getpid(),
         }
+        if mq is not None and mq.tls_url:  # no secrets here: endpoints.json is for scripts
+            endpoints["mqtts_url"] = mq.tls_url
+            endpoints["mqtts_ca_file"] = str(Path(settings.mqtt_tls_ca_file or settings.mqtt_tls_cert_file).resolve())
         path = home / "endpoints.json"
         path.write_text(json.dumps(endpoints, indent=2) + "\n")
         path.chmod(0o600)
         print(f"database  {redact_url(db_url)} ({backend.value})")
-        print(f"mqtt      {mqtt_url}  (sensors publish to pantau/v1/{{city}}/{{kind}}/{{sensor_id}})")
+        print(f"mqtt      {redact_url(mqtt_url)}  (sensors publish to pantau/v1/{{city}}/{{kind}}/{{sensor_id}})")
+        if mq is not None:
+            tls = f"; TLS on {mq.tls_url}" if mq.tls_url else ""
+            print(f"          anonymous access off{tls}; device accounts: pantau sensors credentials ID|--all")
         print(f"api       {endpoints['api_url']}  (its reference: {endpoints['api_url']}/openapi.json)")
         if endpoints["ingest_metrics_url"]:
             print(f"metrics   {endpoints['ingest_metrics_url']}")
@@ -585,7 +773,8 @@ async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
             "PANTAU_API_PORT": str(api_port),
             "PANTAU_HOME": str(home),
         }
-        supervisor = Supervisor([Component(name, [name], env) for name in UP_SERVICES])
+        mqtt_env = {name: {"PANTAU_MQTT_URL": service_mqtt.get(name, mqtt_url)} for name in UP_SERVICES}
+        supervisor = Supervisor([Component(name, [name], env | mqtt_env[name]) for name in UP_SERVICES])
         on_stop_signals(supervisor.stop)
         await supervisor.run()
         print("stopped", flush=True)
@@ -657,7 +846,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timezone", help="IANA zone: Asia/Jakarta (WIB), Asia/Makassar (WITA), Asia/Jayapura (WIT)")
     p.set_defaults(handler=cmd_cities_set)
 
-    sensors = sub.add_parser("sensors", help="sensor registry: add, list, import")
+    sensors = sub.add_parser("sensors", help="sensor registry: add, list, import, credentials, retire")
     ssub = sensors.add_subparsers(dest="sensors_command", metavar="ACTION", required=True)
     p = ssub.add_parser("add", help="register (or update) one sensor")
     p.add_argument("--id", required=True)
@@ -682,6 +871,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = ssub.add_parser("import", help="import a CSV or YAML fleet manifest (upsert by id)")
     p.add_argument("file")
     p.set_defaults(handler=cmd_sensors_import)
+    p = ssub.add_parser(
+        "credentials",
+        help="new MQTT passwords for sensors, written once to a file (mode 0600) for the loggers",
+        description="Sets a fresh password on each named sensor's broker account (made if missing) and writes "
+        "host, port, tls, CA file, username, password, client id and topic to FILE. The old passwords stop working.",
+    )
+    p.add_argument("ids", nargs="*", metavar="ID", help="sensor id; several may be named")
+    p.add_argument("--all", action="store_true", help="every registered sensor")
+    p.add_argument("-o", "--output", metavar="FILE", help="new file (default pantau-credentials-<time>.json)")
+    p.add_argument("--format", choices=["json", "csv"], help="default: csv for a .csv FILE, else json")
+    p.set_defaults(handler=cmd_sensors_credentials)
+    p = ssub.add_parser("retire", help="revoke a sensor's MQTT account at once (the broker disconnects it)")
+    p.add_argument("id")
+    p.set_defaults(handler=cmd_sensors_retire)
 
     alerts = sub.add_parser("alerts", help="alerts: list, ack, resolve, silence, silences, unsilence")
     asub = alerts.add_subparsers(dest="alerts_command", metavar="ACTION", required=True)

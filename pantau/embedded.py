@@ -1,6 +1,9 @@
 """Private PostgreSQL and mosquitto instances under a state directory, on free loopback ports.
 
 Used by `pantau up` when no URLs are configured, by the test fixtures and by the benchmark.
+`pantau up`'s mosquitto is `secure`: the dynamic-security plugin, anonymous access off, a packet
+size limit, and a TLS listener when certificate files are given (pantau.broker); the test
+fixtures' brokers are not, so the tests that do not test security connect anonymously.
 PostgreSQL refuses to run as root, so as root the cluster runs as the `postgres` system user
 (`runuser`). The cluster gets a generated password (kept in the state directory, mode 0600) and
 listens on 127.0.0.1 only. TimescaleDB is preloaded when the extension is installed.
@@ -9,6 +12,7 @@ listens on 127.0.0.1 only. TimescaleDB is preloaded when the extension is instal
 from __future__ import annotations
 
 import glob
+import json
 import os
 import pwd
 import re
@@ -19,14 +23,24 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pantau.errors import EmbeddedServiceError
+from pantau.errors import ConfigError, EmbeddedServiceError
 from pantau.mqtt import free_port
 from pantau.settings import SHIPPED_DIR
 from pantau.supervisor import die_with_parent
 
+if TYPE_CHECKING:
+    from pantau.broker import AccountBook
+
 _SERVICE_USER = "postgres"
 _START_TIMEOUT_S = 60
+# The largest MQTT packet a client may send to the secure broker; a larger one drops the client.
+# Ingest records a payload over [ingest] max_payload_bytes (64 KiB) as an `oversize` rejection, so
+# payloads between the two stay visible in rejected_messages; the rules' retained open-alerts
+# snapshot is bounded below it (rules/sinks.py). mosquitto 2.0 has this limit for all clients
+# only (per_listener_settings does not cover it), pantau's services included.
+MAX_PACKET_BYTES = 256 * 1024
 
 
 def _version_key(path: str) -> tuple[int, ...]:
@@ -279,6 +293,14 @@ class EmbeddedMosquitto:
     root: Path
     port: int = 0
     host: str = "127.0.0.1"
+    # Accounts and ACLs (the dynamic-security plugin), anonymous access off, MAX_PACKET_BYTES.
+    secure: bool = False
+    # Secure only: the client id each service account is bound to, by account (pantau.broker).
+    client_ids: dict[str, str] = field(default_factory=dict)
+    # An mqtts:// listener on tls_port (0: a free one) with the operator's PEM files.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_port: int = 0
 
     def __post_init__(self) -> None:
         self.root = self.root.resolve()
@@ -287,10 +309,69 @@ class EmbeddedMosquitto:
         self.log_file = self.root / "mosquitto.log"
         self.pid_file = self.root / "mosquitto.pid"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.plugin: Path | None = None
+        if self.secure:
+            from pantau.broker import dynsec_plugin_path
+
+            self.plugin = dynsec_plugin_path()
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigError("PANTAU_MQTT_TLS_CERT_FILE", "a TLS listener needs both the certificate and its key file")
 
     @property
     def url(self) -> str:
         return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def tls_url(self) -> str | None:
+        return f"mqtts://{self.host}:{self.tls_port}" if self.tls_cert_file else None
+
+    @property
+    def accounts_file(self) -> Path:
+        """The accounts' secrets (mode 0600): pantau.broker.AccountBook."""
+        return self.root / "accounts.json"
+
+    def accounts(self) -> AccountBook:
+        """The secure broker's accounts (made on its first start)."""
+        from pantau.broker import AccountBook
+
+        book = AccountBook.load(self.accounts_file)
+        if book is None:
+            raise EmbeddedServiceError(f"no broker accounts in {self.accounts_file}: start the secure broker first")
+        return book
+
+    def _security(self, data: Path) -> str:
+        if not self.secure:
+            return "allow_anonymous true"
+        from pantau.broker import ADMIN, AccountBook, initial_dynsec_config, write_secret
+
+        book = AccountBook.load_or_create(self.accounts_file, self.client_ids)
+        dynsec = data / "dynamic-security.json"
+        if not dynsec.exists():  # the plugin keeps it from then on
+            write_secret(dynsec, json.dumps(initial_dynsec_config(book[ADMIN]), indent=2) + "\n")
+        return "\n".join(
+            [
+                f"plugin {self.plugin}",
+                f"plugin_opt_config_file {dynsec}",
+                "allow_anonymous false",
+                f"max_packet_size {MAX_PACKET_BYTES}",
+            ]
+        )
+
+    def _tls_listener(self) -> str:
+        if not self.tls_cert_file:
+            return ""
+        files = (("PANTAU_MQTT_TLS_CERT_FILE", self.tls_cert_file), ("PANTAU_MQTT_TLS_KEY_FILE", self.tls_key_file))
+        for key, path in files:
+            if not os.path.isfile(path):
+                raise ConfigError(key, f"no such file: {path}")
+        self.tls_port = self.tls_port or free_port()
+        return "\n".join(
+            [
+                f"listener {self.tls_port} {self.host}",
+                f"certfile {Path(self.tls_cert_file).resolve()}",
+                f"keyfile {Path(self.tls_key_file).resolve()}",
+            ]
+        )
 
     def _write_config(self) -> None:
         data = self.root / "data"
@@ -298,7 +379,14 @@ class EmbeddedMosquitto:
         text = (
             (SHIPPED_DIR / "mosquitto.conf")
             .read_text()
-            .format(persistence_dir=data, log_file=self.log_file, port=self.port, host=self.host)
+            .format(
+                persistence_dir=data,
+                log_file=self.log_file,
+                port=self.port,
+                host=self.host,
+                security=self._security(data),
+                tls_listener=self._tls_listener(),
+            )
         )
         if os.geteuid() == 0:
             # mosquitto drops root privileges to its own user; let that user keep its files.

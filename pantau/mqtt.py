@@ -38,6 +38,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from pantau.errors import BrokerError, ConfigError
+from pantau.settings import redacted
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +67,12 @@ class BrokerAddress:
     def parse(cls, url: str, key: str = "PANTAU_MQTT_URL") -> BrokerAddress:
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ConfigError(key, f"expected mqtt://host:port or mqtts://host:port, got {url!r}")
+            raise ConfigError(key, f"expected mqtt://host:port or mqtts://host:port, got {redacted(url)!r}")
         tls = parts.scheme == "mqtts"
         try:
             port = parts.port or (8883 if tls else 1883)
         except ValueError:
-            raise ConfigError(key, f"bad port in {url!r}") from None
+            raise ConfigError(key, f"bad port in {redacted(url)!r}") from None
         return cls(
             parts.hostname,
             port,
@@ -196,6 +197,8 @@ class AsyncMqttClient:
         self.keepalive_s = keepalive_s
         self.generation = 0
         self.on_connected: Callable[[bool], None] | None = None
+        # Told why the broker refused a CONNECT (bad user name or password, not authorised).
+        self.on_refused: Callable[[str], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connected = asyncio.Event()
         self._subscribed = asyncio.Event()
@@ -326,6 +329,8 @@ class AsyncMqttClient:
     def _on_connect(self, client: paho.Client, _u: Any, flags: paho.ConnectFlags, reason: ReasonCode, _p: Any) -> None:
         if reason.is_failure:
             log.error("broker %s refused the connection: %s", self.address.url(), reason)
+            if self.on_refused is not None:
+                self.on_refused(str(reason))
             return
         self.generation += 1
         self._pending_subs.clear()

@@ -125,7 +125,20 @@ class Settings:
     """Everything a pantau process needs to know at start-up."""
 
     database_url: str | None = None
+    # The broker, with this process's own account for a secured broker:
+    # mqtt://user:password@host:port (`pantau up` hands each service its own; docs/security-broker.md).
     mqtt_url: str | None = None
+    # The broker's dynamic-security admin account, for `pantau sensors add|import|credentials|retire`
+    # on a broker pantau does not run itself; `pantau up`'s own broker needs none (the state directory
+    # holds its accounts).
+    mqtt_admin_url: str | None = None
+    # `pantau up`'s broker: an mqtts:// listener on mqtt_tls_port (0: a free one) when both PEM files
+    # are given; devices' credential files name it, with mqtt_tls_ca_file (default: the certificate)
+    # as what they verify the broker against.
+    mqtt_tls_cert_file: str = ""
+    mqtt_tls_key_file: str = ""
+    mqtt_tls_port: int = 0
+    mqtt_tls_ca_file: str = ""
     api_host: str = "127.0.0.1"
     api_port: int = 8080
     # Web origins whose pages may call the API from a browser (CORS), comma-separated, e.g.
@@ -197,24 +210,42 @@ def _convert(key: str, raw: Any, kind: Any) -> Any:
     raise ConfigError(key, f"unsupported setting type {kind!r}")
 
 
+def redacted(url: str) -> str:
+    """The URL with the part between `//` and `@` (user and password) shown as `***`: for messages."""
+    head, sep, rest = url.partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        return f"{head}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
 def _validate_url(key: str, url: str | None, schemes: tuple[str, ...], *, host_in_query: bool = False) -> None:
     if url is None:
         return
     parts = urlsplit(url)
+    shown = redacted(url)  # a URL may carry a password: never in a message
     if parts.scheme not in schemes:
-        raise ConfigError(key, f"expected a {' or '.join(s + '://' for s in schemes)} URL, got {url!r}")
+        raise ConfigError(key, f"expected a {' or '.join(s + '://' for s in schemes)} URL, got {shown!r}")
     # libpq also takes the host (e.g. a Unix socket directory) from the query: ?host=/run/postgresql
     if not parts.hostname and not (host_in_query and "host=" in parts.query):
-        raise ConfigError(key, f"URL has no host: {url!r}")
+        raise ConfigError(key, f"URL has no host: {shown!r}")
     try:
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
-        raise ConfigError(key, f"URL has a bad port: {url!r}") from None
+        raise ConfigError(key, f"URL has a bad port: {shown!r}") from None
 
 
 def _check(settings: Settings) -> None:
     _validate_url("PANTAU_DATABASE_URL", settings.database_url, ("postgresql", "postgres"), host_in_query=True)
     _validate_url("PANTAU_MQTT_URL", settings.mqtt_url, ("mqtt", "mqtts"))
+    _validate_url("PANTAU_MQTT_ADMIN_URL", settings.mqtt_admin_url, ("mqtt", "mqtts"))
+    if not 0 <= settings.mqtt_tls_port <= 65535:
+        raise ConfigError(
+            "PANTAU_MQTT_TLS_PORT", f"expected a port 1-65535, or 0 for a free one, got {settings.mqtt_tls_port}"
+        )
+    if bool(settings.mqtt_tls_cert_file) != bool(settings.mqtt_tls_key_file):
+        raise ConfigError(
+            "PANTAU_MQTT_TLS_CERT_FILE", "a TLS listener needs both mqtt_tls_cert_file and mqtt_tls_key_file"
+        )
     if not 0 <= settings.api_port <= 65535:
         raise ConfigError("PANTAU_API_PORT", f"expected a port 1-65535, or 0 for a free one, got {settings.api_port}")
     for origin in filter(None, (o.strip() for o in settings.api_cors_origins.split(","))):

@@ -333,13 +333,43 @@ class MqttSink:
         at = datetime.now(UTC).isoformat()
         for city in cities:
             alerts = by_city.get(city, [])
-            payload = json.dumps(
-                {"v": NOTIFY_PAYLOAD_VERSION, "city": city, "at": at, "alerts": alerts}, separators=(",", ":")
-            )
+            payload = snapshot_payload(city, at, alerts)
             self._client.publish_tracked(open_alerts_topic(city), payload, retain=True, track=False)
             self._last_snapshot[city] = time.monotonic()
             self.stats.snapshots += 1
             log.debug("notify: mqtt snapshot of %s: %d open alerts", city, len(alerts))
+
+
+# A snapshot is one MQTT packet, and pantau's broker drops a client that sends a packet over 256 KiB
+# (pantau.embedded.MAX_PACKET_BYTES): past this size the snapshot keeps the most severe alerts
+# (oldest first within a severity) and says how many it left out. ~250 alerts fit; a city-wide
+# outage (every sensor offline) can open more.
+SNAPSHOT_MAX_BYTES = 240 * 1024
+_SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
+
+
+def snapshot_payload(city: str, at: str, alerts: list[dict[str, Any]], max_bytes: int = SNAPSHOT_MAX_BYTES) -> str:
+    """The retained snapshot's JSON: every open alert, or as many of the most severe as fit in
+    `max_bytes`, with `omitted` counting the rest (0 when all are listed)."""
+
+    def encode(listed: list[dict[str, Any]], omitted: int) -> str:
+        body = {"v": NOTIFY_PAYLOAD_VERSION, "city": city, "at": at, "alerts": listed, "omitted": omitted}
+        return json.dumps(body, separators=(",", ":"))
+
+    payload = encode(alerts, 0)
+    if len(payload.encode()) <= max_bytes:
+        return payload
+    ranked = sorted(alerts, key=lambda a: _SEVERITY_ORDER.get(str(a.get("severity")), 3))  # stable: oldest first
+    lo, hi = 0, len(ranked)  # the most alerts that fit: lo fits, hi + 1 does not
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if len(encode(ranked[:mid], len(ranked) - mid).encode()) <= max_bytes:
+            lo = mid
+        else:
+            hi = mid - 1
+    kept = {id(a) for a in ranked[:lo]}
+    log.warning("notify: mqtt snapshot of %s lists %d of %d open alerts (size limit)", city, lo, len(alerts))
+    return encode([a for a in alerts if id(a) in kept], len(alerts) - lo)
 
 
 _ALERT_FIELDS = [f.name for f in fields(Alert)]

@@ -69,6 +69,8 @@ class FastPublisher:
         max_inflight: int = DEFAULT_MAX_INFLIGHT,
         keepalive_s: int = 0,
         timeout_s: float = 30.0,
+        username: str | None = None,
+        password: str | None = None,
     ) -> None:
         if not 1 <= max_inflight <= 65535:
             raise ValueError("max_inflight must be 1..65535 (MQTT packet ids are 16 bits)")
@@ -79,6 +81,8 @@ class FastPublisher:
         # 0 disables the broker's keep-alive check: a paced simulator may be idle for minutes.
         self.keepalive_s = keepalive_s
         self.timeout_s = timeout_s
+        # A secured broker's account (docs/security-broker.md): it is bound to `client_id`.
+        self._login = (username, password)
         self.sent = 0
         self.acked = 0
         self._sock: socket.socket | None = None
@@ -100,7 +104,17 @@ class FastPublisher:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
         flags = 0x02  # clean session: a publisher needs no state on the broker
-        body = b"\x00\x04MQTT\x04" + bytes([flags]) + self.keepalive_s.to_bytes(2, "big") + _utf8(self.client_id)
+        login = b""
+        username, password = self._login
+        if username is not None:
+            flags |= 0x80
+            login += _utf8(username)
+            if password is not None:
+                flags |= 0x40
+                login += _utf8(password)
+        body = (
+            b"\x00\x04MQTT\x04" + bytes([flags]) + self.keepalive_s.to_bytes(2, "big") + _utf8(self.client_id) + login
+        )
         try:
             sock.sendall(b"\x10" + _varint(len(body)) + body)
             ack = b""

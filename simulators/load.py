@@ -51,6 +51,10 @@ class LoadConfig:
     city: str = LOAD_CITY
     prefix: str = LOAD_PREFIX
     qos: int = 1
+    # A secured broker's account, bound to client_id (one process only).
+    username: str | None = None
+    password: str | None = None
+    client_id: str | None = None
 
 
 @dataclass
@@ -113,7 +117,13 @@ def _worker(cfg: LoadConfig, index: int, acked: Any, go: Any, stop: Any, t0: Any
     ids = [s.id.encode() for s in mine]
     make = _payload_maker(cfg.batch, cfg.prefix.encode())
     try:
-        pub = FastPublisher(cfg.host, cfg.port, f"pantau-load-{index}-{time.time_ns() % 10**9}")
+        pub = FastPublisher(
+            cfg.host,
+            cfg.port,
+            cfg.client_id or f"pantau-load-{index}-{time.time_ns() % 10**9}",
+            username=cfg.username,
+            password=cfg.password,
+        )
         pub.connect()
     except BrokerError as exc:
         events.put(("error", index, str(exc)))

@@ -118,9 +118,9 @@ async def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
     if args.out == "mqtt":
-        host, port = mqtt_endpoint(settings)
-        sink: Any = MqttSink(host, port, qos=args.qos, client_id=f"pantau-sim-{fleet.city}-{time.time_ns() % 10**9}")
-        where = f"mqtt://{host}:{port}"
+        endpoint = mqtt_endpoint(settings)
+        sink: Any = MqttSink(endpoint, qos=args.qos, client_id=f"pantau-sim-{fleet.city}-{time.time_ns() % 10**9}")
+        where = f"mqtt://{endpoint.host}:{endpoint.port}"
         log_path = Path(args.fault_log) if args.fault_log else None
     else:
         out = Path(args.out)
@@ -192,13 +192,13 @@ async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 
     path = Path(args.file)
     speed = parse_speed(args.replay_speed)
-    host, port = mqtt_endpoint(settings)
+    endpoint = mqtt_endpoint(settings)
     # The whole file is checked before anything is published: a bad line 90,000 must not leave
     # the first 89,999 messages on the broker. Streaming it twice keeps memory flat.
     for _ in read_recording(path):
         pass
     groups = read_recording(path)
-    sink = MqttSink(host, port, qos=args.replay_qos, client_id=f"pantau-replay-{time.time_ns() % 10**9}")
+    sink = MqttSink(endpoint, qos=args.replay_qos, client_id=f"pantau-replay-{time.time_ns() % 10**9}")
     stop = _stop_event()
     progress = Progress()
     wall0 = time.monotonic()
@@ -246,10 +246,17 @@ async def cmd_load(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError("--duration", "must be positive")
     if args.load_sensors < args.procs:
         raise ConfigError("--sensors", "need at least one sensor per process")
-    host, port = mqtt_endpoint(settings)
+    endpoint = mqtt_endpoint(settings)
+    host, port = endpoint.host, endpoint.port
+    if endpoint.username is not None and args.procs > 1:
+        # Each of pantau's accounts is bound to one client id: two processes would take turns.
+        raise ConfigError("--procs", "on a secured broker the simulator account connects once: use --procs 1")
     cfg = LoadConfig(
         host=host,
         port=port,
+        username=endpoint.username,
+        password=endpoint.password,
+        client_id=endpoint.client_id,
         rate=rate,
         duration_s=duration,
         procs=args.procs,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import IO, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pantau.errors import ConfigError
 from pantau.settings import Settings
@@ -64,9 +64,15 @@ class JsonlSink:
 class MqttSink:
     """Messages published with the fast pipelined publisher (QoS 0 or 1)."""
 
-    def __init__(self, host: str, port: int, *, qos: int, client_id: str) -> None:
+    def __init__(self, endpoint: MqttEndpoint, *, qos: int, client_id: str) -> None:
         self.qos = qos
-        self.pub = FastPublisher(host, port, client_id)
+        self.pub = FastPublisher(
+            endpoint.host,
+            endpoint.port,
+            endpoint.client_id or client_id,
+            username=endpoint.username,
+            password=endpoint.password,
+        )
         self.pub.connect()
 
     def send(self, t: float, messages: list[tuple[str, bytes]]) -> None:
@@ -84,20 +90,47 @@ class MqttSink:
             self.pub.close()
 
 
-def mqtt_endpoint(settings: Settings) -> tuple[str, int]:
-    """Broker host and port from PANTAU_MQTT_URL, else from the endpoints.json of `pantau up`."""
+@dataclass(frozen=True, slots=True)
+class MqttEndpoint:
+    """Where the simulator publishes, and as whom on a secured broker (its account is bound to
+    `client_id`, which then replaces the simulator's own)."""
+
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    client_id: str | None = None
+
+    def __repr__(self) -> str:  # never show the password
+        return f"MqttEndpoint({self.host!r}, {self.port}, username={self.username!r})"
+
+
+def mqtt_endpoint(settings: Settings) -> MqttEndpoint:
+    """The broker from PANTAU_MQTT_URL (with its account, if any), else the endpoints.json of
+    `pantau up` with the simulator account it made (pantau.broker)."""
+    from pantau.broker import SIMULATOR, AccountBook, accounts_path
+    from pantau.settings import redacted
+
     url = settings.mqtt_url
+    account = None
     if url is None:
         try:
             url = json.loads((settings.home / "endpoints.json").read_text()).get("mqtt_url")
         except (OSError, ValueError):
             url = None
+        book = AccountBook.load(accounts_path(settings.home))
+        account = book[SIMULATOR] if book is not None else None
     if not url:
         raise ConfigError("PANTAU_MQTT_URL", "not set: set it to your broker or run `pantau up` first")
     parts = urlsplit(url)
     if parts.scheme != "mqtt":
-        raise ConfigError("PANTAU_MQTT_URL", f"the simulator speaks plain mqtt:// only, got {url!r}")
-    return parts.hostname or "127.0.0.1", parts.port or 1883
+        raise ConfigError("PANTAU_MQTT_URL", f"the simulator speaks plain mqtt:// only, got {redacted(url)!r}")
+    host, port = parts.hostname or "127.0.0.1", parts.port or 1883
+    if parts.username:
+        return MqttEndpoint(host, port, unquote(parts.username), unquote(parts.password or ""), unquote(parts.username))
+    if account is not None:
+        return MqttEndpoint(host, port, account.username, account.password, account.client_id)
+    return MqttEndpoint(host, port)
 
 
 def parse_speed(text: str) -> float | None:

@@ -167,6 +167,7 @@ def test_up_runs_the_stack_and_lands_readings(up_home: Path) -> None:
         assert anonymous.value.code == 401
         anonymous.value.close()
 
+        beside = pantau_env(PANTAU_HOME=str(up_home))  # beside `up`: its database and broker accounts, no URL to copy
         pantau(
             "sensors",
             "add",
@@ -176,14 +177,28 @@ def test_up_runs_the_stack_and_lands_readings(up_home: Path) -> None:
             "air",
             "--city",
             "kotamobagu",
-            env=pantau_env(PANTAU_HOME=str(up_home)),  # beside `up`: its database, no URL to copy
+            env=beside,
         )
         port = endpoints["mqtt_url"].rsplit(":", 1)[1]
         topic = "pantau/v1/kotamobagu/air/KTG-AQ-07"
+        # The broker is pantau's own: no anonymous client gets in; the sensor's credentials do.
+        anonymous_pub = ["mosquitto_pub", "-h", "127.0.0.1", "-p", port, "-q", "1", "-t", topic, "-m", "{}"]
+        assert subprocess.run(anonymous_pub, capture_output=True, timeout=30).returncode != 0
+        credentials_file = up_home.parent / "loggers.json"
+        pantau("sensors", "credentials", "KTG-AQ-07", "-o", str(credentials_file), env=beside)
+        assert oct(credentials_file.stat().st_mode & 0o777) == "0o600"
+        [device] = json.loads(credentials_file.read_text())
+        assert device["topic"] == topic and device["client_id"] == device["username"] == "KTG-AQ-07"
+        assert (device["host"], str(device["port"]), device["tls"]) == ("127.0.0.1", port, False)
+        login = ["-u", device["username"], "-P", device["password"], "-i", device["client_id"]]
+        secrets = [a["password"] for a in json.loads((up_home / "mosquitto" / "accounts.json").read_text()).values()]
+        reader = json.loads((up_home / "mosquitto" / "accounts.json").read_text())["pantau-alerts-reader"]
+        for secret in [*secrets, device["password"]]:
+            assert secret not in endpoints_file.read_text()
 
         def mosquitto_pub(payload: str) -> None:
             subprocess.run(
-                ["mosquitto_pub", "-h", "127.0.0.1", "-p", port, "-q", "1", "-t", topic, "-m", payload],
+                ["mosquitto_pub", "-h", "127.0.0.1", "-p", port, *login, "-q", "1", "-t", topic, "-m", payload],
                 check=True,
                 timeout=30,
             )
@@ -216,7 +231,8 @@ def test_up_runs_the_stack_and_lands_readings(up_home: Path) -> None:
         # records who and why in alert_events, and the notifier publishes the event on MQTT.
         events, snapshot = alerts_topic("kotamobagu"), open_alerts_topic("kotamobagu")
         watch = subprocess.Popen(
-            ["mosquitto_sub", "-h", "127.0.0.1", "-p", port, "-q", "1", "-t", events, "-t", snapshot, "-v"],
+            ["mosquitto_sub", "-h", "127.0.0.1", "-p", port, "-u", reader["username"], "-P", reader["password"],
+             "-i", reader["client_id"], "-q", "1", "-t", events, "-t", snapshot, "-v"],
             stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         try:
@@ -265,6 +281,11 @@ def test_up_runs_the_stack_and_lands_readings(up_home: Path) -> None:
             row = conn.execute("SELECT count(*) FROM readings").fetchone()
         stored = int(row[0]) if row else 0
         wait_until(lambda: landed(stored + 1), timeout_s=60, interval_s=1.0, what="readings after the restart")
+
+        # A retired sensor is refused from then on.
+        assert "retired KTG-AQ-07" in pantau("sensors", "retire", "KTG-AQ-07", env=beside).stdout
+        with pytest.raises(subprocess.CalledProcessError):
+            mosquitto_pub(json.dumps({"ts": time.time(), "pm25": 40.0}))
     finally:
         up.send_signal(signal.SIGTERM)
         code = up.wait(60)
@@ -272,6 +293,8 @@ def test_up_runs_the_stack_and_lands_readings(up_home: Path) -> None:
     output = (up_home.parent / "up.log").read_text()
     assert code == 0, output
     assert "stopped" in output
+    for secret in [*secrets, device["password"]]:  # no password in up's output, nor in its services' logs
+        assert secret not in output
     # Nothing of ours is left running: the private PostgreSQL and mosquitto stopped with `up`.
     assert not (up_home / "postgres" / "data" / "postmaster.pid").exists()
     assert not (up_home / "mosquitto" / "mosquitto.pid").exists()

@@ -43,6 +43,10 @@ COMMAND_TAG = "sh"
 SHELL_LOOKING_TAGS = frozenset({"bash", "shell", "console", "zsh"})
 # The placeholders the README documents, filled from endpoints.json (see `Stack.placeholders`).
 PORT_PLACEHOLDER = "<port>"
+# The broker's passwords: the alerts reader's (accounts.json under PANTAU_HOME), a sensor's (the file
+# `pantau sensors credentials` wrote).
+READER_PASSWORD = "<reader-password>"
+SENSOR_PASSWORD_RE = re.compile(r"<([A-Za-z0-9][\w.:-]*)-password>")
 KNOWN_EXPORTS = {"PANTAU_DATABASE_URL": "database_url"}
 PLACEHOLDER_RE = re.compile(r"<[A-Za-z_][\w-]*>|…")
 FENCE_RE = re.compile(r"^```([^\n]*)\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
@@ -71,7 +75,9 @@ class Stack:
 
     endpoints: dict[str, Any]
     env: dict[str, str]
+    home: Path
     sensors: dict[str, dict[str, Any]] = field(default_factory=dict)  # imported fleets: id → entry
+    passwords: dict[str, str] = field(default_factory=dict)  # sensor id → its MQTT password
 
     @property
     def database_url(self) -> str:
@@ -81,7 +87,12 @@ class Stack:
 
     @property
     def placeholders(self) -> dict[str, str]:
-        return {PORT_PLACEHOLDER: str(self.endpoints["mqtt_url"]).rsplit(":", 1)[1]}
+        accounts = json.loads((self.home / "mosquitto" / "accounts.json").read_text())
+        return {
+            PORT_PLACEHOLDER: str(self.endpoints["mqtt_url"]).rsplit(":", 1)[1],
+            READER_PASSWORD: accounts["pantau-alerts-reader"]["password"],
+            **{f"<{sensor_id}-password>": password for sensor_id, password in self.passwords.items()},
+        }
 
     def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.database_url) as conn:
@@ -125,7 +136,8 @@ def readme_commands(text: str) -> list[Command]:
             words = tuple(shlex.split(line, comments=True))
             for word in words:
                 for placeholder in PLACEHOLDER_RE.findall(word):
-                    if placeholder != PORT_PLACEHOLDER:
+                    documented = (PORT_PLACEHOLDER, READER_PASSWORD)
+                    if placeholder not in documented and not SENSOR_PASSWORD_RE.fullmatch(placeholder):
                         pytest.fail(
                             f"README.md:{start}: `{line}`: placeholder {placeholder} is not one the README documents"
                         )
@@ -168,6 +180,8 @@ def plan(commands: list[Command]) -> list[tuple[Command, Check]]:
         match cmd.words:
             case ("pantau", "sensors", "import", _):
                 check = check_sensors_import
+            case ("pantau", "sensors", "credentials", *rest) if option(rest, "-o"):
+                check = check_sensors_credentials
             case ("pantau", "simulate", *rest) if "replay" not in rest and "load" not in rest:
                 check = check_simulate
             case ("pantau", "alerts", "list"):
@@ -226,6 +240,20 @@ def check_sensors_import(cmd: Command, stack: Stack) -> None:
     registered = {r[0]: (r[1], r[2]) for r in stack.query("SELECT id, kind, city FROM sensors")}
     assert {sid: (s["kind"], s["city"]) for sid, s in fleet.items()}.items() <= registered.items()
     stack.sensors.update(fleet)
+
+
+def check_sensors_credentials(cmd: Command, stack: Stack) -> None:
+    """The named sensors' credentials land in a file for its owner only; their passwords work from then on."""
+    run_ok(cmd, stack)
+    path = REPO / str(option(cmd.words, "-o"))
+    try:
+        assert path.stat().st_mode & 0o777 == 0o600, f"{cmd.where()}: {path} is readable by others"
+        rows = json.loads(path.read_text())
+    finally:
+        path.unlink(missing_ok=True)  # the reader's working directory is the repository
+    named = [w for w in cmd.words[3:] if not w.startswith("-") and w != option(cmd.words, "-o")]
+    assert [r["sensor_id"] for r in rows] == named, rows
+    stack.passwords.update({r["username"]: r["password"] for r in rows})
 
 
 def check_simulate(cmd: Command, stack: Stack) -> None:
@@ -424,7 +452,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         reader_env = dict(env, PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
         for name, key in readme_exports(README.read_text()).items():
             reader_env[name] = endpoints[key]
-        yield Stack(endpoints, reader_env)
+        yield Stack(endpoints, reader_env, home)
     finally:
         up.send_signal(signal.SIGTERM)
         code = up.wait(60)
