@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from pantau.broker import ADMIN, Account
+from pantau.embedded import running_stack_database_url
 from tests.integration.test_broker_security import (  # the same device and broker as the integration tests
     ACCEPTED,
     Device,
@@ -75,8 +76,9 @@ def test_up_with_tls_gives_devices_credentials_for_the_tls_listener(
         endpoints = json.loads(endpoints_file.read_text())
         assert endpoints["mqtts_url"].startswith("mqtts://127.0.0.1:") and endpoints["mqtts_ca_file"] == cert
         tls_port = int(endpoints["mqtts_url"].rsplit(":", 1)[1])
-        db = endpoints["database_url"]
-        beside = pantau_env(PANTAU_HOME=str(home), PANTAU_DATABASE_URL=db)
+        db = running_stack_database_url(home)  # its password is not in endpoints.json
+        assert db is not None
+        beside = pantau_env(PANTAU_HOME=str(home))  # up's database and broker accounts, found beside it
 
         # A sensor named like a service account gets neither an account nor a place in the registry.
         refused = pantau("sensors", "add", "--id", "pantau-ingest", "--kind", "flood", "--city", "sampit", env=beside,
