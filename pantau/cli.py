@@ -172,7 +172,7 @@ async def cmd_sensors_add(args: argparse.Namespace, settings: Settings) -> int:
     )
     async with _sensor_accounts(settings, [sensor]) as ensure:
         async with Store.open(require(settings, "database_url"), settings.store) as store:
-            inserted, _updated = await store.upsert_sensors([sensor])
+            inserted, _updated = await store.upsert_sensors([sensor], by=Actor.cli())
         verb = "added" if inserted else "updated"
         print(f"{verb} {sensor.id} ({sensor.kind.value}, {sensor.city}); topic {sensor.topic}")
         await ensure()
@@ -300,6 +300,11 @@ async def cmd_sensors_credentials(args: argparse.Namespace, settings: Settings) 
             writer.writerows(rows)
         else:
             out.write(json.dumps(rows, indent=2) + "\n")
+    async with Store.open(require(settings, "database_url"), settings.store) as store:  # never the passwords
+        ids = [s.id for s in sensors]
+        target = f"sensor:{ids[0]}" if len(ids) == 1 else f"sensors:{len(ids)}"
+        written = {"sensors": ids, "file": str(path.resolve())}
+        await store.audit(Actor.cli(), "sensor.credentials", target, after=written)
     print(
         f"wrote the MQTT credentials of {len(rows)} sensor(s) to {path} (readable by you only); "
         "earlier passwords of these sensors no longer work"
@@ -309,10 +314,13 @@ async def cmd_sensors_credentials(args: argparse.Namespace, settings: Settings) 
 
 async def cmd_sensors_retire(args: argparse.Namespace, settings: Settings) -> int:
     from pantau.broker import DynsecControl, retire_sensor
+    from pantau.store import Store
 
     admin_url, _endpoints = _require_broker_admin(settings)
     async with DynsecControl(admin_url) as control:
         had = await retire_sensor(control, args.id)
+    async with Store.open(require(settings, "database_url"), settings.store) as store:
+        await store.audit(Actor.cli(), "sensor.retire", f"sensor:{args.id}", after={"had_access": had})
     if had:
         print(f"retired {args.id}: account disabled; the broker disconnected it and refuses it from now on")
     else:
@@ -328,7 +336,7 @@ async def cmd_sensors_import(args: argparse.Namespace, settings: Settings) -> in
     city = load_city(Path(args.file))
     async with _sensor_accounts(settings, list(sensors)) as ensure:
         async with Store.open(require(settings, "database_url"), settings.store) as store:
-            inserted, updated = await store.upsert_sensors(sensors)
+            inserted, updated = await store.upsert_sensors(sensors, by=Actor.cli())
             if city is not None:
                 await store.upsert_city(city)
         print(f"imported {len(sensors)} sensors from {args.file}: {inserted} new, {updated} updated")

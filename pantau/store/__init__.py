@@ -419,6 +419,11 @@ class Store:
         inserted = sum(1 for f in flags if f)
         return inserted, len(flags) - inserted
 
+    async def audit(self, by: Actor, action: str, target: str, *, before: Any = None, after: Any = None) -> None:
+        """One audit entry for a change made outside the database (the broker's accounts)."""
+        async with self.connection() as conn:
+            await record(conn, by, action, target, before=before, after=after)
+
     async def upsert_city(self, city: City) -> None:
         """Insert or update a city of the registry."""
         async with self.connection() as conn:

@@ -286,6 +286,19 @@ def test_up_runs_the_stack_and_lands_readings(up_home: Path) -> None:
         assert "retired KTG-AQ-07" in pantau("sensors", "retire", "KTG-AQ-07", env=beside).stdout
         with pytest.raises(subprocess.CalledProcessError):
             mosquitto_pub(json.dumps({"ts": time.time(), "pm25": 40.0}))
+
+        # Each change made above is in the audit log, once, with who made it and how.
+        with psycopg.connect(db) as conn:
+            audited = conn.execute(
+                "SELECT action, target, via, role FROM audit_log WHERE action <> 'user.add' ORDER BY id"
+            ).fetchall()
+        assert audited == [
+            ("sensor.register", "sensor:KTG-AQ-07", "cli", "owner"),
+            ("sensor.credentials", "sensor:KTG-AQ-07", "cli", "owner"),
+            ("token.create", audited[2][1], "cli", "owner"),
+            ("alert.acknowledge", audited[3][1], "api", "operator"),
+            ("sensor.retire", "sensor:KTG-AQ-07", "cli", "owner"),
+        ], audited
     finally:
         up.send_signal(signal.SIGTERM)
         code = up.wait(60)
