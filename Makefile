@@ -4,12 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: up test lint typecheck bench system-deps lock clean
+.PHONY: up test lint typecheck bench system-deps browser-deps lock clean
 
 up: $(STAMP) system-deps
 	$(BIN)/pantau up
 
-test: $(STAMP) system-deps lint
+test: $(STAMP) system-deps browser-deps lint
 	$(BIN)/pytest
 
 lint: $(STAMP)
@@ -42,6 +42,10 @@ lock:
 
 system-deps:
 	@deploy/ensure-system-deps.sh postgresql mosquitto
+
+# The screen's browser tests drive Debian's Chromium through Playwright (no browser download).
+browser-deps:
+	@deploy/ensure-system-deps.sh chromium
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

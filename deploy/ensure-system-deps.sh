@@ -17,7 +17,7 @@ for want in "$@"; do
       # mosquitto_pub/_sub: the README's first steps and the end-to-end tests use them.
       if ! command -v mosquitto_pub >/dev/null 2>&1; then missing+=(mosquitto-clients); fi ;;
     chromium)
-      if ! command -v chromium >/dev/null 2>&1; then missing+=(chromium chromium-driver); fi ;;
+      if ! command -v chromium >/dev/null 2>&1; then missing+=(chromium); fi ;;
     *) echo "ensure-system-deps: unknown dependency '$want'" >&2; exit 2 ;;
   esac
 done

@@ -17,6 +17,10 @@ const state = {
   connectedOnce: false,
 };
 
+// The alert events this screen has received, in order (for whoever checks the screen: tests, support).
+const received = [];
+window.pantauReceived = received;
+
 const $ = (sel) => document.querySelector(sel);
 const el = (tag, attrs = {}, ...children) => {
   const node = document.createElement(tag);
@@ -153,6 +157,7 @@ function connect() {
   stream.addEventListener("alert", (e) => {
     seen();
     const { alert, event } = JSON.parse(e.data);
+    received.push({ id: Number(e.lastEventId), kind: event.kind, severity: alert.severity, alert: alert.id });
     if (event.kind === "opened" && alert.severity === "critical") beep();
     reloadSoon();
   });

@@ -1,0 +1,146 @@
+"""The operator screen in a real browser (Debian's Chromium driven by Playwright) against the real
+stack of `pantau up`, fed by the simulators' flash-flood scenario (issue 14).
+
+Every request the page makes to anything but this machine is blocked and recorded: the screen must
+work with the internet cut, and make no such request at all.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from pantau.embedded import running_stack_database_url
+from tests.support import REPO, pantau_env, wait_until
+
+pytestmark = pytest.mark.slow
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+PASSWORD = "kata-sandi-operator-1"
+
+
+def pantau(*args: str, env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "pantau", *args], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=300, input=stdin)  # fmt: skip
+    assert proc.returncode == 0, f"pantau {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """`pantau up` with the Sampit fleet and two operators; the screen's address and the env beside it."""
+    home = tmp_path / "home"
+    env = pantau_env(PANTAU_HOME=str(home), PANTAU_INGEST_METRICS_PORT="0", PANTAU_API_PORT="0",
+                     PANTAU_ADMIN_PASSWORD="kata-sandi-admin-1")  # fmt: skip
+    log_path = tmp_path / "up.log"
+    with log_path.open("wb") as log:
+        up = subprocess.Popen([sys.executable, "-m", "pantau", "up"], env=env, cwd=REPO, stdout=log, stderr=log)
+    try:
+        endpoints_file = home / "endpoints.json"
+        wait_until(lambda: endpoints_file.exists() or up.poll() is not None, timeout_s=90, what="endpoints.json")
+        assert up.poll() is None, log_path.read_text()
+        api = json.loads(endpoints_file.read_text())["api_url"].removesuffix("/api/v1")
+        beside = pantau_env(PANTAU_HOME=str(home))
+        pantau("sensors", "import", str(REPO / "simulators" / "fleets" / "sampit.yaml"), env=beside)
+        for name in ("rina", "budi"):
+            pantau("users", "add", name, "--role", "operator", "--city", "sampit", "--password-stdin", env=beside,
+                   stdin=PASSWORD + "\n")  # fmt: skip
+        assert running_stack_database_url(home)
+        yield api, beside
+    finally:
+        up.send_signal(signal.SIGTERM)
+        up.wait(60)
+
+
+def _open(browser: Any, base: str, outside: list[str]) -> Any:
+    """A signed-in operator's page; any request off this machine is blocked and recorded."""
+    context = browser.new_context(viewport={"width": 1600, "height": 900})
+
+    def route(r: Any) -> None:
+        host = urlsplit(r.request.url).hostname
+        if host in ("127.0.0.1", "localhost"):
+            r.continue_()
+        else:
+            outside.append(r.request.url)
+            r.abort()
+
+    context.route("**/*", route)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(base + "/")
+    page.fill("input[name=username]", "rina" if not getattr(browser, "_signed", False) else "budi")
+    browser._signed = True
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_selector("#app:not([hidden])")
+    page.wait_for_function("document.querySelector('#conn').dataset.state === 'live'")
+    page.errors = errors
+    return page
+
+
+def test_the_wall_shows_the_flash_flood_and_an_operator_acts_on_it(stack: tuple[str, dict[str, str]]) -> None:
+    from playwright.sync_api import sync_playwright
+
+    base, beside = stack
+    outside: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        first, second = _open(browser, base, outside), _open(browser, base, outside)
+        assert "rina" in first.inner_text("#who") and "sampit" in first.inner_text("#who")
+        # Bahasa Indonesia first; the zone of the city beside every time.
+        assert first.inner_text("[data-tab=flood]") == "Banjir" and first.inner_text("#clock").endswith("WIB")
+
+        pantau("simulate", "--fleet", "sampit", "--scenario", "flash-flood", "--start=-1d", "--duration", "1d",
+               "--speed", "max", env=beside)  # fmt: skip
+        first.wait_for_selector("li.alert.critical", timeout=90_000)
+        received = first.evaluate("window.pantauReceived")
+        ids = [e["id"] for e in received]
+        assert ids == sorted(ids) and len(set(ids)) == len(ids)  # every event once, in commit order
+        escalations = [e for e in received if e["kind"] == "escalated"]
+        assert escalations, received  # the river rose: an alert's Siaga level went up on the screen
+        flashing = first.locator("li.alert.flash").first
+        assert flashing.count() == 1  # an open critical alert flashes until someone acknowledges it
+
+        # rina acknowledges it with a note; budi's screen shows it acknowledged, by her.
+        alert_id = flashing.get_attribute("data-alert")
+        flashing.locator("[data-act=ack]").click()
+        first.fill("#dialog input[name=note]", "Tim BPBD menuju lokasi")
+        first.click("#dialog button[type=submit]")
+        started = time.monotonic()
+        second.wait_for_selector(f"li.alert[data-alert='{alert_id}'][data-state=acknowledged]", timeout=10_000)
+        seen_after = time.monotonic() - started
+        assert "rina" in second.inner_text(f"li.alert[data-alert='{alert_id}']")
+        assert first.locator(f"li.alert.flash[data-alert='{alert_id}']").count() == 0
+
+        # The language toggle changes every label, and is remembered.
+        labels_id = first.eval_on_selector_all("[data-t]", "ns => ns.map(n => n.textContent)")
+        first.click("header [data-action=lang]")
+        labels_en = first.eval_on_selector_all("[data-t]", "ns => ns.map(n => n.textContent)")
+        changed = [a != b for a, b in zip(labels_id, labels_en, strict=True)]
+        same = [a for a, c in zip(labels_id, changed, strict=True) if not c]
+        assert all(changed), f"labels the toggle did not change: {same}"
+        assert first.inner_text("[data-tab=flood]") == "Flood"
+        first.reload()
+        first.wait_for_selector("#app:not([hidden])")
+        assert first.inner_text("[data-tab=flood]") == "Flood"
+        assert first.evaluate("document.documentElement.lang") == "en"
+
+        # The panels and the trend work with everything off this machine blocked.
+        first.click("[data-tab=flood]")
+        assert "Mentaya" in first.inner_text("#panel")
+        first.locator("#map circle.marker[data-sensor='SPT-WL-01']").dispatch_event("click")
+        first.wait_for_selector("#dialog[open] h3")
+        assert not first.errors and not second.errors, first.errors + second.errors
+        browser.close()
+    assert outside == [], f"the screen asked for {outside}"
+    print(f"acknowledgement seen on the second screen after {seen_after:.2f} s")
