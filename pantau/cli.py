@@ -21,7 +21,8 @@ from pantau.settings import Settings, load_settings, require
 from pantau.telemetry import setup_logging
 
 if TYPE_CHECKING:
-    from pantau.store import StoreInfo
+    from pantau.embedded import EmbeddedPostgres
+    from pantau.store import Store, StoreInfo
 
 log = logging.getLogger("pantau")
 
@@ -483,6 +484,25 @@ def _previous_endpoints(home: Path) -> dict[str, Any]:
         return {}
 
 
+async def _database_env(store: Store, owner_url: str, pg: EmbeddedPostgres | None) -> dict[str, dict[str, str]]:
+    """Each supervised service's database URL. On the private PostgreSQL, ingest, rules and api
+    log in as their roles (pantau.store.grants) with passwords kept in its state directory, and
+    are never handed the owner's URL; maintain runs as the owner. On an operator's database every
+    service gets PANTAU_DATABASE_URL, and the operator's PANTAU_<SERVICE>_DATABASE_URL, if set,
+    reaches it from the environment."""
+    from pantau.store.grants import Service, role_url, set_login_passwords
+
+    env = {name: {"PANTAU_DATABASE_URL": owner_url} for name in UP_SERVICES}
+    if pg is None:
+        return env
+    passwords = {service: pg.login_password(service.role) for service in Service}
+    async with store.connection() as conn:
+        await set_login_passwords(conn, passwords)
+    for service, password in passwords.items():
+        env[service.value] = {f"PANTAU_{service.value.upper()}_DATABASE_URL": role_url(owner_url, service, password)}
+    return env
+
+
 async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     from urllib.parse import urlsplit
 
@@ -521,6 +541,7 @@ async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         settings = settings.with_endpoints(database_url=db_url, mqtt_url=mqtt_url)
         async with Store.open(db_url, settings.store) as store:
             backend, applied = await store.migrate()
+            database_env = await _database_env(store, db_url, pg if settings.store.service_roles else None)
         for name in applied:
             print(f"applied migration {name}")
         metrics_port = settings.ingest.metrics_port
@@ -545,13 +566,12 @@ async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
             print(f"metrics   {endpoints['ingest_metrics_url']}")
         print(f"endpoints written to {path}; Ctrl-C stops everything", flush=True)
         env = {
-            "PANTAU_DATABASE_URL": db_url,
             "PANTAU_MQTT_URL": mqtt_url,
             "PANTAU_INGEST_METRICS_PORT": str(metrics_port),
             "PANTAU_API_PORT": str(api_port),
             "PANTAU_HOME": str(home),
         }
-        supervisor = Supervisor([Component(name, [name], env) for name in UP_SERVICES])
+        supervisor = Supervisor([Component(name, [name], env | database_env[name]) for name in UP_SERVICES])
         on_stop_signals(supervisor.stop)
         await supervisor.run()
         print("stopped", flush=True)
