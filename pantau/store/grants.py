@@ -139,10 +139,10 @@ async def _ensure_role(conn: AsyncConnection, role: str) -> None:
         return
     try:
         # LOGIN without a password: nobody logs in until someone sets one (`pantau up` does, for its
-        # private PostgreSQL; an operator does for their own, see docs/operations in the README).
+        # private PostgreSQL; an operator does for their own: README, "Database roles").
         await conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
-    except psycopg.errors.DuplicateObject:
-        pass  # made meanwhile by the migrate of another database in the cluster
+    except (psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
+        return  # made meanwhile by the migrate of another database in the cluster
     except psycopg.errors.InsufficientPrivilege:
         cur = await conn.execute("SELECT current_user")
         user = str((await cur.fetchone() or ("?",))[0])
