@@ -33,7 +33,7 @@ from api.telemetry import instrument
 from pantau import __version__
 from pantau.access import Access
 from pantau.alerts import AlertStore
-from pantau.settings import Settings, require
+from pantau.settings import Settings
 from pantau.store import Store
 
 # The modules whose routes join API as they are imported.
@@ -52,7 +52,7 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     # Every statement of a request under the budget (a 422 with a hint past it, never a hang); an
     # export sets its own (none: it streams for as long as the rows take).
-    url = require(settings, "database_url")
+    url = settings.service_database_url("api")  # as the pantau_api role, when configured
     async with Store.open(url, settings.store, statement_timeout_ms=settings.api_statement_timeout_ms) as store:
         app[STORE] = store
         app[ALERTS] = AlertStore(store)

@@ -28,7 +28,7 @@ async def _command(_args: argparse.Namespace, settings: Settings) -> int:
 
 async def run(settings: Settings) -> None:
     """Ingest until SIGINT/SIGTERM (the batch in hand is committed and acknowledged first)."""
-    url = require(settings, "database_url")
+    url = settings.service_database_url("ingest")
     require(settings, "mqtt_url")
     async with Store.open(url, settings.store) as store:
         backend = await store.backend()

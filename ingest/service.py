@@ -80,8 +80,9 @@ class IngestService:
         metrics: IngestMetrics | None = None,
         on_commit: CommitHook | None = None,
     ) -> None:
-        if settings.database_url is None or settings.mqtt_url is None:
-            raise ValueError("ingest needs database_url and mqtt_url")
+        if settings.mqtt_url is None:
+            raise ValueError("ingest needs mqtt_url")
+        url = settings.service_database_url("ingest")  # as the pantau_ingest role, when configured
         self.settings = settings
         self.cfg = settings.ingest
         self.backend = backend
@@ -92,11 +93,11 @@ class IngestService:
             max_future_s=self.cfg.max_future_s,
             retention_s=settings.store.retention_days * 86400.0,
         )
-        self.writer = ReadingWriter(settings.database_url, backend, outbox=self.cfg.outbox, topic_of=self._topic_of)
+        self.writer = ReadingWriter(url, backend, outbox=self.cfg.outbox, topic_of=self._topic_of)
         # `last_seen` and the registry cache's refresh go over a connection of their own: statements
         # over thousands of sensors must not hold up the next batch's commit (at 10,000 sensors they
         # made publish→commit latency spike every `last_seen_interval_s` and `registry_refresh_s`).
-        self._side = ReadingWriter(settings.database_url, backend, outbox=False)
+        self._side = ReadingWriter(url, backend, outbox=False)
         self.mqtt = AsyncMqttClient(
             BrokerAddress.parse(settings.mqtt_url),
             client_id=self.cfg.client_id,

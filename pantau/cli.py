@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 
     from pantau.broker import DynsecControl
     from pantau.domain import Sensor
-    from pantau.store import StoreInfo
+    from pantau.embedded import EmbeddedPostgres
+    from pantau.store import Store, StoreInfo
 
 log = logging.getLogger("pantau")
 
@@ -681,6 +682,25 @@ async def _first_admin(store: Any, home: Path) -> str:
     return f"as {username!r}, {where}"
 
 
+async def _database_env(store: Store, owner_url: str, pg: EmbeddedPostgres | None) -> dict[str, dict[str, str]]:
+    """Each supervised service's database URL. On the private PostgreSQL, ingest, rules and api
+    log in as their roles (pantau.store.grants) with passwords kept in its state directory, and
+    are never handed the owner's URL; maintain runs as the owner. On an operator's database every
+    service gets PANTAU_DATABASE_URL, and the operator's PANTAU_<SERVICE>_DATABASE_URL, if set,
+    reaches it from the environment."""
+    from pantau.store.grants import Service, role_url, set_login_passwords
+
+    env = {name: {"PANTAU_DATABASE_URL": owner_url} for name in UP_SERVICES}
+    if pg is None:
+        return env
+    passwords = {service: pg.login_password(service.role) for service in Service}
+    async with store.connection() as conn:
+        await set_login_passwords(conn, passwords)
+    for service, password in passwords.items():
+        env[service.value] = {f"PANTAU_{service.value.upper()}_DATABASE_URL": role_url(owner_url, service, password)}
+    return env
+
+
 async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     from urllib.parse import urlsplit
 
@@ -739,6 +759,7 @@ async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
             backend, applied = await store.migrate()
             sign_in = await _first_admin(store, home)
             registered = await store.sensors() if admin_url else []
+            database_env = await _database_env(store, db_url, pg if settings.store.service_roles else None)
         for name in applied:
             print(f"applied migration {name}")
         if admin_url and registered:  # sensors registered before pantau ran its broker: each gets its account
@@ -775,14 +796,15 @@ async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
             print(f"sign in   {sign_in}")
         print(f"endpoints written to {path}; Ctrl-C stops everything", flush=True)
         env = {
-            "PANTAU_DATABASE_URL": db_url,
             "PANTAU_MQTT_URL": mqtt_url,
             "PANTAU_INGEST_METRICS_PORT": str(metrics_port),
             "PANTAU_API_PORT": str(api_port),
             "PANTAU_HOME": str(home),
         }
         mqtt_env = {name: {"PANTAU_MQTT_URL": service_mqtt.get(name, mqtt_url)} for name in UP_SERVICES}
-        supervisor = Supervisor([Component(name, [name], env | mqtt_env[name]) for name in UP_SERVICES])
+        supervisor = Supervisor(
+            [Component(name, [name], env | mqtt_env[name] | database_env[name]) for name in UP_SERVICES]
+        )
         on_stop_signals(supervisor.stop)
         await supervisor.run()
         print("stopped", flush=True)

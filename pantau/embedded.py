@@ -5,8 +5,9 @@ Used by `pantau up` when no URLs are configured, by the test fixtures and by the
 size limit, and a TLS listener when certificate files are given (pantau.broker); the test
 fixtures' brokers are not, so the tests that do not test security connect anonymously.
 PostgreSQL refuses to run as root, so as root the cluster runs as the `postgres` system user
-(`runuser`). The cluster gets a generated password (kept in the state directory, mode 0600) and
-listens on 127.0.0.1 only. TimescaleDB is preloaded when the extension is installed.
+(`runuser`). The cluster gets a generated password (kept in the state directory, mode 0600), as do
+the services' roles (`login_password`), and listens on 127.0.0.1 only. TimescaleDB is preloaded
+when the extension is installed.
 """
 
 from __future__ import annotations
@@ -153,6 +154,23 @@ class EmbeddedPostgres:
     @property
     def url(self) -> str:
         return f"postgresql://pantau:{self.password}@{self.host}:{self.port}/{self.database}"
+
+    def login_password(self, role: str) -> str:
+        """The password `role` logs in with (the services' roles of `pantau.store.grants`): made on
+        first use and kept in the state directory (`role-passwords.json`, mode 0600)."""
+        path = self.root / "role-passwords.json"
+        try:
+            passwords = dict(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            passwords = {}
+        if role not in passwords:
+            passwords[role] = secrets.token_urlsafe(24)
+            # Created 0600, never readable by others for an instant.
+            fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(json.dumps(passwords, indent=2) + "\n")
+            os.replace(path.with_suffix(".tmp"), path)
+        return str(passwords[role])
 
     @property
     def admin_url(self) -> str:

@@ -67,6 +67,9 @@ class IngestSettings:
     last_seen_interval_s: float = 5.0
     # The registry cache is reloaded this often so edits reach a running ingest.
     registry_refresh_s: float = 30.0
+    # Ingest's own database URL, as the pantau_ingest role (docs: README, "Database roles"); unset:
+    # database_url.
+    database_url: str | None = None
     # Hand each committed batch to the rule engine (the `ingest_batches` outbox, docs/decisions.md
     # D10). Off only where no rule worker will ever run: maintenance drops unclaimed batches after
     # [rules] unclaimed_max_age_h anyway.
@@ -87,12 +90,18 @@ class StoreSettings:
     # Plain PostgreSQL: how often the maintenance job refreshes rollups and partitions.
     maintenance_interval_s: float = 10.0
     pool_max_size: int = 8
+    # Every migrate creates the services' database roles (pantau_ingest, pantau_rules, pantau_api)
+    # and grants each what its code does (pantau/store/grants.py). Off where the migrating user may
+    # not create roles and nobody will: every service then connects as the owner.
+    service_roles: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RulesSettings:
     """The rule worker (`pantau rules`) and its notifiers."""
 
+    # The rule worker's own database URL, as the pantau_rules role; unset: database_url.
+    database_url: str | None = None
     # The rule pack (YAML); empty = the default pack shipped in deploy/rules.yaml.
     file: str = ""
     # Name of this worker's claims and checkpoint. One worker per name runs at a time (a second
@@ -139,6 +148,8 @@ class Settings:
     mqtt_tls_key_file: str = ""
     mqtt_tls_port: int = 0
     mqtt_tls_ca_file: str = ""
+    # The API's own database URL, as the pantau_api role; unset: database_url.
+    api_database_url: str | None = None
     api_host: str = "127.0.0.1"
     api_port: int = 8080
     # Web origins whose pages may call the API from a browser (CORS), comma-separated, e.g.
@@ -163,6 +174,18 @@ class Settings:
     def with_endpoints(self, *, database_url: str, mqtt_url: str) -> Settings:
         """The same settings pointing at the given database and broker."""
         return dataclasses.replace(self, database_url=database_url, mqtt_url=mqtt_url)
+
+    def service_database_url(self, service: str) -> str:
+        """The URL `service` (ingest, rules or api) connects with: its own setting (its database
+        role), else `database_url`; ConfigError naming both when neither is set."""
+        own = {"ingest": self.ingest.database_url, "rules": self.rules.database_url, "api": self.api_database_url}
+        if own[service]:
+            return str(own[service])
+        if not self.database_url:
+            key = f"PANTAU_{service.upper()}_DATABASE_URL"
+            problem = "not set, nor PANTAU_DATABASE_URL (or run `pantau up`, which starts private services)"
+            raise ConfigError(key, problem)
+        return self.database_url
 
 
 _SECTIONS: dict[str, type[Any]] = {"ingest": IngestSettings, "store": StoreSettings, "rules": RulesSettings}
@@ -236,6 +259,12 @@ def _validate_url(key: str, url: str | None, schemes: tuple[str, ...], *, host_i
 
 def _check(settings: Settings) -> None:
     _validate_url("PANTAU_DATABASE_URL", settings.database_url, ("postgresql", "postgres"), host_in_query=True)
+    for key, url in (
+        ("PANTAU_INGEST_DATABASE_URL", settings.ingest.database_url),
+        ("PANTAU_RULES_DATABASE_URL", settings.rules.database_url),
+        ("PANTAU_API_DATABASE_URL", settings.api_database_url),
+    ):
+        _validate_url(key, url, ("postgresql", "postgres"), host_in_query=True)
     _validate_url("PANTAU_MQTT_URL", settings.mqtt_url, ("mqtt", "mqtts"))
     _validate_url("PANTAU_MQTT_ADMIN_URL", settings.mqtt_admin_url, ("mqtt", "mqtts"))
     if not 0 <= settings.mqtt_tls_port <= 65535:

@@ -10,7 +10,7 @@ from collections import Counter
 from pantau.rulepack import rule_pack_path
 from pantau.rulepack.config import load_rules
 from pantau.service import Commands, serve
-from pantau.settings import Settings, require
+from pantau.settings import Settings
 from pantau.store import Store
 from rules.notify import AlertNotifier
 from rules.worker import RuleWorker
@@ -41,7 +41,7 @@ async def run(settings: Settings, *, file: str | None = None) -> None:
     """The rule worker, with the alert notifier beside it in one task group, until SIGINT/SIGTERM:
     a notifier that fails stops the worker at once with its error."""
     rules = load_rules(rule_pack_path(settings, file))
-    url = require(settings, "database_url")
+    url = settings.service_database_url("rules")
     async with Store.open(url, settings.store) as store:
         worker = RuleWorker(store, settings, rules)
         notifier = AlertNotifier(store, settings)

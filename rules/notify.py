@@ -348,8 +348,6 @@ class AlertNotifier:
     """
 
     def __init__(self, store: Store, settings: Settings, *, sinks: Sequence[Sink] | None = None) -> None:
-        if settings.database_url is None:
-            raise ValueError("the alert notifier needs database_url")
         self.store = store
         self.settings = settings
         self.sinks: list[Sink] = list(make_sinks(store, settings) if sinks is None else sinks)
@@ -358,7 +356,7 @@ class AlertNotifier:
             raise ValueError(f"sink names must be unique: {names}")
         self.ready = asyncio.Event()
         self.stats = NotifierStats(sinks={s.name: s.stats for s in self.sinks})
-        self._url = settings.database_url
+        self._url = settings.service_database_url("rules")
         self._conn: AsyncConnection | None = None  # the LISTEN connection, which holds the lock
         self._seen: _Seen | None = None  # None: no session (not started, or another notifier took over)
         self._lanes: list[_Lane] = []

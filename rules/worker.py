@@ -117,8 +117,6 @@ class RuleWorker:
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if settings.database_url is None:
-            raise ValueError("the rule worker needs database_url")
         self.store = store
         self.settings = settings
         self.cfg = settings.rules
@@ -129,7 +127,7 @@ class RuleWorker:
         self.stats = WorkerStats()
         self.ready = asyncio.Event()
         self._clock = clock
-        self._url = settings.database_url
+        self._url = settings.service_database_url("rules")
         self._sensors: dict[str, Sensor] = {}
         self._registry_digest = ""
         self._registry_checked = 0.0  # monotonic time of the last refresh forced by an unknown sensor

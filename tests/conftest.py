@@ -24,10 +24,14 @@ import psycopg
 import pytest
 
 from pantau.embedded import EmbeddedMosquitto, EmbeddedPostgres, postgres_bindir
-from pantau.settings import IngestSettings, Settings, StoreSettings
+from pantau.settings import IngestSettings, RulesSettings, Settings, StoreSettings
 from pantau.store import Backend, Store
+from pantau.store.grants import Service, role_url, set_login_passwords
 
 EXTERNAL_URL = os.environ.get("PANTAU_TEST_DATABASE_URL")
+# Set (to anything): the `settings` fixture gives each service its database role's URL, so the
+# services that tests build from it run as pantau_ingest, pantau_rules and pantau_api.
+SERVICE_ROLES = bool(os.environ.get("PANTAU_TEST_SERVICE_ROLES"))
 
 
 def pg_bindir() -> Path:
@@ -114,6 +118,28 @@ def _drop(server: PgServer, name: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture(scope="session")
+def role_passwords(pg_server: PgServer) -> dict[Service, str]:
+    """Passwords the service roles log in with on the test cluster (set once per session)."""
+    passwords = {service: secrets.token_urlsafe(16) for service in Service}
+
+    async def _set() -> None:
+        conn = await psycopg.AsyncConnection.connect(pg_server.admin_url, autocommit=True)
+        try:
+            await set_login_passwords(conn, passwords)
+        finally:
+            await conn.close()
+
+    asyncio.run(_set())
+    return passwords
+
+
+@pytest.fixture
+def role_urls(database_url: str, role_passwords: dict[Service, str]) -> dict[Service, str]:
+    """This test's database as each service's role."""
+    return {service: role_url(database_url, service, pw) for service, pw in role_passwords.items()}
+
+
 @pytest.fixture
 def database_url(pg_server: PgServer) -> Iterator[str]:
     """A fresh, migrated database for this test."""
@@ -153,14 +179,20 @@ def broker(tmp_path: Path) -> Iterator[EmbeddedMosquitto]:
 
 
 @pytest.fixture
-def settings(database_url: str, broker: EmbeddedMosquitto, tmp_path: Path) -> Settings:
+def settings(database_url: str, broker: EmbeddedMosquitto, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+    urls = request.getfixturevalue("role_urls") if SERVICE_ROLES else {}
     return Settings(
         database_url=database_url,
+        api_database_url=urls.get(Service.API),
         mqtt_url=broker.url,
         home=tmp_path / "home",
         ingest=IngestSettings(
-            client_id=f"pantau-ingest-{secrets.token_hex(3)}", metrics_port=-1, last_seen_interval_s=0.2
+            client_id=f"pantau-ingest-{secrets.token_hex(3)}",
+            metrics_port=-1,
+            last_seen_interval_s=0.2,
+            database_url=urls.get(Service.INGEST),
         ),
+        rules=RulesSettings(database_url=urls.get(Service.RULES)),
         store=StoreSettings(pool_max_size=2),
     )
 

@@ -6,7 +6,7 @@ does not silently switch an existing database (`pantau db info` reports what is 
 installed but not in `shared_preload_libraries` means plain PostgreSQL, with one warning saying how
 to preload it (CREATE EXTENSION there is a FATAL that closes the connection).
 Policies (compression, retention, continuous-aggregate refresh) are re-applied on every migrate so
-that changed settings take effect.
+that changed settings take effect, and so are the service roles' privileges (`pantau.store.grants`).
 """
 
 from __future__ import annotations
@@ -575,7 +575,8 @@ async def migrate(
 
     `conn` must be in autocommit mode; each migration gets its own transaction. Concurrent
     migrators are serialised by an advisory lock. `connect` opens a second connection to the same
-    database, on which the first migrate tries CREATE EXTENSION timescaledb.
+    database, on which the first migrate tries CREATE EXTENSION timescaledb. Last, unless
+    `settings.service_roles` is off, the service roles are created and granted (`pantau.store.grants`).
     """
     applied: list[Migration] = []
     await conn.execute("SELECT pg_advisory_lock(hashtext('pantau.migrate'))")
@@ -615,6 +616,10 @@ async def migrate(
                 await _apply_timescale_policies(conn, settings)
             except psycopg.Error as exc:
                 raise MigrationError(f"applying TimescaleDB policies failed: {exc}") from exc
+        if settings.service_roles:
+            from pantau.store.grants import apply_grants  # grants names this module's backends
+
+            await apply_grants(conn, backend)
         return backend, applied
     finally:
         await conn.execute("SELECT pg_advisory_unlock(hashtext('pantau.migrate'))")

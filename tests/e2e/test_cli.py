@@ -269,6 +269,23 @@ def test_up_runs_the_stack_and_lands_readings(up_home: Path) -> None:
             watch.kill()
             watch.communicate()  # reaps it and closes its pipe
 
+        # Ingest, rules and the API log in as their database roles (maintain as the owner); their
+        # passwords sit in a file only its owner reads, and nowhere else up writes.
+        with psycopg.connect(db) as conn:
+            users = conn.execute(
+                "SELECT DISTINCT usename FROM pg_stat_activity WHERE datname = current_database()"
+            ).fetchall()
+        assert {u[0] for u in users} >= {"pantau_ingest", "pantau_rules", "pantau_api", "pantau"}
+        passwords_file = up_home / "postgres" / "role-passwords.json"
+        assert oct(passwords_file.stat().st_mode & 0o777) == "0o600"
+        passwords = json.loads(passwords_file.read_text())
+        assert set(passwords) == {"pantau_ingest", "pantau_rules", "pantau_api"}
+        log.flush()
+        written = endpoints_file.read_text() + (up_home.parent / "up.log").read_text()
+        assert not [p for p in passwords.values() if p in written]
+        ingest_env = (Path("/proc") / str(_child_running(up.pid, b"ingest")) / "environ").read_bytes().split(b"\0")
+        assert not [v for v in ingest_env if v.startswith(b"PANTAU_DATABASE_URL=")]  # never the owner's URL
+
         # The supervisor restarts a crashed component.
         ingest_pid = _child_running(up.pid, b"ingest")
         os.kill(ingest_pid, signal.SIGKILL)

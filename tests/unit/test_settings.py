@@ -402,3 +402,19 @@ def test_the_api_statement_budget_is_positive() -> None:
     assert load_settings({}).api_statement_timeout_ms == 5000
     assert load_settings({"PANTAU_API_STATEMENT_TIMEOUT_MS": "250"}).api_statement_timeout_ms == 250
     assert config_error({"PANTAU_API_STATEMENT_TIMEOUT_MS": "0"}).key == "PANTAU_API_STATEMENT_TIMEOUT_MS"
+
+
+def test_each_service_has_a_database_url_of_its_own_falling_back_to_database_url(tmp_path: Path) -> None:
+    owner = "postgresql://pantau:secret@db/pantau"
+    path = write(tmp_path, '[rules]\ndatabase_url = "postgresql://pantau_rules:r@db/pantau"\n')
+    env = {"PANTAU_DATABASE_URL": owner, "PANTAU_INGEST_DATABASE_URL": "postgresql://pantau_ingest:i@db/pantau"}
+    s = load_settings(env, path)
+    assert s.service_database_url("ingest") == "postgresql://pantau_ingest:i@db/pantau"
+    assert s.service_database_url("rules") == "postgresql://pantau_rules:r@db/pantau"
+    assert s.service_database_url("api") == owner  # not set: the owner's
+    s = load_settings({"PANTAU_API_DATABASE_URL": "postgresql://pantau_api:a@db/pantau"}, write(tmp_path, ""))
+    assert s.service_database_url("api") == "postgresql://pantau_api:a@db/pantau"
+    with pytest.raises(ConfigError, match="PANTAU_INGEST_DATABASE_URL: not set, nor PANTAU_DATABASE_URL"):
+        s.service_database_url("ingest")
+    bad = config_error({"PANTAU_RULES_DATABASE_URL": "mysql://db/pantau"}, write(tmp_path, ""))
+    assert bad.key == "PANTAU_RULES_DATABASE_URL"
