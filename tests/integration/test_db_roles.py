@@ -19,7 +19,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from api.app import create_app
 from ingest.writer import ReadingWriter
+from pantau.access import Access
 from pantau.alerts import AlertStore
+from pantau.audit import Actor
 from pantau.domain import Sensor
 from pantau.embedded import EmbeddedMosquitto
 from pantau.errors import MigrationError
@@ -30,7 +32,7 @@ from pantau.store.grants import NO_CREATEROLE, Service
 from rules.notify import AlertNotifier
 from rules.worker import RuleWorker
 from tests.integration.ingest_harness import running_ingest
-from tests.support import Publisher, await_until
+from tests.support import Publisher, await_until, bearer
 
 GAUGE = Sensor(id="SPT-WL-03", kind="flood", city="sampit", district="Baamang", metadata={"river": "Mentaya"})
 LEVEL_HIGH = {
@@ -263,11 +265,13 @@ async def test_the_services_work_as_their_roles(
         await await_until(lambda: _count(store, "rejected_messages", 2), what="the bad message and the conflict")
         await await_until(lambda: _count(store, "alerts", 1, "state = 'open'"), what="the alert")
         await await_until(lambda: _last_seen(store), what="last_seen")
-        async with TestClient(TestServer(create_app(role_settings))) as client:
+        operator, agency, engineer = [await bearer(store, role) for role in ("operator", "agency", "engineer")]
+        await Access(store).add_user(Actor("test", "admin", "cli"), "sari", "kata-sandi-panjang", "operator")
+        async with TestClient(TestServer(create_app(role_settings)), headers=operator) as client:
             listed = (await (await client.get("/api/v1/alerts", params={"city": "sampit"})).json())["alerts"]
             assert [(a["rule_id"], a["severity"], a["state"]) for a in listed] == [("level-high", "critical", "open")]
             alert = listed[0]["id"]
-            acked = await client.post(f"/api/v1/alerts/{alert}/ack", json={"note": "on it"}, headers=_ACTOR)
+            acked = await client.post(f"/api/v1/alerts/{alert}/ack", json={"note": "on it"})
             assert acked.status == 200, await acked.text()
             detail = await (await client.get(f"/api/v1/alerts/{alert}")).json()
             assert [e["kind"] for e in detail["events"]] == ["opened", "acknowledged"]
@@ -282,16 +286,27 @@ async def test_the_services_work_as_their_roles(
             assert ready["database"]["ok"] and ready["ingest"]["ok"], ready
             overview = await client.get("/api/v1/overview", params={"city": "sampit"})
             assert overview.status == 200, await overview.text()
-            exported = await client.get("/api/v1/export", params={"city": "sampit"} | span)
+            exported = await client.get("/api/v1/export", params={"city": "sampit"} | span, headers=agency)
             assert exported.status == 200, await exported.text()
             assert "650" in await exported.text()
             silenced = await client.post(
-                "/api/v1/silences", json={"sensor": GAUGE.id, "minutes": 30, "note": "kalibrasi"}, headers=_ACTOR
+                "/api/v1/silences", json={"sensor": GAUGE.id, "minutes": 30, "note": "kalibrasi"}
             )
             assert silenced.status == 201, await silenced.text()
-            ended = await client.post(f"/api/v1/silences/{(await silenced.json())['id']}/end", json={}, headers=_ACTOR)
+            ended = await client.post(f"/api/v1/silences/{(await silenced.json())['id']}/end", json={})
             assert ended.status == 200, await ended.text()
-            resolved = await client.post(f"/api/v1/alerts/{alert}/resolve", json={}, headers=_ACTOR)
+            resolved = await client.post(f"/api/v1/alerts/{alert}/resolve", json={})
+            # Access control as the API's role: a failed and a good sign-in, a sensor registered, the
+            # audit log read back (each change above went into it).
+            wrong = await client.post("/api/v1/auth/login", json={"username": "sari", "password": "salah-sekali"})
+            assert wrong.status == 401, await wrong.text()
+            good = {"username": "sari", "password": "kata-sandi-panjang"}
+            signed = await client.post("/api/v1/auth/login", json=good)
+            assert signed.status == 200, await signed.text()
+            client.session.cookie_jar.clear()
+            registered = await client.post("/api/v1/sensors", headers=engineer,
+                                           json={"id": "SPT-WL-77", "kind": "flood", "city": "sampit"})  # fmt: skip
+            assert registered.status == 201, await registered.text()
             assert resolved.status == 200, await resolved.text()
             assert await _users(store) >= {"pantau_ingest", "pantau_rules", "pantau_api"}
         assert ingest.metrics is not None
@@ -304,7 +319,6 @@ async def test_the_services_work_as_their_roles(
             assert await cur.fetchone() == (True,)
 
 
-_ACTOR = {"X-Pantau-Actor": "rina"}
 
 
 async def _count(store: Store, table: str, n: int, where: str = "TRUE") -> bool:
