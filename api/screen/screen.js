@@ -195,10 +195,14 @@ function reloadPanelsSoon() {
   }, 1000);
 }
 
+function renderClock() {
+  if (state.city) $("#clock").textContent = localTime(new Date().toISOString());
+}
+
 setInterval(() => {
   if (state.conn === "live" && Date.now() - state.lastMessage > STALE_AFTER_MS) state.conn = "stale";
   renderConn();
-  if ($("#clock") && state.city) $("#clock").textContent = localTime(new Date().toISOString());
+  renderClock();
 }, 1000);
 
 function beep() {
@@ -221,7 +225,7 @@ function render() {
   const me = state.me;
   $("#who").textContent = tr("sign_in_as", { name: me.name, role: tr(`role_${me.role}`),
     cities: me.cities ? me.cities.join(", ") : tr("every_city") });
-  renderConn(); renderMap(); renderAlerts(); renderPanel();
+  renderConn(); renderClock(); renderMap(); renderAlerts(); renderPanel();
 }
 
 function renderCities() {
