@@ -17,7 +17,7 @@ from typing import Any, Literal
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.types.json import Jsonb
 
-Via = Literal["api", "cli"]
+Via = Literal["api", "cli", "service"]  # service: a change a service makes itself (a rule pack loaded)
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ import contextlib
 import gc
 import logging
 import os
+import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -42,7 +43,9 @@ import psycopg
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import DictRow, dict_row
 
+from pantau import audit
 from pantau.alerts import AlertStore, FlapPolicy, Outcome, Transition, lock_events
+from pantau.audit import Actor
 from pantau.domain import Sensor
 from pantau.errors import StoreUnavailable
 from pantau.outbox import BATCHES_CHANNEL, OutboxBatch, claim, decode_outbox
@@ -184,13 +187,25 @@ class RuleWorker:
                     await pump
 
     async def _record_pack(self, conn: AsyncConnection) -> None:
-        """Say which pack this worker runs (`rule_packs`): the API shows it as the pack in force."""
-        await conn.execute(
-            "INSERT INTO rule_packs (worker, digest, source, content) VALUES (%s, %s, %s, %s)"
-            " ON CONFLICT (worker) DO UPDATE SET digest = excluded.digest, source = excluded.source,"
-            " content = excluded.content, loaded_at = now()",
-            (self.name, pack_digest(self.rules.text), self.rules.source, self.rules.text),
-        )
+        """Say which pack this worker runs (`rule_packs`): the API shows it as the pack in force. A
+        pack other than the one it ran before is a rule deployment: the audit log records it (the
+        digests before and after, and where it came from)."""
+        digest = pack_digest(self.rules.text)
+        async with conn.transaction():
+            cur = await conn.execute("SELECT digest FROM rule_packs WHERE worker = %s FOR UPDATE", (self.name,))
+            row = await cur.fetchone()
+            before = row[0] if row else None
+            await conn.execute(
+                "INSERT INTO rule_packs (worker, digest, source, content) VALUES (%s, %s, %s, %s)"
+                " ON CONFLICT (worker) DO UPDATE SET digest = excluded.digest, source = excluded.source,"
+                " content = excluded.content, loaded_at = now()",
+                (self.name, digest, self.rules.source, self.rules.text),
+            )
+            if before != digest:
+                who = Actor(name=f"rules:{self.name}", role="service", via="service", address=socket.gethostname())
+                await audit.record(conn, who, "rules.deploy", f"rule_pack:{self.name}", before={"digest": before},
+                                   after={"digest": digest, "source": str(self.rules.source),
+                                          "rules": len(self.rules)})  # fmt: skip
 
     @contextlib.asynccontextmanager
     async def _lock_connection(self) -> AsyncIterator[AsyncConnection]:

@@ -105,6 +105,8 @@ PRIVILEGES: tuple[Grant, ...] = (
     Grant(RULES, "TABLE alert_events", "SELECT, INSERT"),
     Grant(RULES, "TABLE silences", "SELECT"),
     Grant(RULES, "TABLE notify_cursors", "SELECT, INSERT, UPDATE"),
+    Grant(RULES, "TABLE audit_log", "INSERT"),  # a rule pack it loads that differs from the last: a deployment
+    Grant(RULES, "SEQUENCE audit_log_id_seq", "USAGE"),
     # -- API (api/, pantau/store/views.py, series.py, export.py, pantau/alerts.py) -------------------
     Grant(API, "DATABASE", "CONNECT, TEMPORARY"),  # TEMPORARY: an engineer's sensor registration stages rows
     Grant(API, "SCHEMA", "USAGE"),

@@ -387,7 +387,7 @@ CREATE TABLE audit_log (
     at            timestamptz NOT NULL DEFAULT now(),
     actor         text NOT NULL CHECK (actor <> ''),
     role          text NOT NULL,
-    via           text NOT NULL CHECK (via IN ('api', 'cli')),
+    via           text NOT NULL CHECK (via IN ('api', 'cli', 'service')),
     address       text NOT NULL DEFAULT '',
     action        text NOT NULL,
     target        text NOT NULL,

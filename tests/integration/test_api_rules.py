@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -95,3 +96,28 @@ async def test_a_candidate_pack_is_checked_with_the_rule_and_field_named(client:
     assert extra.status == 400
     huge = await client.post("/api/v1/rules/check", data=b"#" * 1_000_001, headers={"Content-Type": "application/yaml"})
     assert huge.status == 413
+
+
+async def test_each_new_pack_a_worker_loads_is_a_deployment_in_the_audit_log(
+    client: TestClient, settings: Settings, store: Store, tmp_path: Path, database_url: str
+) -> None:
+    file = tmp_path / "rules.yaml"
+    edited = PACK.replace("55.4", "150.4")
+    for text in (PACK, PACK, edited):  # the first load, a restart on the same pack, an edited pack
+        file.write_text(text)
+        worker = RuleWorker(store, settings, load_rules(file))
+        task = asyncio.create_task(worker.run())
+        try:
+            await asyncio.wait_for(worker.ready.wait(), 20)
+        finally:
+            worker.stop()
+            await asyncio.wait_for(task, 20)
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT actor, via, before->>'digest', after->>'digest' FROM audit_log WHERE action = 'rules.deploy'"
+            " ORDER BY id"
+        ).fetchall()
+    assert rows == [
+        ("rules:default", "service", None, pack_digest(PACK)),
+        ("rules:default", "service", pack_digest(PACK), pack_digest(edited)),
+    ]

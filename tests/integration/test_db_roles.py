@@ -56,6 +56,8 @@ _EVENT_ROW = (
 )
 _READING_ROW = "INSERT INTO readings (ts, sensor_id, metric, value) VALUES (now(), 'SPT-WL-03', 'water_level_cm', 650)"
 
+_AUDIT_EDITS = ("UPDATE audit_log SET actor = 'nobody'", "DELETE FROM audit_log", "TRUNCATE audit_log")
+
 # What each role must be refused: each statement is tried on its own connection.
 FORBIDDEN: dict[Service, tuple[str, ...]] = {
     Service.INGEST: (
@@ -75,6 +77,8 @@ FORBIDDEN: dict[Service, tuple[str, ...]] = {
         "DELETE FROM rejected_messages",
         "UPDATE ingest_batches SET claim = 1",
         "SELECT pantau_drop_partitions(now() + interval '10 days')",
+        "INSERT INTO audit_log (actor, role, via, action, target) VALUES ('x', 'x', 'cli', 'forged', 'x')",
+        *_AUDIT_EDITS,
     ),
     Service.RULES: (
         "DELETE FROM readings",
@@ -87,6 +91,7 @@ FORBIDDEN: dict[Service, tuple[str, ...]] = {
         "DELETE FROM alert_events",
         "UPDATE sensors SET last_seen = now()",
         "DELETE FROM silences",
+        *_AUDIT_EDITS,
     ),
     Service.API: (
         "DELETE FROM readings",
@@ -102,6 +107,10 @@ FORBIDDEN: dict[Service, tuple[str, ...]] = {
         "UPDATE sensors SET last_seen = now()",
         "INSERT INTO ingest_batches (readings, rejections, payload) VALUES (0, 0, '')",
         "DELETE FROM ingest_batches",
+        *_AUDIT_EDITS,
+        "UPDATE users SET role = 'admin', cities = NULL",  # only disabling is the API's
+        "UPDATE api_tokens SET role = 'admin', expires_at = NULL",  # only revoking and last use
+        "DELETE FROM users",
     ),
 }
 CASES = [(service, statement) for service, statements in FORBIDDEN.items() for statement in statements]
