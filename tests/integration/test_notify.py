@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import paho.mqtt.client as paho
+import psycopg
 import pytest
 from aiohttp import web
 from paho.mqtt.enums import CallbackAPIVersion
@@ -449,9 +450,12 @@ async def test_a_fresh_database_starts_after_the_last_event_without_replaying_hi
     assert watcher.event_ids() == [event_id(new)]
 
 
-async def test_out_of_order_commits_and_rollbacks_hold_the_cursor_but_lose_nothing(
+async def test_events_commit_in_id_order_and_a_rollback_holds_the_cursor_but_loses_nothing(
     store: Store, settings: Settings, alerts: AlertStore, watcher: MqttWatcher, database_url: str
 ) -> None:
+    """A second writer of alert events waits for the first to commit (EVENTS_LOCK, D20), so ids are
+    in commit order; a rolled-back event leaves a hole in the ids the notifier waits at, then passes."""
+
     async def held_open(scope: str) -> tuple[Any, int]:
         """An event inserted by a transaction left open; returns (connection, event id)."""
         conn = await connect(database_url, autocommit=False)
@@ -461,23 +465,31 @@ async def test_out_of_order_commits_and_rollbacks_hold_the_cursor_but_lose_nothi
         )
         return conn, event_id(t)
 
+    def waiting_for_the_lock() -> bool:
+        with psycopg.connect(database_url) as conn:
+            row = conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").fetchone()
+        return bool(row and row[0] == 1)
+
     async with running(store, configure(settings)) as notifier:
-        slow, gap = await held_open("KTG-AQ-01")
-        fast = event_id(await raise_(alerts, "KTG-AQ-02"))
-        assert fast > gap
-        await await_until(lambda: watcher.event_ids() == [fast], timeout_s=5, what="the later event")
-        await upkeeps(notifier, 2)  # two cursor saves and gap checks with the gap open
-        assert (await cursors(store))["mqtt"] == gap - 1  # not past the open transaction's event
+        slow, first = await held_open("KTG-AQ-01")
+        later = asyncio.create_task(raise_(alerts, "KTG-AQ-02"))
+        await await_until(waiting_for_the_lock, timeout_s=5, what="the second writer waiting for the first")
+        assert not later.done()
         await slow.commit()
         await slow.close()
-        await await_until(lambda: watcher.event_ids() == [fast, gap], timeout_s=5, what="the earlier event")
-        await await_until(_cursor_is(store, fast), timeout_s=5, what="the cursor past both")
+        second = event_id(await later)
+        assert second > first
+        await await_until(lambda: watcher.event_ids() == [first, second], timeout_s=5, what="both, in order")
+        await await_until(_cursor_is(store, second), timeout_s=5, what="the cursor past both")
 
         doomed, lost = await held_open("KTG-AQ-03")
-        after = event_id(await raise_(alerts, "KTG-AQ-04"))
-        await await_until(lambda: watcher.event_ids()[-1:] == [after], timeout_s=5, what="the event after the gap")
+        after_task = asyncio.create_task(raise_(alerts, "KTG-AQ-04"))
+        await await_until(waiting_for_the_lock, timeout_s=5, what="the next writer waiting for the doomed one")
         await doomed.rollback()
         await doomed.close()
+        after = event_id(await after_task)
+        assert after > lost
+        await await_until(lambda: watcher.event_ids()[-1:] == [after], timeout_s=5, what="the event after the gap")
         await await_until(_cursor_is(store, after), timeout_s=6, what="the cursor past the rolled-back id")
         assert notifier.stats.gaps_given_up == 1
         assert lost not in watcher.event_ids()
