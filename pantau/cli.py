@@ -963,6 +963,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     access_cli.register(sub)
 
+    from benchmarks.screens import add_arguments as add_screens_arguments
+
+    add_screens_arguments(
+        sub.add_parser("screens", help="the operator screen's pictures in docs/screens/ from a simulated flood")
+    )
+
     bench = sub.add_parser("bench", help="benchmarks that print figures")
     bsub = bench.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
     from benchmarks.bench_ingest import add_arguments as add_bench_arguments

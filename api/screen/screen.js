@@ -273,7 +273,8 @@ function renderMap() {
   const [minLat, maxLat, minLon, maxLon] = [Math.min(...lats), Math.max(...lats), Math.min(...lons), Math.max(...lons)];
   const pad = 40, spanLon = Math.max(maxLon - minLon, 1e-4), spanLat = Math.max(maxLat - minLat, 1e-4);
   const scale = Math.min((width - 2 * pad) / spanLon, (height - 2 * pad) / spanLat);
-  const xy = (s) => [pad + (s.lon - minLon) * scale, height - pad - (s.lat - minLat) * scale];
+  const dx = (width - 2 * pad - spanLon * scale) / 2, dy = (height - 2 * pad - spanLat * scale) / 2; // centred
+  const xy = (s) => [pad + dx + (s.lon - minLon) * scale, height - pad - dy - (s.lat - minLat) * scale];
   const districts = {};
   for (const s of placed) if (s.district) (districts[s.district] ||= []).push(xy(s));
   for (const [name, points] of Object.entries(districts)) {
@@ -407,7 +408,9 @@ async function showTrend(sensor, days = 1) {
   const to = new Date(), from = new Date(to - days * 86400000);
   const series = await api(`/api/v1/series?sensor=${encodeURIComponent(sensor.id)}&metric=${metric}`
     + `&from=${from.toISOString()}&to=${to.toISOString()}&step=auto&agg=avg`);
-  const points = (series.series[0] || { points: [] }).points.filter((p) => p.avg !== null);
+  // Raw readings answer "value", aggregated buckets "avg"; gaps are nulls, never drawn as values.
+  const points = (series.series[0] || { points: [] }).points
+    .map((p) => ({ ts: p.ts, avg: p.avg ?? p.value ?? null })).filter((p) => p.avg !== null);
   const dialog = $("#dialog");
   const chart = svg("svg", { class: "chart", viewBox: "0 0 800 300", preserveAspectRatio: "none" });
   const thresholds = sensor.kind === "flood" ? Object.entries(sensor.metadata || {}).filter(([k]) => /^siaga\d_cm$/.test(k)) : [];

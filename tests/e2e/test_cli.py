@@ -34,7 +34,9 @@ def pantau(*args: str, env: dict[str, str], check: bool = True) -> subprocess.Co
 
 def test_help_lists_every_subcommand() -> None:
     out = pantau("--help", env=pantau_env()).stdout
-    for command in ("up", "ingest", "rules", "maintain", "db", "sensors", "alerts", "bench", "simulate"):
+    commands = ("up", "ingest", "rules", "maintain", "db", "sensors", "alerts", "bench", "simulate", "screens",
+                "users", "tokens")  # fmt: skip
+    for command in commands:
         assert f"    {command} " in out, f"{command} missing from --help"
 
 
