@@ -980,6 +980,9 @@ def build_parser() -> argparse.ArgumentParser:
     from benchmarks.bench_api import add_arguments as add_api_bench_arguments
 
     add_api_bench_arguments(bsub.add_parser("api", help="API latency, export rate and memory on a year of a city"))
+    from benchmarks.bench_stream import add_arguments as add_stream_bench_arguments
+
+    add_stream_bench_arguments(bsub.add_parser("stream", help="commit→screen latency of alert events, 200 screens"))
 
     return parser
 
