@@ -139,8 +139,18 @@ function newest() {
   return best;
 }
 
-let reloadTimer = null;
-function reloadSoon() { clearTimeout(reloadTimer); reloadTimer = setTimeout(() => reload().catch(console.error), 150); }
+// At most one reload at a time, and always one more after events that came during it: a steady
+// stream of events (a flood escalating) never postpones the list's update.
+let reloading = false, reloadAgain = false;
+function reloadSoon() {
+  if (reloading) { reloadAgain = true; return; }
+  reloading = true;
+  setTimeout(async () => {
+    try { await reload(); } catch (e) { console.error(e); }
+    reloading = false;
+    if (reloadAgain) { reloadAgain = false; reloadSoon(); }
+  }, 150);
+}
 
 // -- the live stream ---------------------------------------------------------------------------------
 

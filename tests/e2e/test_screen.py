@@ -103,6 +103,12 @@ def test_the_wall_shows_the_flash_flood_and_an_operator_acts_on_it(stack: tuple[
         pantau("simulate", "--fleet", "sampit", "--scenario", "flash-flood", "--start=-1d", "--duration", "1d",
                "--speed", "max", env=beside)  # fmt: skip
         first.wait_for_selector("li.alert.critical", timeout=90_000)
+        settled, count = time.monotonic(), -1
+        while time.monotonic() - settled < 2.0:  # the rule worker has caught up: no event for 2 s
+            now = first.evaluate("window.pantauReceived.length")
+            if now != count:
+                settled, count = time.monotonic(), now
+            time.sleep(0.2)
         received = first.evaluate("window.pantauReceived")
         ids = [e["id"] for e in received]
         assert ids == sorted(ids) and len(set(ids)) == len(ids)  # every event once, in commit order
@@ -112,8 +118,8 @@ def test_the_wall_shows_the_flash_flood_and_an_operator_acts_on_it(stack: tuple[
         assert flashing.count() == 1  # an open critical alert flashes until someone acknowledges it
 
         # rina acknowledges it with a note; budi's screen shows it acknowledged, by her.
-        alert_id = flashing.get_attribute("data-alert")
-        flashing.locator("[data-act=ack]").click()
+        alert_id = flashing.get_attribute("data-alert")  # that alert, whatever the list's order later
+        first.locator(f"li.alert[data-alert='{alert_id}'] [data-act=ack]").click()
         first.fill("#dialog input[name=note]", "Tim BPBD menuju lokasi")
         first.click("#dialog button[type=submit]")
         started = time.monotonic()
