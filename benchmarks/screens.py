@@ -1,9 +1,9 @@
 """`pantau screens`: the operator screen's pictures in docs/screens/, made from a simulated
 scenario on a private `pantau up` (Debian's Chromium through Playwright, as the browser tests).
 
-The stack runs under a temporary PANTAU_HOME with the Sampit fleet; the flash-flood scenario
-plays a day at full speed; an operator signs in and the map with its alerts, the flood panel, the
-air panel and a gauge's trend are taken at a wall screen's size.
+The stack runs under a temporary PANTAU_HOME with the Sampit fleet; the flash-flood scenario plays
+yesterday's storm at full speed; an operator signs in and the map with its alerts, the flood panel,
+the air panel and a gauge's trend are taken at a wall screen's size.
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 REPO = Path(__file__).resolve().parent.parent
 SHOTS = ("map-and-alerts", "flood-panel", "air-panel", "trend")
@@ -66,8 +68,10 @@ def run(args: argparse.Namespace, settings: Any) -> int:
         _pantau(["sensors", "import", str(REPO / "simulators" / "fleets" / "sampit.yaml")], env)
         _pantau(["users", "add", "rina", "--role", "operator", "--city", "sampit", "--password-stdin"], env,
                 stdin=password + "\n")  # fmt: skip
-        _pantau(["simulate", "--fleet", "sampit", "--scenario", "flash-flood+haze-episode", "--start=-1d",
-                 "--duration", "1d", "--speed", "max"], env)  # fmt: skip
+        # Yesterday (WIB) from 06:00 to 21:00: the 13:00 storm's flood is high at the end, whatever the hour.
+        yesterday = datetime.now(ZoneInfo("Asia/Jakarta")).date() - timedelta(days=1)
+        _pantau(["simulate", "--fleet", "sampit", "--scenario", "flash-flood+haze-episode",
+                 f"--start={yesterday}T06:00+07:00", "--duration", "15h", "--speed", "max"], env)  # fmt: skip
         time.sleep(5)  # the rule worker catches up with the last batches
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=args.chromium, args=["--no-sandbox"])

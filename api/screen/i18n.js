@@ -21,6 +21,7 @@ export const TEXT = {
     escalated: "meningkat", deescalated: "menurun", reopened: "dibuka lagi", flapping: "berubah-ubah",
     flapping_ended: "stabil", silenced: "dibisukan", note_required: "Tulis catatan (alasan)",
     rain_hour: "Hujan 1 jam", rain_day: "Hujan hari ini", seconds: "{n} dtk", minutes_ago: "{n} mnt", hours_ago: "{n} jam",
+    shown_of: "{n} dari {total} ditampilkan, yang terburuk lebih dulu",
   },
   en: {
     title: "Command Centre", username: "User name", password: "Password", sign_in: "Sign in",
@@ -43,6 +44,7 @@ export const TEXT = {
     escalated: "escalated", deescalated: "de-escalated", reopened: "reopened", flapping: "flapping",
     flapping_ended: "steady", silenced: "silenced", note_required: "Write a note (why)",
     rain_hour: "Rain, last hour", rain_day: "Rain today", seconds: "{n} s", minutes_ago: "{n} min", hours_ago: "{n} h",
+    shown_of: "{n} of {total} shown, the worst first",
   },
 };
 

@@ -8,13 +8,20 @@ const SIAGA_COLOUR = { 1: "#ff3b30", 2: "#ff9500", 3: "#f5d400", 4: "#2ecc71" };
 const LOS_COLOUR = { A: "#2ecc71", B: "#8bd448", C: "#f5d400", D: "#ff9500", E: "#ff3b30", F: "#8b0000" };
 const RAIN_COLOUR = { none: "#5b6b7a", ringan: "#7dd3fc", sedang: "#3b82f6", lebat: "#6d28d9", sangat_lebat: "#be123c", ekstrem: "#7f1d1d" };
 const ISPU_COLOUR = { green: "#2ecc71", blue: "#3b82f6", yellow: "#f5d400", red: "#ff3b30", black: "#111" };
+const ISPU_LABEL = { green: "Baik", blue: "Sedang", yellow: "Tidak Sehat", red: "Sangat Tidak Sehat", black: "Berbahaya" };
 const STALE_AFTER_MS = 40000;
+const PANELS_EVERY_MS = 2000; // a busy city's panels are fetched again at most this often
+const TAGS_ALL_UP_TO = 400; // more markers than this: text tags only where a marker needs attention
+const PANEL_ROWS = 200; // a panel's table shows this many rows, the worst first
 
 const state = {
   lang: localStorage.getItem("pantau.lang") || "id",
   me: null, csrf: "", city: null, cities: [], sensors: [], latest: {}, alerts: [], air: [], rivers: [],
   traffic: [], rain: [], tab: "air", conn: "reconnecting", lastMessage: 0, newestData: null, stream: null,
   connectedOnce: false,
+  // Lookups by sensor id, rebuilt when their data is loaded: a 10,000-sensor city draws in one pass.
+  index: { sensors: new Map(), air: new Map(), flood: new Map(), traffic: new Map(), rain: new Map() },
+  markers: new Map(), // sensor id -> its circle and tag on the map, recoloured in place
 };
 
 // The alert events this screen has received, in order (for whoever checks the screen: tests, support).
@@ -110,6 +117,8 @@ async function start() {
   renderCities();
   await reload();
   connect();
+  // The screen is usable once this first load is drawn: the mark after the next frame.
+  requestAnimationFrame(() => setTimeout(() => performance.mark("pantau:ready"), 0));
 }
 
 // -- loading: everything the screen shows, from the API ------------------------------------------------
@@ -130,7 +139,24 @@ async function reload() {
   state.traffic = traffic.counters;
   state.rain = rain.gauges;
   state.newestData = newest();
+  reindex("sensors", "air", "flood", "traffic", "rain");
   render();
+}
+
+function reindex(...kinds) {
+  const ix = state.index;
+  if (kinds.includes("sensors")) ix.sensors = new Map(state.sensors.map((s) => [s.id, s]));
+  if (kinds.includes("air")) ix.air = new Map(state.air.map((a) => [a.sensor, a]));
+  if (kinds.includes("flood")) ix.flood = new Map(state.rivers.flatMap((r) => r.gauges.map((g) => [g.sensor, g])));
+  if (kinds.includes("traffic")) ix.traffic = new Map(state.traffic.map((c) => [c.sensor, c]));
+  if (kinds.includes("rain")) ix.rain = new Map(state.rain.map((r) => [r.sensor, r]));
+}
+
+async function reloadAlerts() {
+  if (!state.city) return;
+  const alerts = await api(`/api/v1/alerts?city=${encodeURIComponent(state.city)}&state=active&limit=500`);
+  state.alerts = alerts.alerts;
+  renderAlerts();
 }
 
 function newest() {
@@ -139,18 +165,24 @@ function newest() {
   return best;
 }
 
-// At most one reload at a time, and always one more after events that came during it: a steady
-// stream of events (a flood escalating) never postpones the list's update.
-let reloading = false, reloadAgain = false;
-function reloadSoon() {
-  if (reloading) { reloadAgain = true; return; }
-  reloading = true;
-  setTimeout(async () => {
-    try { await reload(); } catch (e) { console.error(e); }
-    reloading = false;
-    if (reloadAgain) { reloadAgain = false; reloadSoon(); }
-  }, 150);
+// `work` run at most once at a time, `delayMs` after it is asked for, and always once more after
+// asks that came while it ran: a steady stream of events (a flood escalating) never postpones an
+// update, and a burst of them costs one.
+function coalesced(work, delayMs) {
+  let running = false, again = false;
+  const soon = () => {
+    if (running) { again = true; return; }
+    running = true;
+    setTimeout(async () => {
+      try { await work(); } catch (e) { console.error(e); }
+      running = false;
+      if (again) { again = false; soon(); }
+    }, delayMs);
+  };
+  return soon;
 }
+const reloadSoon = coalesced(reload, 150); // everything: after a reconnect
+const alertsSoon = coalesced(reloadAlerts, 30); // the alert list only: after an alert event
 
 // -- the live stream ---------------------------------------------------------------------------------
 
@@ -169,41 +201,51 @@ function connect() {
     const { alert, event } = JSON.parse(e.data);
     received.push({ id: Number(e.lastEventId), kind: event.kind, severity: alert.severity, alert: alert.id });
     if (event.kind === "opened" && alert.severity === "critical") beep();
-    reloadSoon();
+    alertsSoon();
   });
   stream.addEventListener("values", (e) => {
     seen();
     for (const v of JSON.parse(e.data).values) {
       (state.latest[v.sensor] ||= {})[v.metric] = { ts: v.ts, value: v.value };
       if (!state.newestData || v.ts > state.newestData) state.newestData = v.ts;
+      const sensor = state.index.sensors.get(v.sensor);
+      if (sensor) touched.add(sensor.kind);
     }
-    reloadPanelsSoon();
+    panelsSoon();
   });
   stream.addEventListener("status", (e) => {
     seen();
     for (const c of JSON.parse(e.data).changes) {
-      const s = state.sensors.find((x) => x.id === c.sensor);
-      if (s) s.status = c.status;
+      const s = state.index.sensors.get(c.sensor);
+      if (s) { s.status = c.status; recolour(s); }
     }
-    renderMap(); if (state.tab === "health") renderPanel();
+    if (state.tab === "health") renderPanel();
   });
   stream.addEventListener("heartbeat", seen);
   stream.addEventListener("reset", () => { stream.close(); state.connectedOnce = false; reload().then(connect); });
   stream.onerror = () => { state.conn = "reconnecting"; renderConn(); };
 }
 
-let panelTimer = null;
-function reloadPanelsSoon() {
-  if (panelTimer) return;
-  panelTimer = setTimeout(async () => {
-    panelTimer = null;
-    const q = `city=${encodeURIComponent(state.city)}`;
-    const [air, rivers, traffic, rain] = await Promise.all([api(`/api/v1/air/ispu?${q}`),
-      api(`/api/v1/flood/rivers?${q}`), api(`/api/v1/traffic/corridors?${q}`), api(`/api/v1/rain?${q}`)]);
-    Object.assign(state, { air: air.stations, rivers: rivers.rivers, traffic: traffic.counters, rain: rain.gauges });
-    renderMap(); renderPanel();
-  }, 1000);
-}
+// The panels of the kinds whose values moved, fetched again at most every PANELS_EVERY_MS; the
+// markers of those kinds recoloured in place.
+const touched = new Set();
+const PANEL_OF = {
+  air: ["/api/v1/air/ispu", (r) => { state.air = r.stations; }],
+  flood: ["/api/v1/flood/rivers", (r) => { state.rivers = r.rivers; }],
+  traffic: ["/api/v1/traffic/corridors", (r) => { state.traffic = r.counters; }],
+  rain: ["/api/v1/rain", (r) => { state.rain = r.gauges; }],
+};
+const panelsSoon = coalesced(async () => {
+  const kinds = [...touched].filter((k) => PANEL_OF[k]);
+  touched.clear();
+  const q = `city=${encodeURIComponent(state.city)}`;
+  const answers = await Promise.all(kinds.map((k) => api(`${PANEL_OF[k][0]}?${q}`)));
+  kinds.forEach((k, i) => PANEL_OF[k][1](answers[i]));
+  reindex(...kinds);
+  for (const s of state.sensors) if (kinds.includes(s.kind)) recolour(s);
+  if (kinds.includes(state.tab)) renderPanel();
+  await new Promise((resolve) => setTimeout(resolve, PANELS_EVERY_MS));
+}, 50);
 
 function renderClock() {
   if (state.city) $("#clock").textContent = localTime(new Date().toISOString());
@@ -253,57 +295,106 @@ function renderConn() {
 }
 
 function sensorLook(sensor) {
-  // Colour and the text beside it: never colour alone.
-  if (sensor.status === "offline") return { colour: "#7a8794", text: tr("offline") };
+  // Colour and the text beside it: never colour alone. `attention`: worth a tag on a crowded map.
+  const ix = state.index;
+  if (sensor.status === "offline") return { colour: "#7a8794", text: tr("offline"), attention: true };
   if (sensor.kind === "air") {
-    const st = state.air.find((a) => a.sensor === sensor.id);
-    if (st && st.category) return { colour: ISPU_COLOUR[st.category.colour] || "#888", text: `${st.ispu} ${category(state.lang, st.category.label)}` };
+    const st = ix.air.get(sensor.id);
+    if (st && st.category) return { colour: ISPU_COLOUR[st.category.colour] || "#888",
+      text: `${st.ispu} ${category(state.lang, st.category.label)}`, attention: st.ispu > 100 };
   } else if (sensor.kind === "flood") {
-    for (const river of state.rivers) {
-      const g = river.gauges.find((x) => x.sensor === sensor.id);
-      if (g && g.siaga) return { colour: SIAGA_COLOUR[g.siaga.siaga], text: category(state.lang, g.siaga.label) };
-    }
+    const g = ix.flood.get(sensor.id);
+    if (g && g.siaga) return { colour: SIAGA_COLOUR[g.siaga.siaga], text: category(state.lang, g.siaga.label),
+      attention: g.siaga.siaga <= 2 };
   } else if (sensor.kind === "traffic") {
-    const c = state.traffic.find((x) => x.sensor === sensor.id);
-    if (c && c.los) return { colour: LOS_COLOUR[c.los], text: `LOS ${c.los}` };
+    const c = ix.traffic.get(sensor.id);
+    if (c && c.los) return { colour: LOS_COLOUR[c.los], text: `LOS ${c.los}`, attention: c.los >= "E" };
   } else if (sensor.kind === "rain") {
-    const r = state.rain.find((x) => x.sensor === sensor.id);
-    if (r && r.last_hour.class) return { colour: RAIN_COLOUR[r.last_hour.class], text: category(state.lang, r.last_hour.class) };
+    const r = ix.rain.get(sensor.id);
+    if (r && r.last_hour.class) return { colour: RAIN_COLOUR[r.last_hour.class], text: category(state.lang, r.last_hour.class),
+      attention: ["lebat", "sangat_lebat", "ekstrem"].includes(r.last_hour.class) };
   }
-  return { colour: "#9fb0c0", text: tr("no_data") };
+  return { colour: "#9fb0c0", text: tr("no_data"), attention: false };
 }
 
+// Web Mercator world coordinates at zoom 0 (0..256), as a tiled base map has them.
+function world(lon, lat) {
+  const y = Math.log(Math.tan(Math.PI / 4 + (lat * Math.PI) / 360));
+  return [((lon + 180) / 360) * 256, ((1 - y / Math.PI) / 2) * 256];
+}
+
+// The whole map: districts, rivers through their gauges upstream → downstream, every sensor as a
+// marker. Drawn again on a (re)load and a resize; values and status changes only recolour markers.
 function renderMap() {
   const map = $("#map");
-  const placed = state.sensors.filter((s) => s.lat !== null && s.lon !== null);
   map.replaceChildren();
+  state.markers = new Map();
+  const placed = state.sensors.filter((s) => s.lat !== null && s.lon !== null);
   if (!placed.length) return;
   const { width, height } = map.getBoundingClientRect();
-  const lats = placed.map((s) => s.lat), lons = placed.map((s) => s.lon);
-  const [minLat, maxLat, minLon, maxLon] = [Math.min(...lats), Math.max(...lats), Math.min(...lons), Math.max(...lons)];
-  const pad = 40, spanLon = Math.max(maxLon - minLon, 1e-4), spanLat = Math.max(maxLat - minLat, 1e-4);
-  const scale = Math.min((width - 2 * pad) / spanLon, (height - 2 * pad) / spanLat);
-  const dx = (width - 2 * pad - spanLon * scale) / 2, dy = (height - 2 * pad - spanLat * scale) / 2; // centred
-  const xy = (s) => [pad + dx + (s.lon - minLon) * scale, height - pad - dy - (s.lat - minLat) * scale];
-  const districts = {};
-  for (const s of placed) if (s.district) (districts[s.district] ||= []).push(xy(s));
-  for (const [name, points] of Object.entries(districts)) {
+  const at = new Map(placed.map((s) => [s.id, world(s.lon, s.lat)]));
+  let [minX, minY, maxX, maxY] = [Infinity, Infinity, -Infinity, -Infinity];
+  for (const [x, y] of at.values()) {
+    minX = Math.min(minX, x); maxX = Math.max(maxX, x); minY = Math.min(minY, y); maxY = Math.max(maxY, y);
+  }
+  const pad = 40, spanX = Math.max(maxX - minX, 1e-5), spanY = Math.max(maxY - minY, 1e-5);
+  const S = Math.min((width - 2 * pad) / spanX, (height - 2 * pad) / spanY);
+  const ox = (width - spanX * S) / 2 - minX * S, oy = (height - spanY * S) / 2 - minY * S; // centred
+  const xy = (s) => { const [x, y] = at.get(s.id); return [ox + x * S, oy + y * S]; };
+  state.view = { S, ox, oy, width, height };
+  const layer = (name) => map.appendChild(svg("g", { class: name }));
+  const districts = layer("districts"), rivers = layer("rivers"), markers = layer("markers"), tags = layer("tags");
+  const byDistrict = {};
+  for (const s of placed) if (s.district) (byDistrict[s.district] ||= []).push(xy(s));
+  for (const [name, points] of Object.entries(byDistrict)) {
     const x = points.reduce((a, p) => a + p[0], 0) / points.length, y = points.reduce((a, p) => a + p[1], 0) / points.length;
-    map.append(svg("text", { class: "district", x, y: y - 18 }, name));
+    districts.append(svg("text", { class: "district", x, y: y - 18 }, name));
   }
-  for (const river of state.rivers) { // drawn through its gauges, upstream → downstream
-    const points = river.gauges.map((g) => placed.find((s) => s.id === g.sensor)).filter(Boolean).map(xy);
-    if (points.length > 1) map.append(svg("polyline", { class: "river", points: points.map((p) => p.join(",")).join(" ") }));
+  for (const river of state.rivers) {
+    const points = river.gauges.filter((g) => at.has(g.sensor)).map((g) => xy(state.index.sensors.get(g.sensor)));
+    if (points.length > 1) rivers.append(svg("polyline", { class: "river", points: points.map((p) => p.join(",")).join(" ") }));
   }
+  const crowded = placed.length > TAGS_ALL_UP_TO;
+  const r = crowded ? 4 : 9;
   for (const s of placed) {
     const [x, y] = xy(s);
-    const look = sensorLook(s);
-    const marker = svg("circle", { class: `marker ${s.status === "stuck" ? "stuck" : ""}`, cx: x, cy: y, r: 9, fill: look.colour,
-      "data-sensor": s.id, "data-text": look.text });
-    marker.append(svg("title", {}, `${s.name || s.id} — ${look.text}${s.status === "stuck" ? " · " + tr("stuck") : ""}`));
-    marker.addEventListener("click", () => showTrend(s));
-    map.append(marker, svg("text", { class: "tag", x: x + 12, y: y + 4 }, look.text));
+    const circle = svg("circle", { class: "marker", cx: x, cy: y, r, "data-sensor": s.id });
+    circle.append(svg("title"));
+    circle.addEventListener("click", () => showTrend(s));
+    const tag = svg("text", { class: "tag", x: x + r + 3, y: y + 4 });
+    markers.append(circle);
+    tags.append(tag);
+    state.markers.set(s.id, { circle, tag, crowded });
+    recolour(s);
   }
+  renderLegend();
+}
+
+function recolour(sensor) {
+  const m = state.markers.get(sensor.id);
+  if (!m) return;
+  const look = sensorLook(sensor);
+  const stuck = sensor.status === "stuck";
+  if (m.circle.getAttribute("fill") !== look.colour) m.circle.setAttribute("fill", look.colour);
+  if (m.circle.dataset.text !== look.text) m.circle.dataset.text = look.text;
+  m.circle.classList.toggle("stuck", stuck);
+  const title = `${sensor.name || sensor.id} — ${look.text}${stuck ? " · " + tr("stuck") : ""}`;
+  if (m.circle.firstChild.textContent !== title) m.circle.firstChild.textContent = title;
+  const tag = !m.crowded || look.attention || stuck ? look.text + (stuck ? ` · ${tr("stuck")}` : "") : "";
+  if (m.tag.textContent !== tag) m.tag.textContent = tag;
+}
+
+// What each colour on the map says, for the kinds this city has.
+function renderLegend() {
+  const kinds = new Set(state.sensors.map((s) => s.kind));
+  const rows = [];
+  if (kinds.has("air")) rows.push([tr("kind_air"), Object.entries(ISPU_COLOUR).map(([k, c]) => [c, category(state.lang, ISPU_LABEL[k])])]);
+  if (kinds.has("flood")) rows.push([tr("kind_flood"), [4, 3, 2, 1].map((n) => [SIAGA_COLOUR[n], `Siaga ${n}`])]);
+  if (kinds.has("traffic")) rows.push([tr("kind_traffic"), Object.entries(LOS_COLOUR).map(([k, c]) => [c, k])]);
+  if (kinds.has("rain")) rows.push([tr("kind_rain"), Object.entries(RAIN_COLOUR).map(([k, c]) => [c, category(state.lang, k)])]);
+  rows.push(["", [["#7a8794", tr("offline")], ["#9fb0c0", tr("no_data")]]]);
+  $("#legend").replaceChildren(...rows.map(([name, items]) => el("div", {}, name ? `${name}: ` : "",
+    ...items.map(([c, text]) => el("span", { class: "key" }, el("span", { class: "dot", style: `background:${c}` }), text)))));
 }
 
 function renderAlerts() {
@@ -314,9 +405,10 @@ function renderAlerts() {
   if (!alerts.length) { list.replaceChildren(el("li", { class: "none" }, tr("none"))); return; }
   const canAct = state.me.role === "operator";
   list.replaceChildren(...alerts.map((a) => {
-    const sensor = state.sensors.find((s) => s.id === a.sensor_id);
+    const sensor = state.index.sensors.get(a.sensor_id);
     const flash = a.severity === "critical" && a.state === "open";
-    return el("li", { class: `alert ${a.severity} ${flash ? "flash" : ""}`, "data-alert": a.id, "data-state": a.state },
+    return el("li", { class: `alert ${a.severity} ${flash ? "flash" : ""}`, "data-alert": a.id, "data-state": a.state,
+      "data-severity": a.severity },
       el("div", { class: "head" },
         el("span", {}, `${tr(a.severity)} · ${a.rule_id}`),
         el("span", { class: "state" }, tr(a.state))),
@@ -364,7 +456,7 @@ async function act(alert, action) {
     [{ name: "note", label: tr("note_required") }]);
   if (!answer) return;
   await api(`/api/v1/alerts/${alert.id}/${action}`, { method: "POST", body: JSON.stringify({ note: answer.note }) });
-  await reload();
+  await reloadAlerts();
 }
 
 async function silence(alert) {
@@ -374,7 +466,7 @@ async function silence(alert) {
   if (!answer) return;
   await api("/api/v1/silences", { method: "POST",
     body: JSON.stringify({ sensor: alert.sensor_id, minutes: Number(answer.minutes), note: answer.note }) });
-  await reload();
+  await reloadAlerts();
 }
 
 function table(headers, rows) {
@@ -384,13 +476,20 @@ function table(headers, rows) {
 function swatch(colour, text) { return el("span", {}, el("span", { class: "badge", style: `background:${colour}` }, " "), " ", text); }
 function fixed(v, digits = 1) { return v === null || v === undefined ? "–" : Number(v).toFixed(digits); }
 
+// A table of the first PANEL_ROWS rows (the list comes worst first), saying how many are not shown.
+function capped(rows, draw) {
+  if (rows.length <= PANEL_ROWS) return [draw(rows)];
+  return [draw(rows.slice(0, PANEL_ROWS)), el("p", { class: "more" }, tr("shown_of", { n: PANEL_ROWS, total: rows.length }))];
+}
+
 function renderPanel() {
   for (const b of document.querySelectorAll("[data-tab]")) b.setAttribute("aria-selected", b.dataset.tab === state.tab);
   const panel = $("#panel");
   if (state.tab === "air") {
-    panel.replaceChildren(table(["station", "district", "ispu", "category", "critical_pollutant"], state.air.map((s) => [
+    const stations = [...state.air].sort((a, b) => (b.ispu ?? -1) - (a.ispu ?? -1));
+    panel.replaceChildren(...capped(stations, (rows) => table(["station", "district", "ispu", "category", "critical_pollutant"], rows.map((s) => [
       s.name || s.sensor, s.district, s.ispu ?? "–",
-      s.category ? swatch(ISPU_COLOUR[s.category.colour], category(state.lang, s.category.label)) : "–", s.critical || "–"])));
+      s.category ? swatch(ISPU_COLOUR[s.category.colour], category(state.lang, s.category.label)) : "–", s.critical || "–"]))));
   } else if (state.tab === "flood") {
     panel.replaceChildren(...state.rivers.map((river) => el("div", { class: "river" },
       el("h3", {}, `${river.river || "–"} (${tr("upstream")})`),
@@ -400,13 +499,13 @@ function renderPanel() {
         fixed(g.rate_cm_per_h), g.since_s === null ? "–" : ago(g.since_s * 1000)])))));
   } else if (state.tab === "traffic") {
     const counters = [...state.traffic].sort((a, b) => (b.los || "").localeCompare(a.los || ""));
-    panel.replaceChildren(table(["counter", "district", "flow", "speed", "ds", "los"], counters.map((c) => [
+    panel.replaceChildren(...capped(counters, (rows) => table(["counter", "district", "flow", "speed", "ds", "los"], rows.map((c) => [
       c.name || c.sensor, c.district, fixed(c.flow_pcu_h, 0), fixed(c.speed_kmh), fixed(c.degree_of_saturation, 2),
-      c.los ? swatch(LOS_COLOUR[c.los], `LOS ${c.los}`) : "–"])));
+      c.los ? swatch(LOS_COLOUR[c.los], `LOS ${c.los}`) : "–"]))));
   } else {
     const unwell = state.sensors.filter((s) => s.status !== "ok");
-    panel.replaceChildren(table(["sensor", "kind", "district", "status", "last_seen"], unwell.map((s) => [
-      s.name || s.id, tr(`kind_${s.kind}`), s.district, tr(s.status), localTime(s.last_seen, true)])));
+    panel.replaceChildren(...capped(unwell, (rows) => table(["sensor", "kind", "district", "status", "last_seen"], rows.map((s) => [
+      s.name || s.id, tr(`kind_${s.kind}`), s.district, tr(s.status), localTime(s.last_seen, true)]))));
   }
 }
 

@@ -14,9 +14,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -100,8 +102,11 @@ def test_the_wall_shows_the_flash_flood_and_an_operator_acts_on_it(stack: tuple[
         # Bahasa Indonesia first; the zone of the city beside every time.
         assert first.inner_text("[data-tab=flood]") == "Banjir" and first.inner_text("#clock").endswith("WIB")
 
-        pantau("simulate", "--fleet", "sampit", "--scenario", "flash-flood", "--start=-1d", "--duration", "1d",
-               "--speed", "max", env=beside)  # fmt: skip
+        # Yesterday (WIB) from 06:00 to 21:00: the 13:00 storm's flood is still high at the end,
+        # whatever the hour the test runs at.
+        yesterday = datetime.now(ZoneInfo("Asia/Jakarta")).date() - timedelta(days=1)
+        pantau("simulate", "--fleet", "sampit", "--scenario", "flash-flood", f"--start={yesterday}T06:00+07:00",
+               "--duration", "15h", "--speed", "max", env=beside)  # fmt: skip
         first.wait_for_selector("li.alert.critical", timeout=90_000)
         settled, count = time.monotonic(), -1
         while time.monotonic() - settled < 2.0:  # the rule worker has caught up: no event for 2 s
