@@ -10,6 +10,7 @@ from aiohttp import web
 import api.access
 import api.air
 import api.alerts
+import api.basemap
 import api.common
 import api.export
 import api.flood
@@ -38,8 +39,8 @@ from pantau.store import Store
 
 # The modules whose routes join API as they are imported.
 ROUTES = (
-    api.access, api.air, api.alerts, api.export, api.flood, api.health, api.overview, api.reference, api.registry,
-    api.rules, api.screen, api.series, api.sta, api.stream, api.telemetry, api.traffic,
+    api.access, api.air, api.alerts, api.basemap, api.export, api.flood, api.health, api.overview, api.reference,
+    api.registry, api.rules, api.screen, api.series, api.sta, api.stream, api.telemetry, api.traffic,
 )  # fmt: skip
 
 
@@ -73,5 +74,6 @@ def create_app(settings: Settings) -> web.Application:
     app[api.overview.RECENT] = api.common.Recent(api.overview.FRESH_S)
     app.cleanup_ctx.append(_store)
     app.cleanup_ctx.append(api.stream.hub_ctx)  # after the store: the hub reads through its pool
+    app.cleanup_ctx.append(api.basemap.archive_ctx)
     API.install(app)
     return app

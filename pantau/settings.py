@@ -165,6 +165,12 @@ class Settings:
     # the timeout cuts it off: a screen that stopped reading holds nothing up and little memory.
     api_stream_client_queue: int = 1000
     api_stream_write_timeout_s: float = 10.0
+    # A base map under the screen's sensors, none by default (then nothing asks for tiles): a raster
+    # tile URL template with {z}, {x} and {y} (a tile server on the command centre's network), or a
+    # local PMTiles archive of raster tiles that the API serves itself; the text it must credit.
+    api_basemap_tiles: str = ""
+    api_basemap_pmtiles: str = ""
+    api_basemap_attribution: str = ""
     home: Path = Path(".pantau")
     log_level: str = "INFO"
     ingest: IngestSettings = field(default_factory=IngestSettings)
@@ -283,6 +289,15 @@ def _check(settings: Settings) -> None:
         if origin != "*" and not web_origin:
             expected = f"origins such as https://host[:port], or *, got {origin!r}"
             raise ConfigError("PANTAU_API_CORS_ORIGINS", expected)
+    if settings.api_basemap_tiles and settings.api_basemap_pmtiles:
+        raise ConfigError("PANTAU_API_BASEMAP_TILES", "a base map comes from a tile URL or a PMTiles file, not both")
+    if settings.api_basemap_tiles:
+        template = settings.api_basemap_tiles
+        if urlsplit(template).scheme not in ("http", "https") or not all(k in template for k in ("{z}", "{x}", "{y}")):
+            expected = f"a raster tile URL template such as http://tiles.lan/{{z}}/{{x}}/{{y}}.png, got {template!r}"
+            raise ConfigError("PANTAU_API_BASEMAP_TILES", expected)
+    if settings.api_basemap_pmtiles and not Path(settings.api_basemap_pmtiles).is_file():
+        raise ConfigError("PANTAU_API_BASEMAP_PMTILES", f"no such file: {settings.api_basemap_pmtiles}")
     if settings.api_statement_timeout_ms < 1:
         raise ConfigError("PANTAU_API_STATEMENT_TIMEOUT_MS", "expected a positive number of milliseconds")
     if settings.log_level.upper() not in _LOG_LEVELS:

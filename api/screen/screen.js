@@ -2,6 +2,7 @@
 // request leaves the machine. After a (re)connect the screen loads everything again, so what it
 // shows is exactly what a fresh load would show.
 import { t, category } from "/screen/i18n.js";
+import { world, drawBasemap } from "/screen/basemap.js";
 
 const SEVERITY_ORDER = { critical: 0, warning: 1, info: 2 };
 const SIAGA_COLOUR = { 1: "#ff3b30", 2: "#ff9500", 3: "#f5d400", 4: "#2ecc71" };
@@ -17,7 +18,7 @@ const PANEL_ROWS = 200; // a panel's table shows this many rows, the worst first
 const state = {
   lang: localStorage.getItem("pantau.lang") || "id",
   me: null, csrf: "", city: null, cities: [], sensors: [], latest: {}, alerts: [], air: [], rivers: [],
-  traffic: [], rain: [], tab: "air", conn: "reconnecting", lastMessage: 0, newestData: null, stream: null,
+  traffic: [], rain: [], basemap: null, tab: "air", conn: "reconnecting", lastMessage: 0, newestData: null, stream: null,
   connectedOnce: false,
   // Lookups by sensor id, rebuilt when their data is loaded: a 10,000-sensor city draws in one pass.
   index: { sensors: new Map(), air: new Map(), flood: new Map(), traffic: new Map(), rain: new Map() },
@@ -112,6 +113,7 @@ async function start() {
   $("#login").hidden = true;
   $("#app").hidden = false;
   state.cities = (await api("/api/v1/cities")).cities;
+  state.basemap = await api("/api/v1/basemap");
   const saved = localStorage.getItem("pantau.city");
   state.city = state.cities.some((c) => c.id === saved) ? saved : (state.cities[0] || {}).id;
   renderCities();
@@ -317,12 +319,6 @@ function sensorLook(sensor) {
   return { colour: "#9fb0c0", text: tr("no_data"), attention: false };
 }
 
-// Web Mercator world coordinates at zoom 0 (0..256), as a tiled base map has them.
-function world(lon, lat) {
-  const y = Math.log(Math.tan(Math.PI / 4 + (lat * Math.PI) / 360));
-  return [((lon + 180) / 360) * 256, ((1 - y / Math.PI) / 2) * 256];
-}
-
 // The whole map: districts, rivers through their gauges upstream → downstream, every sensor as a
 // marker. Drawn again on a (re)load and a resize; values and status changes only recolour markers.
 function renderMap() {
@@ -343,7 +339,9 @@ function renderMap() {
   const xy = (s) => { const [x, y] = at.get(s.id); return [ox + x * S, oy + y * S]; };
   state.view = { S, ox, oy, width, height };
   const layer = (name) => map.appendChild(svg("g", { class: name }));
-  const districts = layer("districts"), rivers = layer("rivers"), markers = layer("markers"), tags = layer("tags");
+  const basemap = layer("basemap"), districts = layer("districts"), rivers = layer("rivers");
+  const markers = layer("markers"), tags = layer("tags");
+  drawBasemap(basemap, state.basemap, state.view);
   const byDistrict = {};
   for (const s of placed) if (s.district) (byDistrict[s.district] ||= []).push(xy(s));
   for (const [name, points] of Object.entries(byDistrict)) {
@@ -359,16 +357,25 @@ function renderMap() {
   for (const s of placed) {
     const [x, y] = xy(s);
     const circle = svg("circle", { class: "marker", cx: x, cy: y, r, "data-sensor": s.id });
-    circle.append(svg("title"));
-    circle.addEventListener("click", () => showTrend(s));
-    const tag = svg("text", { class: "tag", x: x + r + 3, y: y + 4 });
     markers.append(circle);
-    tags.append(tag);
-    state.markers.set(s.id, { circle, tag, crowded });
+    state.markers.set(s.id, { circle, tag: null, tags, x: x + r + 3, y: y + 4, crowded });
     recolour(s);
   }
   renderLegend();
 }
+
+// One listener for every marker: its trend on a click, its name and state on hovering.
+$("#map").addEventListener("click", (e) => {
+  const sensor = state.index.sensors.get(e.target.dataset?.sensor);
+  if (sensor) showTrend(sensor);
+});
+$("#map").addEventListener("mouseover", (e) => {
+  const sensor = state.index.sensors.get(e.target.dataset?.sensor);
+  if (!sensor) return;
+  const look = sensorLook(sensor), stuck = sensor.status === "stuck";
+  const title = e.target.querySelector("title") || e.target.appendChild(svg("title"));
+  title.textContent = `${sensor.name || sensor.id} — ${look.text}${stuck ? " · " + tr("stuck") : ""}`;
+});
 
 function recolour(sensor) {
   const m = state.markers.get(sensor.id);
@@ -377,11 +384,10 @@ function recolour(sensor) {
   const stuck = sensor.status === "stuck";
   if (m.circle.getAttribute("fill") !== look.colour) m.circle.setAttribute("fill", look.colour);
   if (m.circle.dataset.text !== look.text) m.circle.dataset.text = look.text;
-  m.circle.classList.toggle("stuck", stuck);
-  const title = `${sensor.name || sensor.id} — ${look.text}${stuck ? " · " + tr("stuck") : ""}`;
-  if (m.circle.firstChild.textContent !== title) m.circle.firstChild.textContent = title;
+  if (m.circle.classList.contains("stuck") !== stuck) m.circle.classList.toggle("stuck", stuck);
   const tag = !m.crowded || look.attention || stuck ? look.text + (stuck ? ` · ${tr("stuck")}` : "") : "";
-  if (m.tag.textContent !== tag) m.tag.textContent = tag;
+  if (tag && !m.tag) m.tag = m.tags.appendChild(svg("text", { class: "tag", x: m.x, y: m.y }));
+  if (m.tag && m.tag.textContent !== tag) m.tag.textContent = tag;
 }
 
 // What each colour on the map says, for the kinds this city has.

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import pytest
 
 from pantau.embedded import running_stack_database_url
 from tests.support import REPO, pantau_env, wait_until
+from tests.support_basemap import area_archive
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -40,9 +42,23 @@ def pantau(*args: str, env: dict[str, str], stdin: str | None = None) -> subproc
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
     """`pantau up` with the Sampit fleet and two operators; the screen's address and the env beside it."""
+    with running(tmp_path) as up:
+        yield up
+
+
+@pytest.fixture
+def basemap_stack(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """The same with a local PMTiles base map over Sampit (zooms 8 to 13)."""
+    archive = area_archive(tmp_path / "sampit.pmtiles", (112.0, -3.5, 114.0, -1.5), range(8, 14))
+    with running(tmp_path, PANTAU_API_BASEMAP_PMTILES=str(archive), PANTAU_API_BASEMAP_ATTRIBUTION="Peta uji") as up:
+        yield up
+
+
+@contextmanager
+def running(tmp_path: Path, **settings: str) -> Iterator[tuple[str, dict[str, str]]]:
     home = tmp_path / "home"
     env = pantau_env(PANTAU_HOME=str(home), PANTAU_INGEST_METRICS_PORT="0", PANTAU_API_PORT="0",
-                     PANTAU_ADMIN_PASSWORD="kata-sandi-admin-1")  # fmt: skip
+                     PANTAU_ADMIN_PASSWORD="kata-sandi-admin-1", **settings)  # fmt: skip
     log_path = tmp_path / "up.log"
     with log_path.open("wb") as log:
         up = subprocess.Popen([sys.executable, "-m", "pantau", "up"], env=env, cwd=REPO, stdout=log, stderr=log)
@@ -63,8 +79,9 @@ def stack(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
         up.wait(60)
 
 
-def _open(browser: Any, base: str, outside: list[str]) -> Any:
-    """A signed-in operator's page; any request off this machine is blocked and recorded."""
+def _open(browser: Any, base: str, outside: list[str], *, tiles: list[tuple[str, int]] | None = None) -> Any:
+    """A signed-in operator's page; any request off this machine is blocked and recorded, and the
+    answers to base-map tile requests too (into `tiles`, as (url, status))."""
     context = browser.new_context(viewport={"width": 1600, "height": 900})
 
     def route(r: Any) -> None:
@@ -77,6 +94,8 @@ def _open(browser: Any, base: str, outside: list[str]) -> Any:
 
     context.route("**/*", route)
     page = context.new_page()
+    if tiles is not None:
+        page.on("response", lambda r: "/api/v1/basemap/" in r.url and tiles.append((r.url, r.status)))
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(base + "/")
@@ -101,6 +120,8 @@ def test_the_wall_shows_the_flash_flood_and_an_operator_acts_on_it(stack: tuple[
         assert "rina" in first.inner_text("#who") and "sampit" in first.inner_text("#who")
         # Bahasa Indonesia first; the zone of the city beside every time.
         assert first.inner_text("[data-tab=flood]") == "Banjir" and first.inner_text("#clock").endswith("WIB")
+        assert first.locator("#map circle.marker").count() > 0
+        assert first.locator("#map image.tile").count() == 0  # no base map unless an operator sets one
 
         # Yesterday (WIB) from 06:00 to 21:00: the 13:00 storm's flood is still high at the end,
         # whatever the hour the test runs at.
@@ -155,3 +176,29 @@ def test_the_wall_shows_the_flash_flood_and_an_operator_acts_on_it(stack: tuple[
         browser.close()
     assert outside == [], f"the screen asked for {outside}"
     print(f"acknowledgement seen on the second screen after {seen_after:.2f} s")
+
+
+
+def test_a_local_base_map_is_drawn_under_the_sensors_from_the_api_alone(
+    basemap_stack: tuple[str, dict[str, str]],
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    base, _beside = basemap_stack
+    outside: list[str] = []
+    tiles: list[tuple[str, int]] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = _open(browser, base, outside, tiles=tiles)
+        page.wait_for_function("document.querySelectorAll('#map image.tile').length > 0")
+        hrefs = page.eval_on_selector_all("#map image.tile", "ns => ns.map(n => n.getAttribute('href'))")
+        assert all(h.startswith("/api/v1/basemap/") for h in hrefs), hrefs
+        zoom = {h.split("/")[4] for h in hrefs}
+        assert len(zoom) == 1 and 8 <= int(zoom.pop()) <= 13  # one zoom, one the archive has
+        wait_until(lambda: len(tiles) >= len(hrefs), timeout_s=10, what="every tile answered")
+        assert [t for t in tiles if t[1] != 200] == [], tiles  # every tile drawn came from the archive
+        assert page.text_content("#map .attribution") == "Peta uji"
+        assert page.locator("#map circle.marker").count() > 0  # the sensors above it
+        assert not page.errors, page.errors
+        browser.close()
+    assert outside == [], f"the screen asked for {outside}"

@@ -10,9 +10,11 @@ throttling.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -26,6 +28,7 @@ from pantau.audit import Actor
 from pantau.domain import City, Sensor
 from pantau.settings import SHIPPED_DIR, Settings
 from pantau.store import Store
+from tests.support_basemap import world_archive
 
 HOME, AWAY = "sampit", "sampang"
 GAUGES = {
@@ -38,11 +41,13 @@ _fresh = itertools.count(1)
 
 
 @pytest.fixture
-async def app(settings: Settings, store: Store) -> AsyncIterator[TestClient]:
+async def app(settings: Settings, store: Store, tmp_path: Path) -> AsyncIterator[TestClient]:
     await store.upsert_city(City(id=HOME, name="Sampit", timezone="Asia/Jakarta"))
     await store.upsert_city(City(id=AWAY, name="Sampang", timezone="Asia/Jakarta"))
     await store.upsert_sensors(GAUGES.values())
-    async with TestClient(TestServer(create_app(settings))) as client:
+    basemap = world_archive(tmp_path / "kota.pmtiles")  # the base map's tiles are routes too
+    configured = dataclasses.replace(settings, api_basemap_pmtiles=str(basemap))
+    async with TestClient(TestServer(create_app(configured))) as client:
         yield client
 
 
@@ -96,6 +101,7 @@ def _query_value(name: str, city: str) -> str:
     values = {
         "city": city, "sensor": GAUGES[city].id, "metric": "water_level_cm", "from": "2026-12-01T00:00:00+07:00",
         "to": "2026-12-02T00:00:00+07:00", "date": "2026-12-01", "path": "Things", "file": "screen.js",
+        "z": "1", "x": "1", "y": "0",
     }  # fmt: skip
     assert name in values, f"the access matrix has no value for parameter {name!r}: add one"
     return values[name]

@@ -1,0 +1,129 @@
+"""The screen's optional base map: where its tiles come from, and a local PMTiles archive's tiles.
+
+None by default, and then nothing asks for a tile: the screen is sensors on a plain map. An
+operator may name a raster tile URL template (a tile server on the command centre's network) or a
+local PMTiles archive of raster tiles, which this API serves itself, so the screen still needs
+nothing off the machine. Raster only: the screen draws tiles as images (docs/decisions.md D24).
+"""
+
+from __future__ import annotations
+
+import mmap
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from pmtiles.reader import Reader
+from pmtiles.tile import Compression, MagicNumberNotFound, SpecVersionUnsupported, TileType
+
+from api.common import answer
+from api.keys import SETTINGS
+from api.openapi import API, Param
+from api.problems import Problem, not_found
+from pantau.errors import ConfigError
+
+TILE_TYPES = {TileType.PNG: "image/png", TileType.JPEG: "image/jpeg", TileType.WEBP: "image/webp"}
+TILES_PATH = "/api/v1/basemap/{z}/{x}/{y}"
+MAX_ZOOM = 19  # a tile server's usual deepest level, for a template
+
+
+@dataclass
+class Archive:
+    """An open PMTiles archive of raster tiles."""
+
+    reader: Reader
+    media: str
+    min_zoom: int
+    max_zoom: int
+    gzipped: bool
+
+    def tile(self, z: int, x: int, y: int) -> bytes | None:
+        found: bytes | None = self.reader.get(z, x, y)  # type: ignore[no-untyped-call]
+        return found
+
+
+ARCHIVE = web.AppKey("basemap_archive", Archive)
+
+
+def open_archive(path: str) -> tuple[Archive, mmap.mmap]:
+    """The archive at `path`, checked: PMTiles v3 of PNG, JPEG or WebP tiles."""
+    key = "PANTAU_API_BASEMAP_PMTILES"
+    with Path(path).open("rb") as f:
+        try:
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError:
+            raise ConfigError(key, f"{path} is empty, not a PMTiles archive") from None
+
+    def get_bytes(offset: int, length: int) -> bytes:
+        return data[offset : offset + length]
+
+    reader = Reader(get_bytes)  # type: ignore[no-untyped-call]
+    try:
+        header: dict[str, Any] = dict(reader.header())  # type: ignore[no-untyped-call]
+    except (MagicNumberNotFound, UnicodeDecodeError):
+        data.close()
+        raise ConfigError(key, f"{path} is not a PMTiles archive") from None
+    except SpecVersionUnsupported:
+        data.close()
+        raise ConfigError(key, f"{path} is not PMTiles version 3 (`pmtiles convert` makes one)") from None
+    tile_type = header["tile_type"]
+    if tile_type not in TILE_TYPES:
+        data.close()
+        raise ConfigError(key, f"{path} holds {tile_type.name} tiles; the screen draws raster tiles only (PNG, JPEG "
+                          "or WebP): use a raster archive, e.g. rendered from OpenStreetMap and converted with "
+                          "`pmtiles convert tiles.mbtiles tiles.pmtiles`")  # fmt: skip
+    gzipped = header["tile_compression"] == Compression.GZIP
+    return Archive(reader, TILE_TYPES[tile_type], header["min_zoom"], header["max_zoom"], gzipped), data
+
+
+async def archive_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The configured archive, open (memory-mapped) for the application's life."""
+    path = app[SETTINGS].api_basemap_pmtiles
+    if not path:
+        yield
+        return
+    archive, data = open_archive(path)
+    app[ARCHIVE] = archive
+    try:
+        yield
+    finally:
+        data.close()
+
+
+@API.get("/api/v1/basemap", summary="The screen's base map: where its tiles come from (null: none)", tag="screen")
+async def basemap(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    archive = request.app.get(ARCHIVE)
+    doc: dict[str, Any] = {"tiles": None, "format": None, "min_zoom": 0, "max_zoom": MAX_ZOOM,
+                           "attribution": settings.api_basemap_attribution}  # fmt: skip
+    if archive is not None:
+        doc |= {"tiles": TILES_PATH, "format": archive.media.removeprefix("image/"), "min_zoom": archive.min_zoom,
+                "max_zoom": archive.max_zoom}  # fmt: skip
+    elif settings.api_basemap_tiles:
+        doc["tiles"] = settings.api_basemap_tiles
+    return answer(request, doc)
+
+
+Z = Param("z", {"type": "integer", "minimum": 0, "maximum": 30}, "zoom level", where="path", required=True)
+X = Param("x", {"type": "integer", "minimum": 0}, "tile column", where="path", required=True)
+Y = Param("y", {"type": "integer", "minimum": 0}, "tile row (from the north)", where="path", required=True)
+
+
+@API.get(TILES_PATH, summary="A tile of the local base map (PMTiles)", tag="screen", params=[Z, X, Y],
+         media=tuple(sorted(set(TILE_TYPES.values()))), responses={200: "The tile"})  # fmt: skip
+async def tile(request: web.Request) -> web.Response:
+    archive = request.app.get(ARCHIVE)
+    if archive is None:
+        raise Problem(404, "Not found", "no local base map is configured (PANTAU_API_BASEMAP_PMTILES)")
+    z, x, y = Z.read(request), X.read(request), Y.read(request)
+    if x >= 2**z or y >= 2**z:
+        raise Problem(400, "Bad request", f"tile {z}/{x}/{y}: x and y go up to {2**z - 1} at zoom {z}", param="x")
+    data = archive.tile(z, x, y)
+    if data is None:
+        raise not_found(f"tile {z}/{x}/{y} of the base map")
+    headers = {"Cache-Control": "public, max-age=86400"}  # a tile does not change while the API runs
+    if archive.gzipped:
+        headers["Content-Encoding"] = "gzip"
+    return web.Response(body=data, content_type=archive.media, headers=headers)

@@ -1,0 +1,101 @@
+"""The screen's optional base map (issue 14): none by default, a tile URL template, or a local
+PMTiles archive of raster tiles served by the API itself."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from pmtiles.tile import TileType
+
+from api.app import create_app
+from api.basemap import open_archive
+from pantau.errors import ConfigError
+from pantau.settings import Settings, load_settings
+from pantau.store import Store
+from tests.support import bearer
+from tests.support_basemap import png, world_archive, write_archive
+
+TEMPLATE = "http://peta.pusat-komando.lan/{z}/{x}/{y}.png"
+
+
+async def _client(settings: Settings, store: Store) -> TestClient:
+    client = TestClient(TestServer(create_app(settings)), headers=await bearer(store))
+    await client.start_server()
+    return client
+
+
+async def test_no_base_map_by_default(settings: Settings, store: Store) -> None:
+    client = await _client(settings, store)
+    try:
+        doc = await (await client.get("/api/v1/basemap")).json()
+        assert doc["tiles"] is None  # the screen asks for no tile at all
+        missing = await client.get("/api/v1/basemap/0/0/0")
+        assert missing.status == 404 and "PANTAU_API_BASEMAP_PMTILES" in (await missing.json())["detail"]
+    finally:
+        await client.close()
+
+
+async def test_a_tile_url_template_is_handed_to_the_screen(settings: Settings, store: Store) -> None:
+    configured = dataclasses.replace(settings, api_basemap_tiles=TEMPLATE, api_basemap_attribution="© OSM")
+    client = await _client(configured, store)
+    try:
+        doc = await (await client.get("/api/v1/basemap")).json()
+        assert doc == {"tiles": TEMPLATE, "format": None, "min_zoom": 0, "max_zoom": 19, "attribution": "© OSM"}
+    finally:
+        await client.close()
+
+
+async def test_the_api_serves_a_local_pmtiles_archives_tiles(settings: Settings, store: Store, tmp_path: Path) -> None:
+    archive = world_archive(tmp_path / "kota.pmtiles")
+    client = await _client(dataclasses.replace(settings, api_basemap_pmtiles=str(archive)), store)
+    try:
+        doc = await (await client.get("/api/v1/basemap")).json()
+        assert doc == {"tiles": "/api/v1/basemap/{z}/{x}/{y}", "format": "png", "min_zoom": 0, "max_zoom": 1,
+                       "attribution": ""}  # fmt: skip
+        for (z, x, y), colour in (((0, 0, 0), (10, 20, 30)), ((1, 1, 0), (0, 200, 0)), ((1, 1, 1), (200, 200, 0))):
+            response = await client.get(f"/api/v1/basemap/{z}/{x}/{y}")
+            assert response.status == 200 and response.content_type == "image/png"
+            assert await response.read() == png(colour)  # this tile's bytes, not another's
+            assert "max-age" in response.headers["Cache-Control"]
+        outside = await client.get("/api/v1/basemap/1/2/0")
+        assert outside.status == 400 and "up to 1 at zoom 1" in (await outside.json())["detail"]
+        deeper = await client.get("/api/v1/basemap/5/3/3")
+        assert deeper.status == 404 and "5/3/3" in (await deeper.json())["detail"]
+        bad = await client.get("/api/v1/basemap/1/x/0")
+        assert bad.status == 400
+    finally:
+        await client.close()
+
+
+def test_an_archive_of_vector_tiles_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    vector = write_archive(tmp_path / "vektor.pmtiles", {(0, 0, 0): b"\x1a\x00"}, TileType.MVT)
+    with pytest.raises(ConfigError, match="raster tiles only") as info:
+        open_archive(str(vector))
+    assert info.value.key == "PANTAU_API_BASEMAP_PMTILES" and "pmtiles convert" in str(info.value)
+    not_pmtiles = tmp_path / "peta.png"
+    not_pmtiles.write_bytes(png((1, 2, 3)) * 20)
+    with pytest.raises(ConfigError, match="not a PMTiles archive"):
+        open_archive(str(not_pmtiles))
+    empty = tmp_path / "kosong.pmtiles"
+    empty.write_bytes(b"")
+    with pytest.raises(ConfigError, match="is empty"):
+        open_archive(str(empty))
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PANTAU_API_BASEMAP_TILES": TEMPLATE, "PANTAU_API_BASEMAP_PMTILES": "kota.pmtiles"}, "not both"),
+        ({"PANTAU_API_BASEMAP_TILES": "http://peta.lan/tiles.png"}, "{z}/{x}/{y}"),
+        ({"PANTAU_API_BASEMAP_TILES": "file:///srv/{z}/{x}/{y}.png"}, "raster tile URL template"),
+        ({"PANTAU_API_BASEMAP_PMTILES": "/tidak/ada.pmtiles"}, "no such file"),
+    ],
+)
+def test_base_map_settings_are_checked(env: dict[str, str], message: str, tmp_path: Path) -> None:
+    (tmp_path / "none.toml").write_text("")
+    with pytest.raises(ConfigError) as info:
+        load_settings(env, tmp_path / "none.toml")
+    assert message in str(info.value)
