@@ -13,14 +13,16 @@ SO2 24 h; CO 8 h; HC 3 h; O3, NO2 1 h).
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
-from api.common import TZ, answer, city_or_404, iso, statement_budget
+from api.common import TZ, Recent, answer, answer_large, body_of, city_or_404, iso, statement_budget
 from api.keys import STORE
 from api.openapi import API, Param
 from pantau.domain import City, Sensor
@@ -28,6 +30,7 @@ from pantau.indices import ISPU_P14_2020, IspuCategory, IspuSubIndex, StationIsp
 from pantau.store import views
 
 TABLE = ISPU_P14_2020
+RECENT = web.AppKey("ispu_recent", Recent)
 CITY = Param("city", {"type": "string"}, "city slug, e.g. kotamobagu")
 CITY_REQUIRED = Param("city", {"type": "string"}, "city slug, e.g. kotamobagu", required=True)
 AT = Param("at", {"type": "string", "format": "date-time"}, "the moment asked (default now), RFC 3339")
@@ -68,6 +71,12 @@ async def ispu_now(request: web.Request, city: str | None, at: datetime) -> list
     async with store.connection() as conn, statement_budget(conn):
         means = await views.window_means(conn, [s.id for s in stations], TABLE.windows, at)
     zones = {c.id: c.zone for c in await store.cities()} if TZ.read(request) == "local" else {}
+    # The indices of thousands of stations in a worker thread: the event loop serves meanwhile.
+    return await asyncio.to_thread(_stations_ispu, stations, means, zones, at)
+
+
+def _stations_ispu(stations: list[Sensor], means: dict[tuple[str, str], views.WindowMean],
+                   zones: dict[str, ZoneInfo], at: datetime) -> list[dict[str, Any]]:  # fmt: skip
     out = []
     for sensor in stations:
         found = {p: means[(sensor.id, p)] for p in TABLE.pollutants if (sensor.id, p) in means}
@@ -91,10 +100,19 @@ async def ispu_now(request: web.Request, city: str | None, at: datetime) -> list
     params=[CITY, AT, TZ],
 )
 async def get_ispu(request: web.Request) -> web.Response:
-    city, at = CITY.read(request), AT.read(request) or datetime.now(UTC)
+    city, asked = CITY.read(request), AT.read(request)
     if city is not None:
         await city_or_404(request, city)
-    return answer(request, {"at": iso(at), "stations": await ispu_now(request, city, at)})
+    if asked is not None:
+        return await answer_large(request, {"at": iso(asked), "stations": await ispu_now(request, city, asked)})
+
+    async def now() -> bytes:
+        at = datetime.now(UTC)
+        return await asyncio.to_thread(body_of, {"at": iso(at), "stations": await ispu_now(request, city, at)})
+
+    # Now: one computation a second per city, whatever the number of screens asking.
+    body = await request.app[RECENT].get((city, TZ.read(request)), now)
+    return web.Response(body=body, content_type="application/json")
 
 
 def _local_date(request: web.Request, city: City) -> date:

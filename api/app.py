@@ -72,6 +72,7 @@ def create_app(settings: Settings) -> web.Application:
     app.middlewares.append(api.access.access_control)  # inside problems: a 401/403/404 is a problem document
     app[SETTINGS] = settings
     app[api.overview.RECENT] = api.common.Recent(api.overview.FRESH_S)
+    app[api.air.RECENT] = api.common.Recent(api.overview.FRESH_S)
     app.cleanup_ctx.append(_store)
     app.cleanup_ctx.append(api.stream.hub_ctx)  # after the store: the hub reads through its pool
     app.cleanup_ctx.append(api.basemap.archive_ctx)

@@ -48,6 +48,12 @@ def answer(request: web.Request, data: Any, *, etag: bool = False, status: int =
     return _respond(request, body_of(data), etag=etag, status=status)
 
 
+async def answer_large(request: web.Request, data: Any) -> web.Response:
+    """`data` as JSON, encoded in a worker thread: an answer of thousands of rows (a 10,000-station
+    city) does not hold the event loop, and with it the live stream's alert events, meanwhile."""
+    return _respond(request, await asyncio.to_thread(body_of, data), etag=False, status=200)
+
+
 def answer_text(request: web.Request, text: str, *, etag: bool = False) -> web.Response:
     """A JSON document already written (by PostgreSQL), answered as `answer` answers."""
     return _respond(request, text.encode(), etag=etag, status=200)

@@ -52,6 +52,7 @@ STATUS_EVERY_S = 5.0
 # The socket send buffer of a stream (the kernel doubles it): a few seconds of a busy city's events.
 SEND_BUFFER = 64 * 1024
 _RECONNECT_MAX_S = 5.0
+LARGE_FRAME = 500  # values in one event past which it is encoded in a worker thread
 
 
 def frame(event: str, data: Any, event_id: int | None = None) -> bytes:
@@ -181,23 +182,28 @@ class Hub:
             await asyncio.sleep(VALUES_EVERY_S)
 
     async def _changed_values(self, cities: list[str]) -> None:
+        watching: dict[str, list[Client]] = {}  # a city's clients: a value is offered to those only
+        for client in self.clients:
+            watching.setdefault(client.city, []).append(client)
         async with self.store.connection() as conn:
             cur = await conn.execute(
                 "SELECT l.sensor_id, s.city, s.kind, l.metric, l.ts, l.value FROM latest_readings l"
                 " JOIN sensors s ON s.id = l.sensor_id WHERE s.city = ANY(%s)",
                 (cities,),
             )
-            rows = await cur.fetchall()
-        for sensor_id, city, kind, metric, ts, value in rows:
-            key = (sensor_id, metric)
-            if self._latest.get(key) == ts:
-                continue
-            self._latest[key] = ts
-            update = {"sensor": sensor_id, "metric": metric, "ts": iso(ts), "value": value}
-            for client in self.clients:
-                if client.wants(city, kind):
-                    client.values[key] = update
-                    client.wake.set()
+            # A 10,000-sensor city's second in slices of rows: alert events go out between them.
+            while rows := await cur.fetchmany(1000):
+                for sensor_id, city, kind, metric, ts, value in rows:
+                    key = (sensor_id, metric)
+                    if self._latest.get(key) == ts:
+                        continue
+                    self._latest[key] = ts
+                    update = {"sensor": sensor_id, "metric": metric, "ts": iso(ts), "value": value}
+                    for client in watching.get(city, ()):
+                        if kind in client.kinds:
+                            client.values[key] = update
+                            client.wake.set()
+                await asyncio.sleep(0)
 
     async def _statuses(self) -> None:
         while True:
@@ -370,7 +376,10 @@ async def _pump(write: Write, client: Client, sent: int) -> None:
                 sent = event_id
         if client.values:
             values, client.values = list(client.values.values()), {}
-            chunks.append(frame("values", {"values": values}))
+            if len(values) > LARGE_FRAME:  # a big city's second of values: encoded off the event loop
+                chunks.append(await asyncio.to_thread(frame, "values", {"values": values}))
+            else:
+                chunks.append(frame("values", {"values": values}))
         if client.statuses:
             statuses, client.statuses = client.statuses, []
             chunks.append(frame("status", {"changes": statuses}))

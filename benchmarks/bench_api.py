@@ -24,12 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -91,51 +86,30 @@ def _count(url: str, *, exact: bool = False) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pantau.embedded import EmbeddedMosquitto, EmbeddedPostgres
-    from pantau.mqtt import free_port
+    from benchmarks.stack import Stack, private_stack
     from pantau.settings import StoreSettings
     from pantau.store import Store
     from pantau.store.maintenance import refresh_rollups
     from pantau.telemetry import HostCpu
     from simulators.load import LoadConfig, load_sensors, run_load
 
-    workdir = Path(tempfile.mkdtemp(prefix="pantau-bench-api-"))
-    pg, mq = EmbeddedPostgres(workdir / "pg"), EmbeddedMosquitto(workdir / "mq")
-    procs: dict[str, subprocess.Popen[bytes]] = {}
-    print(f"private PostgreSQL and mosquitto under {workdir}", file=sys.stderr)
-    try:
-        pg.start()
-        mq.start()
-        (workdir / "none.toml").write_text("")
-        api_port = free_port()
-        env = {**os.environ, "PANTAU_CONFIG": str(workdir / "none.toml"), "PANTAU_DATABASE_URL": pg.url,
-               "PANTAU_MQTT_URL": mq.url, "PANTAU_INGEST_METRICS_PORT": "-1", "PANTAU_API_PORT": str(api_port),
-               "PANTAU_HOME": str(workdir / "home")}  # fmt: skip
-        pantau = [sys.executable, "-m", "pantau"]
-        manifest = workdir / "fleet.yaml"
-        subprocess.run([*pantau, "db", "migrate"], env=env, check=True, capture_output=True)
-        subprocess.run([*pantau, "simulate", "--fleet", CITY, "--sensors", str(args.sensors), "--write-manifest",
-                        str(manifest)], env=env, check=True, capture_output=True)  # fmt: skip
-        subprocess.run([*pantau, "sensors", "import", str(manifest)], env=env, check=True, capture_output=True)
+    def prepare(stack: Stack) -> None:
+        manifest = stack.workdir / "fleet.yaml"
+        stack.pantau("simulate", "--fleet", CITY, "--sensors", str(args.sensors), "--write-manifest", str(manifest))
+        stack.pantau("sensors", "import", str(manifest))
 
         async def register_load() -> None:
-            async with Store.open(pg.url, StoreSettings(pool_max_size=2)) as store:
+            async with Store.open(stack.pg.url, StoreSettings(pool_max_size=2)) as store:
                 await store.upsert_sensors(load_sensors(args.load_sensors))
 
         asyncio.run(register_load())
-        for name in ("ingest", "maintain", "api"):  # as `pantau up` runs them
-            log = (workdir / f"{name}.log").open("wb")
-            procs[name] = subprocess.Popen([*pantau, name], env=env, stdout=log, stderr=log)
-        time.sleep(2.0)
 
+    with private_stack("pantau-bench-api-", prepare=prepare) as stack:
+        pg, workdir = stack.pg, stack.workdir
         # 1. A year of the city through the real ingest.
         started = time.monotonic()
-        sim = subprocess.run(
-            [*pantau, "simulate", "--fleet", CITY, "--sensors", str(args.sensors), f"--start=-{args.days}d",
-             "--duration", f"{args.days}d", "--speed", "max", "--out", "mqtt", "--qos", "1"],
-            env=env, capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        said = sim.stdout + sim.stderr
+        said = stack.pantau("simulate", "--fleet", CITY, "--sensors", str(args.sensors), f"--start=-{args.days}d",
+                            "--duration", f"{args.days}d", "--speed", "max", "--out", "mqtt", "--qos", "1")  # fmt: skip
         sent = int(said.split(" messages (")[1].split(" readings)")[0].replace(",", ""))
         last, moved = -1, time.monotonic()
         while last < sent:  # drained when every published reading is stored
@@ -162,13 +136,13 @@ def _run(args: argparse.Namespace) -> int:
 
         # 2. Ingest beside the queries.
         measure_s = 3600.0  # stopped with the run
-        load = LoadConfig(host="127.0.0.1", port=mq.port, rate=args.rate, duration_s=measure_s,
+        load = LoadConfig(host="127.0.0.1", port=stack.mq.port, rate=args.rate, duration_s=measure_s,
                           sensors=args.load_sensors)  # fmt: skip
         threading.Thread(target=lambda: run_load(load), daemon=True).start()
         time.sleep(5.0)  # every load station has a latest value
 
         cpu = HostCpu.now()
-        figures = asyncio.run(_measure(args, f"http://127.0.0.1:{api_port}", pg.url, procs["api"].pid))
+        figures = asyncio.run(_measure(args, f"http://127.0.0.1:{stack.api_port}", pg.url, stack.procs["api"].pid))
         share = HostCpu.share_since(cpu)
         figures |= {"store_readings": stored, "store_build_s": round(build_s), "ingest_rate": args.rate,
                     "host_cpu_busy_pct": None if share is None else round(share[0], 1),
@@ -177,18 +151,6 @@ def _run(args: argparse.Namespace) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
         return 0
-    finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs.values():
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        mq.stop()
-        pg.stop()
-        shutil.rmtree(workdir / "pg", ignore_errors=True)
 
 
 async def _timed(n: int, call: Callable[[], Awaitable[Any]]) -> list[float]:

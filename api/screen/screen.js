@@ -12,6 +12,7 @@ const ISPU_COLOUR = { green: "#2ecc71", blue: "#3b82f6", yellow: "#f5d400", red:
 const ISPU_LABEL = { green: "Baik", blue: "Sedang", yellow: "Tidak Sehat", red: "Sangat Tidak Sehat", black: "Berbahaya" };
 const STALE_AFTER_MS = 40000;
 const PANELS_EVERY_MS = 2000; // a busy city's panels are fetched again at most this often
+const AIR_EVERY_MS = 10000; // ISPU rests on means over 1 to 24 hours: no need to ask more often
 const TAGS_ALL_UP_TO = 400; // more markers than this: text tags only where a marker needs attention
 const PANEL_ROWS = 200; // a panel's table shows this many rows, the worst first
 
@@ -237,15 +238,20 @@ const PANEL_OF = {
   traffic: ["/api/v1/traffic/corridors", (r) => { state.traffic = r.counters; }],
   rain: ["/api/v1/rain", (r) => { state.rain = r.gauges; }],
 };
+let airAt = 0, airTimer = null;
 const panelsSoon = coalesced(async () => {
-  const kinds = [...touched].filter((k) => PANEL_OF[k]);
-  touched.clear();
+  const kinds = [...touched].filter((k) => PANEL_OF[k] && (k !== "air" || Date.now() - airAt >= AIR_EVERY_MS));
+  for (const k of kinds) touched.delete(k); // air's turn comes again later: it stays touched
+  if (kinds.includes("air")) airAt = Date.now();
   const q = `city=${encodeURIComponent(state.city)}`;
   const answers = await Promise.all(kinds.map((k) => api(`${PANEL_OF[k][0]}?${q}`)));
   kinds.forEach((k, i) => PANEL_OF[k][1](answers[i]));
   reindex(...kinds);
   for (const s of state.sensors) if (kinds.includes(s.kind)) recolour(s);
   if (kinds.includes(state.tab)) renderPanel();
+  if (touched.has("air") && !airTimer) {
+    airTimer = setTimeout(() => { airTimer = null; panelsSoon(); }, Math.max(0, AIR_EVERY_MS - (Date.now() - airAt)));
+  }
   await new Promise((resolve) => setTimeout(resolve, PANELS_EVERY_MS));
 }, 50);
 

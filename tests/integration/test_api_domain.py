@@ -5,8 +5,10 @@ Expected figures come from the kernel's indices over direct SQL of the raw rows,
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -110,6 +112,24 @@ async def test_ispu_now_is_the_kernel_index_of_each_window_mean(
     bad = await client.get("/api/v1/air/ispu", params={"at": "2026-12-01T10:00:00"})  # naive: refused
     assert bad.status == 400 and (await bad.json())["invalid-params"][0]["name"] == "at"
     assert (await client.get("/api/v1/air/ispu", params={"city": "atlantis"})).status == 404
+
+
+async def test_ispu_now_is_computed_once_a_second_for_every_screen_of_a_city(
+    client: TestClient, database_url: str, backend: Backend
+) -> None:
+    await _write(database_url, backend, [(time.time() - 60, KTG_AIR.id, "pm25", 30.0)])
+    answers = await asyncio.gather(*(client.get("/api/v1/air/ispu", params={"city": "kotamobagu"}) for _ in range(20)))
+    bodies = [await a.json() for a in answers]
+    assert len({b["at"] for b in bodies}) == 1  # twenty screens, one computation
+    first = {s["sensor"]: s for s in bodies[0]["stations"]}[KTG_AIR.id]
+    await _write(database_url, backend, [(time.time() - 30, KTG_AIR.id, "pm25", 300.0)])
+    await asyncio.sleep(1.1)  # no older than a second: the next answer has the new reading
+    later = await (await client.get("/api/v1/air/ispu", params={"city": "kotamobagu"})).json()
+    assert later["at"] != bodies[0]["at"]
+    now = {s["sensor"]: s for s in later["stations"]}[KTG_AIR.id]
+    assert now["sub_indices"]["pm25"]["readings"] == first["sub_indices"]["pm25"]["readings"] + 1
+    other = await (await client.get("/api/v1/air/ispu", params={"city": "sampit"})).json()
+    assert {s["sensor"] for s in other["stations"]} == {SPT_AIR.id}  # another city, its own answer
 
 
 @pytest.mark.parametrize("city, sensor, zone", [(SAMPIT, SPT_AIR, WIB), (KOTAMOBAGU, KTG_AIR, WITA)])
