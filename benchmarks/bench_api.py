@@ -162,14 +162,15 @@ async def _timed(n: int, call: Callable[[], Awaitable[Any]]) -> list[float]:
     return out
 
 
-async def _operator_token(db_url: str) -> str:
+async def _operator_token(db_url: str, role: str = "operator") -> str:
+    """A token of `role` for every city (an operator's, as the screens read)."""
     from pantau.access import Access
     from pantau.audit import Actor
     from pantau.settings import StoreSettings
     from pantau.store import Store
 
     async with Store.open(db_url, StoreSettings(pool_max_size=1)) as store:
-        _token, secret = await Access(store).create_token(Actor.cli("bench"), "bench-api", "operator")
+        _token, secret = await Access(store).create_token(Actor.cli("bench"), f"bench-{role}", role)
     return secret
 
 
@@ -241,7 +242,10 @@ async def _measure(args: argparse.Namespace, base: str, db_url: str, api_pid: in
         # CSV export of the whole city: rows/s, and the API's RSS while it streams.
         rss_before, rss_peak, rows = _rss_kib(api_pid), 0, -1
         t = time.perf_counter()
-        async with http.get("/api/v1/export", params={"city": CITY, **span}) as answer:
+        agency = {"Authorization": f"Bearer {await _operator_token(db_url, 'agency')}"}  # who may export
+        async with http.get("/api/v1/export", params={"city": CITY, **span}, headers=agency) as answer:
+            if answer.status != 200:
+                raise RuntimeError(f"the export answered {answer.status}: {(await answer.read())[:300]!r}")
             async for chunk in answer.content.iter_chunked(1 << 20):
                 rows += chunk.count(b"\n")
                 rss_peak = max(rss_peak, _rss_kib(api_pid))
