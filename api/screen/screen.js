@@ -328,6 +328,7 @@ function sensorLook(sensor) {
 // The whole map: districts, rivers through their gauges upstream → downstream, every sensor as a
 // marker. Drawn again on a (re)load and a resize; values and status changes only recolour markers.
 function renderMap() {
+  renderLegend(); // first: the map takes the height the legend leaves
   const map = $("#map");
   map.replaceChildren();
   state.markers = new Map();
@@ -367,7 +368,6 @@ function renderMap() {
     state.markers.set(s.id, { circle, tag: null, tags, x: x + r + 3, y: y + 4, crowded });
     recolour(s);
   }
-  renderLegend();
 }
 
 // One listener for every marker: its trend on a click, its name and state on hovering.
