@@ -16,8 +16,9 @@ from api.common import TZ, answer, answer_text, iso, json_body
 from api.keys import ALERTS, STORE
 from api.openapi import API, ENGINEER, Param
 from api.problems import Problem, not_found
-from pantau.domain import City
+from pantau.domain import City, Sensor
 from pantau.errors import ManifestError, SensorMetadataError
+from pantau.indices import trend_lines
 from pantau.sensors import sensor_from_mapping
 from pantau.store import views
 
@@ -139,8 +140,16 @@ async def get_sensor(request: web.Request) -> web.Response:
             "status": status[sensor_id],
             "latest": {m: {"ts": iso(ts, tz), "value": v} for m, ts, v in latest},
             "open_alerts": [a.to_json() for a in alerts],
+            "thresholds": _thresholds(sensor),
         },
     )
+
+
+def _thresholds(row: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """What the sensor's trend is read against (the screen draws these lines on its chart)."""
+    sensor = Sensor(id=row["id"], kind=row["kind"], city=row["city"], metadata=row.get("metadata") or {})
+    return {metric: [{"value": line.value, "label": line.label, "colour": line.colour} for line in lines]
+            for metric, lines in trend_lines(sensor).items()}  # fmt: skip
 
 
 # The wall map's document, built by PostgreSQL in one statement: 10,000 sensors' values are one

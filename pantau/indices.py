@@ -823,3 +823,34 @@ def level_of_service_array(ds: ArrayLike, *, upper_bounds: tuple[float, ...] = L
     passed = np.searchsorted(np.asarray(upper_bounds), x - _DS_EPS, side="left")
     letters = np.array([los.value for los in _LOS])
     return np.where(np.isnan(x), "", letters[np.minimum(passed, len(_LOS) - 1)])
+
+
+# -- what a sensor's trend chart draws -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TrendLine:
+    """Where a category begins on a sensor's trend: the value (an ISPU band's values lie above its
+    line, a Siaga level's from its line up), the category's label, and its colour key (an ISPU
+    colour name, or `siaga1`..`siaga3`)."""
+
+    value: float
+    label: str
+    colour: str
+
+
+def trend_lines(sensor: Sensor, *, table: IspuTable = ISPU_P14_2020) -> dict[str, tuple[TrendLine, ...]]:
+    """Per metric, the category bounds a sensor's trend is read against: an air station's PM2.5 at
+    the ISPU bands' lower bounds (the bands of its 24 h mean), a gauge's water level where Waspada,
+    Siaga and Awas begin (none when its metadata has no valid thresholds)."""
+    if sensor.kind == "air":
+        bounds = table.breakpoints["pm25"]
+        return {"pm25": tuple(TrendLine(bounds[k], c.label, c.colour) for k, c in enumerate(_ISPU_CATEGORIES) if k)}
+    if sensor.kind == "flood":
+        try:
+            levels = siaga_thresholds(sensor)
+        except SensorMetadataError:
+            return {}
+        starts = zip((SiagaLevel.WASPADA, SiagaLevel.SIAGA, SiagaLevel.AWAS), levels.as_tuple(), strict=True)
+        return {"water_level_cm": tuple(TrendLine(cm, level.label, f"siaga{level.value}") for level, cm in starts)}
+    return {}

@@ -524,26 +524,31 @@ function renderPanel() {
 // -- a sensor's trend, with its thresholds ------------------------------------------------------------
 
 const METRIC_OF = { air: "pm25", flood: "water_level_cm", traffic: "avg_speed_kmh", rain: "rain_mm" };
+const UNIT = { pm25: "µg/m³", water_level_cm: "cm", avg_speed_kmh: "km/h", rain_mm: "mm" };
 async function showTrend(sensor, days = 1) {
   const metric = METRIC_OF[sensor.kind];
   const to = new Date(), from = new Date(to - days * 86400000);
-  const series = await api(`/api/v1/series?sensor=${encodeURIComponent(sensor.id)}&metric=${metric}`
-    + `&from=${from.toISOString()}&to=${to.toISOString()}&step=auto&agg=avg`);
+  const [series, detail] = await Promise.all([
+    api(`/api/v1/series?sensor=${encodeURIComponent(sensor.id)}&metric=${metric}`
+      + `&from=${from.toISOString()}&to=${to.toISOString()}&step=auto&agg=avg`),
+    api(`/api/v1/sensors/${encodeURIComponent(sensor.id)}`)]);
   // Raw readings answer "value", aggregated buckets "avg"; gaps are nulls, never drawn as values.
   const points = (series.series[0] || { points: [] }).points
     .map((p) => ({ ts: p.ts, avg: p.avg ?? p.value ?? null })).filter((p) => p.avg !== null);
   const dialog = $("#dialog");
   const chart = svg("svg", { class: "chart", viewBox: "0 0 800 300", preserveAspectRatio: "none" });
-  const thresholds = sensor.kind === "flood" ? Object.entries(sensor.metadata || {}).filter(([k]) => /^siaga\d_cm$/.test(k)) : [];
-  const values = [...points.map((p) => p.avg), ...thresholds.map(([, v]) => v)];
+  // Where the categories begin (ISPU bands for PM2.5, a gauge's Siaga levels), from the API.
+  const thresholds = (detail.thresholds || {})[metric] || [];
+  const values = [...points.map((p) => p.avg), ...thresholds.map((line) => line.value)];
   if (values.length) {
     const lo = Math.min(...values), hi = Math.max(...values, lo + 1e-6);
     const x = (i) => 40 + (i / Math.max(points.length - 1, 1)) * 740, y = (v) => 280 - ((v - lo) / (hi - lo)) * 260;
     chart.append(svg("polyline", { class: "line", points: points.map((p, i) => `${x(i)},${y(p.avg)}`).join(" ") }));
-    for (const [name, v] of thresholds) {
-      const level = Number(name[5]);
-      chart.append(svg("line", { class: "threshold", x1: 40, x2: 780, y1: y(v), y2: y(v), stroke: SIAGA_COLOUR[level] }),
-        svg("text", { x: 44, y: y(v) - 4 }, `Siaga ${level} · ${v} cm`));
+    for (const line of thresholds) {
+      const colour = line.colour.startsWith("siaga") ? SIAGA_COLOUR[line.colour.slice(5)] : ISPU_COLOUR[line.colour];
+      chart.append(svg("line", { class: "threshold", x1: 40, x2: 780, y1: y(line.value), y2: y(line.value),
+        stroke: colour === "#111" ? "#aaa" : colour }),
+        svg("text", { x: 44, y: y(line.value) - 4 }, `${category(state.lang, line.label)} · ${line.value} ${UNIT[metric]}`));
     }
     chart.append(svg("text", { x: 0, y: 16 }, `${fixed(hi)}`), svg("text", { x: 0, y: 296 }, `${fixed(lo)}`));
   }

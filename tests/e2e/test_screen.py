@@ -172,6 +172,9 @@ def test_the_wall_shows_the_flash_flood_and_an_operator_acts_on_it(stack: tuple[
         assert "Mentaya" in first.inner_text("#panel")
         first.locator("#map circle.marker[data-sensor='SPT-WL-01']").dispatch_event("click")
         first.wait_for_selector("#dialog[open] h3")
+        first.wait_for_selector("#dialog svg.chart .line")  # the gauge's trend, with its three Siaga levels
+        assert first.locator("#dialog svg.chart line.threshold").count() == 3
+        assert "Level 1 (Danger) · 500 cm" in (first.text_content("#dialog svg.chart") or "")
         assert not first.errors and not second.errors, first.errors + second.errors
         browser.close()
     assert outside == [], f"the screen asked for {outside}"

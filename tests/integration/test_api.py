@@ -94,6 +94,11 @@ async def test_latest_values_with_etag_and_local_time(
     one = await (await client.get(f"/api/v1/sensors/{AIR.id}", params={"tz": "local"})).json()
     assert one["latest"]["pm25"]["ts"].endswith("+08:00")  # WITA
     assert one["latest"]["pm25"]["value"] == 41.5 and one["open_alerts"] == []
+    bands = [(line["value"], line["label"], line["colour"]) for line in one["thresholds"]["pm25"]]
+    assert bands == [(15.5, "Sedang", "blue"), (55.4, "Tidak Sehat", "yellow"), (150.4, "Sangat Tidak Sehat", "red"),
+                     (250.4, "Berbahaya", "black")]  # where each ISPU band of PM2.5 begins  # fmt: skip
+    no_levels = await (await client.get(f"/api/v1/sensors/{GAUGE.id}")).json()
+    assert no_levels["thresholds"] == {}  # a gauge without Siaga levels in its metadata draws none
     assert (await client.get("/api/v1/sensors/NOPE")).status == 404
     gauge = (await (await client.get("/api/v1/latest", params={"city": "sampit"})).json())["sensors"]
     at_quarter = datetime.fromtimestamp(t + 0.25, UTC).isoformat().replace("+00:00", "Z")

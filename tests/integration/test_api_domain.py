@@ -269,7 +269,11 @@ async def test_sensor_status_and_the_overview(
     assert status[SPT_RAIN.id] == "offline" and status[ROAD.id] == "offline"  # silent 2 h; never heard from
     stuck = (await (await client.get("/api/v1/sensors", params={"status": "stuck"})).json())["sensors"]
     assert [s["id"] for s in stuck] == [GAUGES[0].id]
-    assert (await (await client.get(f"/api/v1/sensors/{GAUGES[2].id}")).json())["status"] == "rejected"
+    gauge = await (await client.get(f"/api/v1/sensors/{GAUGES[2].id}")).json()
+    assert gauge["status"] == "rejected"
+    levels = [(line["value"], line["label"]) for line in gauge["thresholds"]["water_level_cm"]]
+    assert levels == [(_SIAGA["siaga3_cm"], "Siaga 3 (Waspada)"), (_SIAGA["siaga2_cm"], "Siaga 2 (Siaga)"),
+                      (_SIAGA["siaga1_cm"], "Siaga 1 (Awas)")]  # fmt: skip
     assert (await client.get("/api/v1/sensors", params={"status": "broken"})).status == 400
 
     alerts = AlertStore(store)

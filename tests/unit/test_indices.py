@@ -645,3 +645,20 @@ def test_the_days_worst_window_lies_inside_the_day_and_skips_empty_hours() -> No
     assert day_window_max([None] * 24, 8) is None
     with pytest.raises(ValueError, match="does not fit"):
         day_window_max(hours, 25)
+
+
+def test_trend_lines_are_where_the_categories_begin() -> None:
+    from pantau.indices import TrendLine, trend_lines
+
+    air = trend_lines(Sensor(id="A", kind="air", city="sampit"))
+    assert [line.value for line in air["pm25"]] == list(ISPU_P14_2020.breakpoints["pm25"][1:5])
+    assert [ispu_subindex("pm25", line.value + 1).category.label for line in air["pm25"]] == [
+        line.label for line in air["pm25"]
+    ]  # above each line (past the index rounding), the band it names
+    gauge = Sensor(id="G", kind="flood", city="sampit", metadata={"siaga3_cm": 300, "siaga2_cm": 400, "siaga1_cm": 500})
+    assert trend_lines(gauge) == {"water_level_cm": (TrendLine(300.0, "Siaga 3 (Waspada)", "siaga3"),
+                                                     TrendLine(400.0, "Siaga 2 (Siaga)", "siaga2"),
+                                                     TrendLine(500.0, "Siaga 1 (Awas)", "siaga1"))}  # fmt: skip
+    backwards = {"siaga3_cm": 500, "siaga2_cm": 400, "siaga1_cm": 300}
+    broken = Sensor(id="H", kind="flood", city="sampit", metadata=backwards)
+    assert trend_lines(broken) == {} and trend_lines(Sensor(id="R", kind="rain", city="sampit")) == {}
