@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
-from api.common import TZ, Recent, answer, answer_large, body_of, city_or_404, iso, statement_budget
+from api.common import TZ, Recent, answer_large, body_of, city_or_404, iso, statement_budget
 from api.keys import STORE
 from api.openapi import API, Param
 from pantau.domain import City, Sensor
@@ -137,6 +137,17 @@ async def get_ispu_daily(request: web.Request) -> web.StreamResponse:
     async with store.connection() as conn, statement_budget(conn):
         hourly = await views.hourly(conn, await store.backend(), [s.id for s in stations], TABLE.pollutants,
                                     start, end)  # fmt: skip
+    # The windows of thousands of stations in a worker thread: the event loop serves meanwhile.
+    report = await asyncio.to_thread(_daily, stations, hourly, start, city)
+    if FORMAT.read(request) == "csv":
+        return _csv(city, day, report)
+    return await answer_large(request, {"city": city.id, "date": day.isoformat(), "timezone": city.timezone,
+                                        "zone": city.zone_name, "from": iso(start, city.zone),
+                                        "to": iso(end, city.zone), "stations": report})  # fmt: skip
+
+
+def _daily(stations: list[Sensor], hourly: views.Hourly, start: datetime,
+           city: City) -> list[dict[str, Any]]:  # fmt: skip
     hour_starts = [(start + timedelta(hours=h)).astimezone(UTC) for h in range(24)]
     report = []
     for sensor in stations:
@@ -159,11 +170,7 @@ async def get_ispu_daily(request: web.Request) -> web.StreamResponse:
                     "hours_with_data": w.hours,
                 }
         report.append(_station_json(sensor, station, subs))
-    if FORMAT.read(request) == "csv":
-        return _csv(city, day, report)
-    return answer(request, {"city": city.id, "date": day.isoformat(), "timezone": city.timezone,
-                            "zone": city.zone_name, "from": iso(start, city.zone), "to": iso(end, city.zone),
-                            "stations": report})  # fmt: skip
+    return report
 
 
 def _csv(city: City, day: date, report: list[dict[str, Any]]) -> web.Response:

@@ -13,6 +13,7 @@ const ISPU_LABEL = { green: "Baik", blue: "Sedang", yellow: "Tidak Sehat", red: 
 const STALE_AFTER_MS = 40000;
 const PANELS_EVERY_MS = 2000; // a busy city's panels are fetched again at most this often
 const AIR_EVERY_MS = 10000; // ISPU rests on means over 1 to 24 hours: no need to ask more often
+const TODAY_EVERY_MS = 300000; // today's ISPU (the daily report so far) moves with whole hours
 const TAGS_ALL_UP_TO = 400; // more markers than this: text tags only where a marker needs attention
 const PANEL_ROWS = 200; // a panel's table shows this many rows, the worst first
 
@@ -22,7 +23,7 @@ const state = {
   traffic: [], rain: [], basemap: null, tab: "air", conn: "reconnecting", lastMessage: 0, newestData: null, stream: null,
   connectedOnce: false,
   // Lookups by sensor id, rebuilt when their data is loaded: a 10,000-sensor city draws in one pass.
-  index: { sensors: new Map(), air: new Map(), flood: new Map(), traffic: new Map(), rain: new Map() },
+  index: { sensors: new Map(), air: new Map(), flood: new Map(), traffic: new Map(), rain: new Map(), today: new Map() },
   markers: new Map(), // sensor id -> its circle and tag on the map, recoloured in place
 };
 
@@ -144,6 +145,20 @@ async function reload() {
   state.newestData = newest();
   reindex("sensors", "air", "flood", "traffic", "rain");
   render();
+  if (state.sensors.some((s) => s.kind === "air")) loadToday(); // after the screen is drawn: not in its way
+}
+
+// Each station's ISPU of the local day so far (the daily report for today), beside the ISPU now.
+let todayTimer = null;
+async function loadToday() {
+  clearTimeout(todayTimer);
+  todayTimer = setTimeout(loadToday, TODAY_EVERY_MS);
+  const date = new Intl.DateTimeFormat("en-CA", { timeZone: cityOf().timezone }).format(new Date());
+  const city = state.city;
+  const report = await api(`/api/v1/air/ispu/daily?city=${encodeURIComponent(city)}&date=${date}`);
+  if (city !== state.city) return;
+  state.index.today = new Map(report.stations.map((s) => [s.sensor, s]));
+  if (state.tab === "air") renderPanel();
 }
 
 function reindex(...kinds) {
@@ -499,9 +514,9 @@ function renderPanel() {
   const panel = $("#panel");
   if (state.tab === "air") {
     const stations = [...state.air].sort((a, b) => (b.ispu ?? -1) - (a.ispu ?? -1));
-    panel.replaceChildren(...capped(stations, (rows) => table(["station", "district", "ispu", "category", "critical_pollutant"], rows.map((s) => [
-      s.name || s.sensor, s.district, s.ispu ?? "–",
-      s.category ? swatch(ISPU_COLOUR[s.category.colour], category(state.lang, s.category.label)) : "–", s.critical || "–"]))));
+    const badge = (st) => st && st.category ? swatch(ISPU_COLOUR[st.category.colour], `${st.ispu} ${category(state.lang, st.category.label)}`) : "–";
+    panel.replaceChildren(...capped(stations, (rows) => table(["station", "district", "ispu_now", "ispu_today", "critical_pollutant"],
+      rows.map((s) => [s.name || s.sensor, s.district, badge(s), badge(state.index.today.get(s.sensor)), s.critical || "–"]))));
   } else if (state.tab === "flood") {
     panel.replaceChildren(...state.rivers.map((river) => el("div", { class: "river" },
       el("h3", {}, `${river.river || "–"} (${tr("upstream")})`),

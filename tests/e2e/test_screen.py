@@ -168,6 +168,8 @@ def test_the_wall_shows_the_flash_flood_and_an_operator_acts_on_it(stack: tuple[
         assert first.evaluate("document.documentElement.lang") == "en"
 
         # The panels and the trend work with everything off this machine blocked.
+        first.click("[data-tab=air]")
+        assert "ISPU now" in first.inner_text("#panel") and "ISPU today" in first.inner_text("#panel")
         first.click("[data-tab=flood]")
         assert "Mentaya" in first.inner_text("#panel")
         first.locator("#map circle.marker[data-sensor='SPT-WL-01']").dispatch_event("click")
