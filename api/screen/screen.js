@@ -145,7 +145,8 @@ async function reload() {
   state.newestData = newest();
   reindex("sensors", "air", "flood", "traffic", "rain");
   render();
-  if (state.sensors.some((s) => s.kind === "air")) loadToday(); // after the screen is drawn: not in its way
+  // Today's ISPU a few seconds after the screen is drawn: a big city's daily report is not in its way.
+  if (state.sensors.some((s) => s.kind === "air")) { clearTimeout(todayTimer); todayTimer = setTimeout(loadToday, 3000); }
 }
 
 // Each station's ISPU of the local day so far (the daily report for today), beside the ISPU now.
