@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pantau.errors import ConfigError
+from pantau.tiles import open_raster_archive
 
 ENV_PREFIX = "PANTAU_"
 # The files of deploy/ that pantau reads at run time (the default rule pack, the private servers'
@@ -296,8 +297,10 @@ def _check(settings: Settings) -> None:
         if urlsplit(template).scheme not in ("http", "https") or not all(k in template for k in ("{z}", "{x}", "{y}")):
             expected = f"a raster tile URL template such as http://tiles.lan/{{z}}/{{x}}/{{y}}.png, got {template!r}"
             raise ConfigError("PANTAU_API_BASEMAP_TILES", expected)
-    if settings.api_basemap_pmtiles and not Path(settings.api_basemap_pmtiles).is_file():
-        raise ConfigError("PANTAU_API_BASEMAP_PMTILES", f"no such file: {settings.api_basemap_pmtiles}")
+    if settings.api_basemap_pmtiles:
+        if not Path(settings.api_basemap_pmtiles).is_file():
+            raise ConfigError("PANTAU_API_BASEMAP_PMTILES", f"no such file: {settings.api_basemap_pmtiles}")
+        open_raster_archive(settings.api_basemap_pmtiles).close()  # its header and root directory, checked
     if settings.api_statement_timeout_ms < 1:
         raise ConfigError("PANTAU_API_STATEMENT_TIMEOUT_MS", "expected a positive number of milliseconds")
     if settings.log_level.upper() not in _LOG_LEVELS:

@@ -3,6 +3,7 @@ PMTiles archive of raster tiles served by the API itself."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from pathlib import Path
 
@@ -11,7 +12,6 @@ from aiohttp.test_utils import TestClient, TestServer
 from pmtiles.tile import TileType
 
 from api.app import create_app
-from api.basemap import open_archive
 from pantau.errors import ConfigError
 from pantau.settings import Settings, load_settings
 from pantau.store import Store
@@ -31,8 +31,8 @@ async def test_no_base_map_by_default(settings: Settings, store: Store) -> None:
     client = await _client(settings, store)
     try:
         doc = await (await client.get("/api/v1/basemap")).json()
-        assert doc["tiles"] is None  # the screen asks for no tile at all
-        missing = await client.get("/api/v1/basemap/0/0/0")
+        assert doc == {"tiles": None, "format": None, "min_zoom": 0, "max_zoom": 19, "attribution": ""}
+        missing = await client.get("/api/v1/basemap/0/0/0")  # the screen asks for none; nor is there one
         assert missing.status == 404 and "PANTAU_API_BASEMAP_PMTILES" in (await missing.json())["detail"]
     finally:
         await client.close()
@@ -70,19 +70,26 @@ async def test_the_api_serves_a_local_pmtiles_archives_tiles(settings: Settings,
         await client.close()
 
 
-def test_an_archive_of_vector_tiles_is_refused_with_what_to_do(tmp_path: Path) -> None:
+def test_an_archive_of_vector_tiles_stops_the_configuration_with_what_to_do(tmp_path: Path) -> None:
     vector = write_archive(tmp_path / "vektor.pmtiles", {(0, 0, 0): b"\x1a\x00"}, TileType.MVT)
-    with pytest.raises(ConfigError, match="raster tiles only") as info:
-        open_archive(str(vector))
-    assert info.value.key == "PANTAU_API_BASEMAP_PMTILES" and "pmtiles convert" in str(info.value)
-    not_pmtiles = tmp_path / "peta.png"
-    not_pmtiles.write_bytes(png((1, 2, 3)) * 20)
+    (tmp_path / "none.toml").write_text("")
+    with pytest.raises(ConfigError) as info:
+        load_settings({"PANTAU_API_BASEMAP_PMTILES": str(vector)}, tmp_path / "none.toml")
+    assert info.value.key == "PANTAU_API_BASEMAP_PMTILES"
+    assert "the screen draws raster tiles only" in str(info.value) and "pmtiles convert" in str(info.value)
+
+
+async def test_an_archive_gone_bad_since_the_settings_stops_the_api_before_it_connects(
+    settings: Settings, tmp_path: Path
+) -> None:
+    path = world_archive(tmp_path / "kota.pmtiles")
+    configured = dataclasses.replace(settings, api_basemap_pmtiles=str(path), api_database_url=None,
+                                     database_url="postgresql://127.0.0.1:1/tidak-ada")  # fmt: skip
+    path.write_bytes(b"bukan peta")  # replaced after the settings were read
+    server = TestServer(create_app(configured))
     with pytest.raises(ConfigError, match="not a PMTiles archive"):
-        open_archive(str(not_pmtiles))
-    empty = tmp_path / "kosong.pmtiles"
-    empty.write_bytes(b"")
-    with pytest.raises(ConfigError, match="is empty"):
-        open_archive(str(empty))
+        await asyncio.wait_for(server.start_server(), 20)
+    await server.close()
 
 
 @pytest.mark.parametrize(
@@ -98,4 +105,12 @@ def test_base_map_settings_are_checked(env: dict[str, str], message: str, tmp_pa
     (tmp_path / "none.toml").write_text("")
     with pytest.raises(ConfigError) as info:
         load_settings(env, tmp_path / "none.toml")
-    assert message in str(info.value)
+    assert message in str(info.value) and info.value.key in env
+
+
+def test_good_base_map_settings_are_taken(tmp_path: Path) -> None:
+    (tmp_path / "none.toml").write_text("")
+    archive = str(world_archive(tmp_path / "kota.pmtiles"))
+    assert load_settings({"PANTAU_API_BASEMAP_PMTILES": archive}, tmp_path / "none.toml").api_basemap_pmtiles == archive
+    template = "https://peta.lan:8443/osm/{z}/{x}/{y}.png?v=2"
+    assert load_settings({"PANTAU_API_BASEMAP_TILES": template}, tmp_path / "none.toml").api_basemap_tiles == template
