@@ -97,7 +97,10 @@ async def test_an_archive_gone_bad_since_the_settings_stops_the_api_before_it_co
     [
         ({"PANTAU_API_BASEMAP_TILES": TEMPLATE, "PANTAU_API_BASEMAP_PMTILES": "kota.pmtiles"}, "not both"),
         ({"PANTAU_API_BASEMAP_TILES": "http://peta.lan/tiles.png"}, "{z}/{x}/{y}"),
+        ({"PANTAU_API_BASEMAP_TILES": "http://peta.lan/{z}/{x}.png"}, "{y} missing"),
         ({"PANTAU_API_BASEMAP_TILES": "file:///srv/{z}/{x}/{y}.png"}, "raster tile URL template"),
+        ({"PANTAU_API_BASEMAP_TILES": "https:///{z}/{x}/{y}.png"}, "raster tile URL template"),
+        ({"PANTAU_API_BASEMAP_TILES": "https://{s}.tile.lan/{z}/{x}/{y}.png"}, "{z}, {x} and {y} only, not {s}"),
         ({"PANTAU_API_BASEMAP_PMTILES": "/tidak/ada.pmtiles"}, "no such file"),
     ],
 )
