@@ -8,6 +8,7 @@ nothing off the machine. Raster only: the screen draws tiles as images (docs/dec
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -59,16 +60,22 @@ Y = Param("y", {"type": "integer", "minimum": 0}, "tile row (from the north)", w
 @API.get(TILES_PATH, summary="A tile of the local base map (PMTiles)", tag="screen", params=[Z, X, Y],
          media=tuple(sorted(set(MEDIA.values()))), responses={200: "The tile"})  # fmt: skip
 async def tile(request: web.Request) -> web.Response:
+    z, x, y = Z.read(request), X.read(request), Y.read(request)
+    if x >= 2**z or y >= 2**z:
+        raise Problem(400, "Bad request", f"tile {z}/{x}/{y}: x and y go up to {2**z - 1} at zoom {z}",
+                      param="x" if x >= 2**z else "y")  # fmt: skip
     archive = request.app.get(ARCHIVE)
     if archive is None:
         raise Problem(404, "Not found", "no local base map is configured (PANTAU_API_BASEMAP_PMTILES)")
-    z, x, y = Z.read(request), X.read(request), Y.read(request)
-    if x >= 2**z or y >= 2**z:
-        raise Problem(400, "Bad request", f"tile {z}/{x}/{y}: x and y go up to {2**z - 1} at zoom {z}", param="x")
     data = archive.tile(z, x, y)
     if data is None:
         raise not_found(f"tile {z}/{x}/{y} of the base map")
-    headers = {"Cache-Control": "public, max-age=86400"}  # a tile does not change while the API runs
+    # A tile does not change while the API runs; private: it is behind the sign-in, not for shared caches.
+    headers = {"Cache-Control": "private, max-age=86400"}
     if archive.gzipped:
-        headers["Content-Encoding"] = "gzip"
+        headers["Vary"] = "Accept-Encoding"
+        if "gzip" in request.headers.get("Accept-Encoding", ""):
+            headers["Content-Encoding"] = "gzip"
+        else:
+            data = gzip.decompress(data)
     return web.Response(body=data, content_type=archive.media, headers=headers)

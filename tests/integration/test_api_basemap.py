@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gzip
 from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from pmtiles.tile import TileType
+from pmtiles.tile import Compression, TileType
 
 from api.app import create_app
 from pantau.errors import ConfigError
@@ -34,6 +35,7 @@ async def test_no_base_map_by_default(settings: Settings, store: Store) -> None:
         assert doc == {"tiles": None, "format": None, "min_zoom": 0, "max_zoom": 19, "attribution": ""}
         missing = await client.get("/api/v1/basemap/0/0/0")  # the screen asks for none; nor is there one
         assert missing.status == 404 and "PANTAU_API_BASEMAP_PMTILES" in (await missing.json())["detail"]
+        assert (await client.get("/api/v1/basemap/1/x/0")).status == 400
     finally:
         await client.close()
 
@@ -59,13 +61,33 @@ async def test_the_api_serves_a_local_pmtiles_archives_tiles(settings: Settings,
             response = await client.get(f"/api/v1/basemap/{z}/{x}/{y}")
             assert response.status == 200 and response.content_type == "image/png"
             assert await response.read() == png(colour)  # this tile's bytes, not another's
-            assert "max-age" in response.headers["Cache-Control"]
-        outside = await client.get("/api/v1/basemap/1/2/0")
+            # Kept by the browser (a tile does not change while the API runs), by no shared cache.
+            assert response.headers["Cache-Control"] == "private, max-age=86400"
+            assert "Content-Encoding" not in response.headers
+        outside = await client.get("/api/v1/basemap/1/0/2")
         assert outside.status == 400 and "up to 1 at zoom 1" in (await outside.json())["detail"]
+        assert (await outside.json())["invalid-params"][0]["name"] == "y"
         deeper = await client.get("/api/v1/basemap/5/3/3")
         assert deeper.status == 404 and "5/3/3" in (await deeper.json())["detail"]
         bad = await client.get("/api/v1/basemap/1/x/0")
         assert bad.status == 400
+    finally:
+        await client.close()
+
+
+async def test_gzipped_tiles_are_sent_gzipped_to_who_takes_gzip_and_plain_to_others(
+    settings: Settings, store: Store, tmp_path: Path
+) -> None:
+    tile = png((9, 8, 7))
+    gz = {(0, 0, 0): gzip.compress(tile)}
+    archive = write_archive(tmp_path / "gz.pmtiles", gz, tile_compression=Compression.GZIP)
+    client = await _client(dataclasses.replace(settings, api_basemap_pmtiles=str(archive)), store)
+    try:
+        gzipped = await client.get("/api/v1/basemap/0/0/0", headers={"Accept-Encoding": "gzip"})
+        assert gzipped.headers["Content-Encoding"] == "gzip" and await gzipped.read() == tile  # unzipped by the client
+        plain = await client.get("/api/v1/basemap/0/0/0", headers={"Accept-Encoding": "identity"})
+        assert "Content-Encoding" not in plain.headers and await plain.read() == tile
+        assert plain.headers["Vary"] == "Accept-Encoding"
     finally:
         await client.close()
 
