@@ -73,8 +73,8 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[api.overview.RECENT] = api.common.Recent(api.overview.FRESH_S)
     app[api.air.RECENT] = api.common.Recent(api.overview.FRESH_S)
+    app.cleanup_ctx.append(api.basemap.archive_ctx)  # first: an archive gone bad stops it before it connects
     app.cleanup_ctx.append(_store)
     app.cleanup_ctx.append(api.stream.hub_ctx)  # after the store: the hub reads through its pool
-    app.cleanup_ctx.append(api.basemap.archive_ctx)
     API.install(app)
     return app

@@ -8,74 +8,21 @@ nothing off the machine. Raster only: the screen draws tiles as images (docs/dec
 
 from __future__ import annotations
 
-import mmap
+import gzip
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from pmtiles.reader import Reader
-from pmtiles.tile import Compression, MagicNumberNotFound, SpecVersionUnsupported, TileType
 
 from api.common import answer
 from api.keys import SETTINGS
 from api.openapi import API, Param
 from api.problems import Problem, not_found
-from pantau.errors import ConfigError
+from pantau.tiles import MEDIA, RasterArchive, open_raster_archive
 
-TILE_TYPES = {TileType.PNG: "image/png", TileType.JPEG: "image/jpeg", TileType.WEBP: "image/webp"}
 TILES_PATH = "/api/v1/basemap/{z}/{x}/{y}"
 MAX_ZOOM = 19  # a tile server's usual deepest level, for a template
-
-
-@dataclass
-class Archive:
-    """An open PMTiles archive of raster tiles."""
-
-    reader: Reader
-    media: str
-    min_zoom: int
-    max_zoom: int
-    gzipped: bool
-
-    def tile(self, z: int, x: int, y: int) -> bytes | None:
-        found: bytes | None = self.reader.get(z, x, y)  # type: ignore[no-untyped-call]
-        return found
-
-
-ARCHIVE = web.AppKey("basemap_archive", Archive)
-
-
-def open_archive(path: str) -> tuple[Archive, mmap.mmap]:
-    """The archive at `path`, checked: PMTiles v3 of PNG, JPEG or WebP tiles."""
-    key = "PANTAU_API_BASEMAP_PMTILES"
-    with Path(path).open("rb") as f:
-        try:
-            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        except ValueError:
-            raise ConfigError(key, f"{path} is empty, not a PMTiles archive") from None
-
-    def get_bytes(offset: int, length: int) -> bytes:
-        return data[offset : offset + length]
-
-    reader = Reader(get_bytes)  # type: ignore[no-untyped-call]
-    try:
-        header: dict[str, Any] = dict(reader.header())  # type: ignore[no-untyped-call]
-    except (MagicNumberNotFound, UnicodeDecodeError):
-        data.close()
-        raise ConfigError(key, f"{path} is not a PMTiles archive") from None
-    except SpecVersionUnsupported:
-        data.close()
-        raise ConfigError(key, f"{path} is not PMTiles version 3 (`pmtiles convert` makes one)") from None
-    tile_type = header["tile_type"]
-    if tile_type not in TILE_TYPES:
-        data.close()
-        raise ConfigError(key, f"{path} holds {tile_type.name} tiles; the screen draws raster tiles only (PNG, JPEG "
-                          "or WebP): use a raster archive, e.g. rendered from OpenStreetMap and converted with "
-                          "`pmtiles convert tiles.mbtiles tiles.pmtiles`")  # fmt: skip
-    gzipped = header["tile_compression"] == Compression.GZIP
-    return Archive(reader, TILE_TYPES[tile_type], header["min_zoom"], header["max_zoom"], gzipped), data
+ARCHIVE = web.AppKey("basemap_archive", RasterArchive)
 
 
 async def archive_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -84,12 +31,11 @@ async def archive_ctx(app: web.Application) -> AsyncIterator[None]:
     if not path:
         yield
         return
-    archive, data = open_archive(path)
-    app[ARCHIVE] = archive
+    app[ARCHIVE] = archive = open_raster_archive(path)  # checked again: the file may have changed since
     try:
         yield
     finally:
-        data.close()
+        archive.close()
 
 
 @API.get("/api/v1/basemap", summary="The screen's base map: where its tiles come from (null: none)", tag="screen")
@@ -112,18 +58,24 @@ Y = Param("y", {"type": "integer", "minimum": 0}, "tile row (from the north)", w
 
 
 @API.get(TILES_PATH, summary="A tile of the local base map (PMTiles)", tag="screen", params=[Z, X, Y],
-         media=tuple(sorted(set(TILE_TYPES.values()))), responses={200: "The tile"})  # fmt: skip
+         media=tuple(sorted(set(MEDIA.values()))), responses={200: "The tile"})  # fmt: skip
 async def tile(request: web.Request) -> web.Response:
+    z, x, y = Z.read(request), X.read(request), Y.read(request)
+    if x >= 2**z or y >= 2**z:
+        raise Problem(400, "Bad request", f"tile {z}/{x}/{y}: x and y go up to {2**z - 1} at zoom {z}",
+                      param="x" if x >= 2**z else "y")  # fmt: skip
     archive = request.app.get(ARCHIVE)
     if archive is None:
         raise Problem(404, "Not found", "no local base map is configured (PANTAU_API_BASEMAP_PMTILES)")
-    z, x, y = Z.read(request), X.read(request), Y.read(request)
-    if x >= 2**z or y >= 2**z:
-        raise Problem(400, "Bad request", f"tile {z}/{x}/{y}: x and y go up to {2**z - 1} at zoom {z}", param="x")
     data = archive.tile(z, x, y)
     if data is None:
         raise not_found(f"tile {z}/{x}/{y} of the base map")
-    headers = {"Cache-Control": "public, max-age=86400"}  # a tile does not change while the API runs
+    # A tile does not change while the API runs; private: it is behind the sign-in, not for shared caches.
+    headers = {"Cache-Control": "private, max-age=86400"}
     if archive.gzipped:
-        headers["Content-Encoding"] = "gzip"
+        headers["Vary"] = "Accept-Encoding"
+        if "gzip" in request.headers.get("Accept-Encoding", ""):
+            headers["Content-Encoding"] = "gzip"
+        else:
+            data = gzip.decompress(data)
     return web.Response(body=data, content_type=archive.media, headers=headers)

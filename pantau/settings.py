@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import types
 import typing
@@ -20,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pantau.errors import ConfigError
+from pantau.tiles import open_raster_archive
 
 ENV_PREFIX = "PANTAU_"
 # The files of deploy/ that pantau reads at run time (the default rule pack, the private servers'
@@ -263,6 +265,20 @@ def _validate_url(key: str, url: str | None, schemes: tuple[str, ...], *, host_i
         raise ConfigError(key, f"URL has a bad port: {shown!r}") from None
 
 
+def _check_tile_template(template: str) -> None:
+    key, parts = "PANTAU_API_BASEMAP_TILES", urlsplit(template)
+    expected = f"a raster tile URL template such as http://tiles.lan/{{z}}/{{x}}/{{y}}.png, got {template!r}"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(key, expected)
+    missing = [k for k in ("{z}", "{x}", "{y}") if k not in template]
+    if missing:
+        raise ConfigError(key, f"{' and '.join(missing)} missing: {expected}")
+    # The screen fills in {z}, {x} and {y} alone: a {s} (subdomains) or {r} (retina) would be asked for as it is.
+    others = sorted(set(re.findall(r"\{[^{}]*\}", template)) - {"{z}", "{x}", "{y}"})
+    if others:
+        raise ConfigError(key, f"the screen fills in {{z}}, {{x}} and {{y}} only, not {', '.join(others)}: {expected}")
+
+
 def _check(settings: Settings) -> None:
     _validate_url("PANTAU_DATABASE_URL", settings.database_url, ("postgresql", "postgres"), host_in_query=True)
     for key, url in (
@@ -292,12 +308,11 @@ def _check(settings: Settings) -> None:
     if settings.api_basemap_tiles and settings.api_basemap_pmtiles:
         raise ConfigError("PANTAU_API_BASEMAP_TILES", "a base map comes from a tile URL or a PMTiles file, not both")
     if settings.api_basemap_tiles:
-        template = settings.api_basemap_tiles
-        if urlsplit(template).scheme not in ("http", "https") or not all(k in template for k in ("{z}", "{x}", "{y}")):
-            expected = f"a raster tile URL template such as http://tiles.lan/{{z}}/{{x}}/{{y}}.png, got {template!r}"
-            raise ConfigError("PANTAU_API_BASEMAP_TILES", expected)
-    if settings.api_basemap_pmtiles and not Path(settings.api_basemap_pmtiles).is_file():
-        raise ConfigError("PANTAU_API_BASEMAP_PMTILES", f"no such file: {settings.api_basemap_pmtiles}")
+        _check_tile_template(settings.api_basemap_tiles)
+    if settings.api_basemap_pmtiles:
+        if not Path(settings.api_basemap_pmtiles).is_file():
+            raise ConfigError("PANTAU_API_BASEMAP_PMTILES", f"no such file: {settings.api_basemap_pmtiles}")
+        open_raster_archive(settings.api_basemap_pmtiles).close()  # its header and root directory, checked
     if settings.api_statement_timeout_ms < 1:
         raise ConfigError("PANTAU_API_STATEMENT_TIMEOUT_MS", "expected a positive number of milliseconds")
     if settings.log_level.upper() not in _LOG_LEVELS:

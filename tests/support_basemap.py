@@ -23,13 +23,14 @@ def png(rgb: tuple[int, int, int], size: int = 4) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 
 
-def write_archive(path: Path, tiles: dict[tuple[int, int, int], bytes], tile_type: TileType = TileType.PNG) -> Path:
-    """A PMTiles archive at `path` holding `tiles` ((z, x, y) -> bytes)."""
+def write_archive(path: Path, tiles: dict[tuple[int, int, int], bytes], tile_type: TileType = TileType.PNG,
+                  tile_compression: Compression = Compression.NONE) -> Path:  # fmt: skip
+    """A PMTiles archive at `path` holding `tiles` ((z, x, y) -> bytes, stored as given)."""
     with path.open("wb") as f:
         writer = Writer(f)
         for (z, x, y), data in sorted(tiles.items(), key=lambda t: zxy_to_tileid(*t[0])):
             writer.write_tile(zxy_to_tileid(z, x, y), data)
-        header = {"tile_type": tile_type, "tile_compression": Compression.NONE, "min_lon_e7": 1120000000,
+        header = {"tile_type": tile_type, "tile_compression": tile_compression, "min_lon_e7": 1120000000,
                   "min_lat_e7": -30000000, "max_lon_e7": 1140000000, "max_lat_e7": -20000000, "center_zoom": 0,
                   "center_lon_e7": 1130000000, "center_lat_e7": -25000000}  # fmt: skip
         writer.finalize(header, {"attribution": "test"})

@@ -14,9 +14,10 @@ export function world(lon, lat) {
 export function drawBasemap(layer, config, { S, ox, oy, width, height }) {
   layer.replaceChildren();
   if (!config || !config.tiles) return;
+  // At zoom z a tile spans 256 / 2^z world units, 256 * S / 2^z pixels: about 256 when 2^z ≈ S.
   let z = Math.min(Math.max(Math.round(Math.log2(S)), config.min_zoom), config.max_zoom);
   let range;
-  for (;;) {
+  for (;;) { // the tiles over the view (rows outside the world skipped); too many: one level out
     const n = 2 ** z, size = (256 * S) / n; // a tile's size on screen
     range = { n, size, x0: Math.floor(-ox / size), x1: Math.floor((width - ox) / size),
       y0: Math.max(0, Math.floor(-oy / size)), y1: Math.min(n - 1, Math.floor((height - oy) / size)) };
@@ -26,9 +27,10 @@ export function drawBasemap(layer, config, { S, ox, oy, width, height }) {
   const { n, size, x0, x1, y0, y1 } = range;
   for (let ty = y0; ty <= y1; ty++) {
     for (let tx = x0; tx <= x1; tx++) {
-      const wrapped = ((tx % n) + n) % n;
-      const href = config.tiles.replace("{z}", z).replace("{x}", wrapped).replace("{y}", ty);
+      const wrapped = ((tx % n) + n) % n; // the world repeats east and west
+      const href = config.tiles.replaceAll("{z}", z).replaceAll("{x}", wrapped).replaceAll("{y}", ty);
       const image = document.createElementNS(svgNS, "image");
+      // Half a pixel more each way: neighbours overlap instead of showing a hairline seam between them.
       for (const [k, v] of Object.entries({ class: "tile", href, x: ox + tx * size, y: oy + ty * size,
         width: size + 0.5, height: size + 0.5, preserveAspectRatio: "none" })) image.setAttribute(k, v);
       layer.append(image);
@@ -39,6 +41,7 @@ export function drawBasemap(layer, config, { S, ox, oy, width, height }) {
     text.setAttribute("class", "attribution");
     text.setAttribute("x", width - 6);
     text.setAttribute("y", height - 6);
+    text.setAttribute("text-anchor", "end"); // its right end at the map's right edge
     text.textContent = config.attribution;
     layer.append(text);
   }

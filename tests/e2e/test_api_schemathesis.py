@@ -27,6 +27,7 @@ from pantau.readings import Reading
 from pantau.store import Backend
 from tests.e2e.test_cli import pantau
 from tests.support import REPO, pantau_env, wait_until
+from tests.support_basemap import world_archive
 
 pytestmark = pytest.mark.slow
 
@@ -80,8 +81,9 @@ def api_url(database_url: str, backend: Backend, broker: EmbeddedMosquitto, tmp_
         made = pantau("tokens", "create", "--name", f"schemathesis-{role}", "--role", role, env=env)
         (tmp_path / f"token-{role}").write_text(made.stdout.splitlines()[1])
     port = free_port()
+    basemap = world_archive(tmp_path / "kota.pmtiles")  # its tiles answer 200 with an image, as documented
     env = pantau_env(PANTAU_DATABASE_URL=database_url, PANTAU_MQTT_URL=broker.url, PANTAU_API_PORT=str(port),
-                     PANTAU_HOME=str(tmp_path / "home"))  # fmt: skip
+                     PANTAU_HOME=str(tmp_path / "home"), PANTAU_API_BASEMAP_PMTILES=str(basemap))  # fmt: skip
     log = (tmp_path / "api.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "pantau", "api"], env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
