@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,8 @@ from typing import Any
 
 import numpy as np
 import yaml
+
+from benchmarks.stack import stop
 
 PROBE_CITY = "probe"
 PROBE_PREFIX = "PROBE"
@@ -309,14 +310,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"events missing; logs kept in {workdir}", file=sys.stderr)
         return 0 if ok else 1
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
         mq.stop()
         pg.stop()
         # The database is big; the logs are small and kept for a look after a failed run.

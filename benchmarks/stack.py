@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +47,19 @@ class Stack:
         if done.returncode != 0:
             raise RuntimeError(f"pantau {' '.join(args)} failed:\n{done.stderr[-2000:]}")
         return done.stdout + done.stderr
+
+
+def stop(procs: Iterable[subprocess.Popen[bytes]]) -> None:
+    """Stop services as `pantau up` would: SIGTERM to all, then SIGKILL to any not gone in 30 s."""
+    procs = list(procs)
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 @contextmanager
@@ -86,14 +99,7 @@ def private_stack(
         yield stack
         failed = False
     finally:
-        for p in (stack.procs if stack else {}).values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in (stack.procs if stack else {}).values():
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(list(stack.procs.values()) if stack else [])
         mq.stop()
         pg.stop()
         if failed:
